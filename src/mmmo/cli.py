@@ -1,0 +1,194 @@
+"""The `mmmo` command line: parses arguments and calls the library (see `mmmo.api`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from mmmo.errors import MmmoError
+
+app = typer.Typer(
+    help="Find the best way to merge fine-tuned LLMs: multi-objective Bayesian optimisation (MM-MO).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+def _guard(fn: Callable[[], T], run_dir_hint: str | None = None) -> T:
+    """Run a command body: user errors become one line on stderr and exit code 2."""
+    try:
+        return fn()
+    except MmmoError as err:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        if _state["debug"]:
+            raise
+        hint = f"; continue with: mmmo resume {run_dir_hint}" if run_dir_hint else ""
+        err_console.print(f"interrupted: every finished evaluation is saved{hint}", highlight=False)
+        raise typer.Exit(130) from None
+
+
+ConfigArg = Annotated[Path, typer.Argument(help="Search spec (YAML).", show_default=False)]
+RunDirArg = Annotated[Path, typer.Argument(help="Run folder (output.dir of a search).", show_default=False)]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Parallel evaluators (Ray when > 1).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the final Pareto front as JSON on stdout.")]
+
+
+def _finish_search(result: Any, as_json: bool, quiet: bool) -> None:
+    from mmmo.report import pareto_json, pareto_table
+
+    if as_json:
+        sys.stdout.write(pareto_json(result.summary) + "\n")
+        return
+    if not quiet:
+        console = Console()
+        console.print(pareto_table(result.summary, title=f"Pareto front — {result.spec.name}"))
+        console.print(f"run folder: {result.run_dir}  (report.md, pareto.csv, pareto.png, trials.jsonl)")
+        for p in result.exported:
+            console.print(f"exported: {p}")
+
+
+@app.command()
+def search(
+    config: ConfigArg,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start over (the old run folder is kept as a backup).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --fresh.")] = False,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search merge configurations for a spec; continues an existing run folder."""
+    from mmmo import api
+    from mmmo.config import load_spec
+    from mmmo.run_store import RunStore
+
+    spec = _guard(lambda: load_spec(config))
+    if fresh and RunStore(spec.run_dir).exists and not yes:
+        if not sys.stdin.isatty():
+            err_console.print("error: --fresh on an existing run needs --yes when not interactive")
+            raise typer.Exit(2)
+        typer.confirm(f"Start {spec.run_dir} over? The old folder is kept as a .bak copy", abort=True)
+    result = _guard(
+        lambda: api.search(spec, fresh=fresh, workers=workers, device=device, show_progress=not (quiet or as_json)),
+        run_dir_hint=str(spec.run_dir),
+    )
+    _finish_search(result, as_json, quiet)
+
+
+@app.command()
+def resume(
+    run_dir: RunDirArg, workers: WorkersOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Continue an interrupted search from the spec stored in its run folder."""
+    from mmmo import api
+
+    result = _guard(
+        lambda: api.resume(run_dir, workers=workers, device=device, show_progress=not (quiet or as_json)),
+        run_dir_hint=str(run_dir),
+    )
+    _finish_search(result, as_json, quiet)
+
+
+@app.command()
+def validate(config: ConfigArg) -> None:
+    """Check a spec (fields, paths, model headers, tasks) without loading weights."""
+    from mmmo.validate import validate_spec_file
+
+    lines = _guard(lambda: validate_spec_file(config))
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command()
+def show(run_dir: RunDirArg, as_json: JsonOpt = False) -> None:
+    """Show a run's Pareto front with each trial's objectives and parameters."""
+    from mmmo.api import load_run
+    from mmmo.report import pareto_json, pareto_table
+
+    spec, state, summary = _guard(lambda: load_run(run_dir))
+    if as_json:
+        sys.stdout.write(pareto_json(summary) + "\n")
+        return
+    console = Console()
+    console.print(pareto_table(summary, title=f"Pareto front — {spec.name}"))
+    done, failed = len(summary.done), len(summary.failed)
+    pending = sum(t.status == "proposed" for t in state.trials)
+    console.print(f"{done} done, {failed} failed, {pending} pending of a budget of {summary.budget}")
+
+
+@app.command()
+def export(
+    run_dir: RunDirArg,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the exported model(s).")],
+    trial: Annotated[int | None, typer.Option("--trial", help="Export this trial id.")] = None,
+    best: Annotated[str | None, typer.Option("--best", help="Export the best trial on this objective.")] = None,
+    pareto: Annotated[bool, typer.Option("--pareto", help="Export every trial on the Pareto front.")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Rebuild chosen merges of a run as Hugging Face folders (same seed, same tensors)."""
+    from mmmo.export import export_from_run
+
+    if sum(x is not None and x is not False for x in (trial, best, pareto)) != 1:
+        err_console.print("error: give exactly one of --trial N, --best OBJECTIVE, --pareto")
+        raise typer.Exit(2)
+    paths = _guard(lambda: export_from_run(run_dir, out, trial=trial, best=best, pareto=pareto, device=device))
+    for p in paths:
+        typer.echo(f"exported: {p}")
+
+
+@app.command()
+def merge(
+    recipe: Annotated[Path, typer.Argument(help="A mergekit-format recipe (YAML).", show_default=False)],
+    out_dir: Annotated[Path, typer.Argument(help="Output folder (Hugging Face format).", show_default=False)],
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for DARE masks.")] = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow loading .bin pickles.")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+) -> None:
+    """Run one merge from a mergekit YAML recipe and save it."""
+    from mmmo.merge.recipe import run_recipe
+
+    path = _guard(
+        lambda: run_recipe(recipe, out_dir, seed=seed, allow_pickle=allow_pickle, device=device, overwrite=overwrite)
+    )
+    typer.echo(f"merged model written to {path}")
+
+
+@app.command()
+def demo(
+    dir: Annotated[Path, typer.Option("--dir", help="Where to build the demo.")] = Path("demo"),
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if cached.")] = False,
+) -> None:
+    """Build the CPU demo: a tiny base model, three experts, local lm-eval tasks and demo.yaml."""
+    from mmmo.api import use_project_cache
+    from mmmo.demo import build_demo
+
+    use_project_cache(Path.cwd())
+    paths = _guard(lambda: build_demo(dir, force=force, progress=lambda m: err_console.print(f"[dim]{m}[/dim]")))
+    typer.echo(json.dumps({"base": str(paths.base), "config": str(paths.config)}))
+
+
+def main() -> None:  # pragma: no cover - console-script entry point
+    app()

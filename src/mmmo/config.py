@@ -1,0 +1,316 @@
+"""The search spec: a pydantic schema loaded from YAML, with every path resolved against the file's folder."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mmmo.errors import SpecError
+
+MergeMethodName = Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
+DENSITY_METHODS: frozenset[str] = frozenset({"ties", "dare_ties", "dare_linear"})
+DEFAULT_DENSITY_BOUNDS: tuple[float, float] = (0.1, 1.0)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelRef(_Strict):
+    """A source model: a local folder or a hub id, with the short name used in parameters and tables."""
+
+    path: str
+    name: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+            raise ValueError(f"model name {v!r} may only hold letters, digits, '_', '.', '-'")
+        return v
+
+
+class MergeSpec(_Strict):
+    method: MergeMethodName = "dare_ties"
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # None: bfloat16 on cuda, float32 on cpu
+    granularity: str = "model"
+    seed: int = 0
+    normalize: bool | None = None  # None: the method's mergekit default
+    lambda_: float = Field(1.0, alias="lambda")
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+    @field_validator("granularity")
+    @classmethod
+    def _granularity(cls, v: str) -> str:
+        if v == "model":
+            return v
+        m = re.fullmatch(r"layers:(\d+)", v)
+        if not m or int(m.group(1)) < 1:
+            raise ValueError(f"must be 'model' or 'layers:K' with K >= 1, got {v!r}")
+        return v
+
+    @property
+    def layer_groups(self) -> int:
+        """Number of parameter groups per model (1 for `model` granularity)."""
+        return 1 if self.granularity == "model" else int(self.granularity.split(":")[1])
+
+    @property
+    def has_density(self) -> bool:
+        return self.method in DENSITY_METHODS
+
+
+Bounds = tuple[float, float]
+
+
+class SearchSpace(_Strict):
+    weight: Bounds = (0.0, 1.0)
+    density: Bounds | None = None
+
+    @field_validator("weight", "density")
+    @classmethod
+    def _bounds(cls, v: Bounds | None) -> Bounds | None:
+        if v is None:
+            return v
+        lo, hi = v
+        if not (0.0 <= lo <= 1.0 and 0.0 <= hi <= 1.0):
+            raise ValueError(f"bounds {list(v)} must lie within [0, 1]")
+        if lo >= hi:
+            raise ValueError(f"bounds {list(v)} are reversed or empty (need low < high)")
+        return v
+
+
+class ObjectiveSpec(_Strict):
+    name: str
+    type: Literal["lm_eval", "sparsity"] = "lm_eval"
+    task: str | None = None
+    metric: str | None = None  # "exact_match" or "exact_match,strict-match"
+    limit: int | float | None = None
+    num_fewshot: int | None = None
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> ObjectiveSpec:
+        if self.type == "lm_eval":
+            if not self.task:
+                raise ValueError(f"objective {self.name!r} needs 'task' (an lm-eval task name)")
+            if not self.metric:
+                raise ValueError(f"objective {self.name!r} needs 'metric' (e.g. exact_match or acc)")
+        elif self.task or self.metric:
+            raise ValueError(f"objective {self.name!r} is a sparsity objective and takes no task or metric")
+        return self
+
+
+class WeakToStrongSpec(_Strict):
+    enabled: bool = True
+    top_k: int = Field(5, ge=3)
+    f: float = Field(0.5, gt=0.0, le=2.0)
+    cr: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class OptimizerSpec(_Strict):
+    strategy: Literal["mm-mo", "qnehvi", "random", "nsga2"] = "mm-mo"
+    initial: int = Field(10, ge=2)
+    batches: int = Field(4, ge=0)
+    candidates: int = Field(10, ge=1)
+    batch_size: int = Field(5, ge=1)
+    acquisition: Literal["qlognehvi", "qehvi"] = "qlognehvi"
+    weak_to_strong: WeakToStrongSpec = WeakToStrongSpec()
+    fisher_screening: bool = True
+    ref_point: list[float] | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sizes(self) -> OptimizerSpec:
+        if self.batch_size > self.candidates:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) cannot exceed candidates ({self.candidates}): "
+                "screening keeps batch_size of the candidates"
+            )
+        return self
+
+    @property
+    def budget(self) -> int:
+        """Total evaluations of a complete run."""
+        return self.initial + self.batches * self.batch_size
+
+
+class EvaluationSpec(_Strict):
+    device: str = "auto"
+    batch_size: int | Literal["auto"] = "auto"
+    workers: int = Field(1, ge=1)
+    ray_address: str | None = None
+    ray_tmp_dir: str | None = None
+    evaluate_sources: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
+            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, got {v!r}")
+        return v
+
+
+class OutputSpec(_Strict):
+    dir: str = ""
+    export: Literal["pareto", "best", "none"] = "pareto"
+
+
+class SearchSpec(_Strict):
+    """A complete search: sources, merge method, search space, objectives, optimizer and outputs."""
+
+    name: str
+    base_model: str
+    models: list[ModelRef]
+    merge: MergeSpec = MergeSpec()
+    search_space: SearchSpace = SearchSpace()
+    objectives: list[ObjectiveSpec]
+    tasks_dir: str | None = None
+    optimizer: OptimizerSpec = OptimizerSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    output: OutputSpec = OutputSpec()
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_from_strings(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"path": m} if isinstance(m, str) else m for m in v]
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _models_nonempty(cls, v: list[ModelRef]) -> list[ModelRef]:
+        if not v:
+            raise ValueError("needs at least one fine-tuned model")
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[ObjectiveSpec]) -> list[ObjectiveSpec]:
+        names = [o.name for o in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate objective name(s): {', '.join(dupes)}")
+        if not any(o.type == "lm_eval" for o in v):
+            raise ValueError("needs at least one lm_eval task objective (sparsity alone has nothing to trade off)")
+        if sum(o.type == "sparsity" for o in v) > 1:
+            raise ValueError("at most one sparsity objective")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> SearchSpec:
+        if self.search_space.density is not None and not self.merge.has_density:
+            raise ValueError(
+                f"search_space.density: method {self.merge.method!r} has no density "
+                f"(only {', '.join(sorted(DENSITY_METHODS))} do)"
+            )
+        names = [m.name or default_model_name(m.path) for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"models: duplicate model name(s) {', '.join(dupes)}; give each a distinct 'name'")
+        for m, n in zip(self.models, names):
+            m.name = n
+        return self
+
+    @property
+    def density_bounds(self) -> Bounds | None:
+        """Density bounds searched, or None when the method has no density."""
+        if not self.merge.has_density:
+            return None
+        return self.search_space.density or DEFAULT_DENSITY_BOUNDS
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    @property
+    def task_objectives(self) -> list[ObjectiveSpec]:
+        return [o for o in self.objectives if o.type == "lm_eval"]
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.dir or f"runs/{self.name}")
+
+
+def default_model_name(path: str) -> str:
+    """A short name for a model path or hub id: its last path component."""
+    return Path(path.rstrip("/")).name or path
+
+
+def is_hub_id(ref: str) -> bool:
+    """True for `org/name` references that do not exist as local folders."""
+    return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "/", "~"))
+
+
+def _resolve_model_path(ref: str, root: Path, field: str) -> str:
+    p = Path(ref).expanduser()
+    candidate = p if p.is_absolute() else root / p
+    if candidate.exists():
+        return str(candidate.resolve())
+    if is_hub_id(ref):
+        return ref
+    raise SpecError(f"{field}: path does not exist: {candidate}")
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required field is missing"
+    elif first["type"] == "literal_error":
+        msg = f"got {first.get('input')!r}: {msg.lower()}"
+    where = f"{loc}: " if loc else ""
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{where}{msg}{more}"
+
+
+def spec_from_dict(data: Any, root: Path, check_paths: bool = True) -> SearchSpec:
+    """Validate a spec dict; relative paths resolve against `root`."""
+    if not isinstance(data, dict):
+        raise SpecError("the spec must be a YAML mapping (key: value pairs) at the top level")
+    try:
+        spec = SearchSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_validation_error(err)) from None
+    if check_paths:
+        spec.base_model = _resolve_model_path(spec.base_model, root, "base_model")
+        for i, m in enumerate(spec.models):
+            m.path = _resolve_model_path(m.path, root, f"models.{i}.path")
+        if spec.tasks_dir is not None:
+            td = Path(spec.tasks_dir).expanduser()
+            td = td if td.is_absolute() else root / td
+            if not td.is_dir():
+                raise SpecError(f"tasks_dir: folder does not exist: {td}")
+            spec.tasks_dir = str(td.resolve())
+        out = Path(spec.output.dir or f"runs/{spec.name}").expanduser()
+        spec.output.dir = str((out if out.is_absolute() else root / out).resolve())
+    return spec
+
+
+def load_spec(path: str | Path) -> SearchSpec:
+    """Read and validate a YAML search spec; raises SpecError with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
+    return spec_from_dict(data, path.parent.resolve())
+
+
+def spec_to_dict(spec: SearchSpec) -> dict[str, Any]:
+    """The resolved spec as plain data (for spec.yaml in the run folder)."""
+    return spec.model_dump(mode="json", by_alias=True)

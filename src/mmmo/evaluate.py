@@ -1,0 +1,123 @@
+"""Score candidates: merge in place on the device, run the lm-eval tasks, add the sparsity objective."""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import replace
+
+import torch
+
+from mmmo.config import SearchSpec
+from mmmo.errors import MmmoError
+from mmmo.objectives.device import default_dtype, resolve_device
+from mmmo.objectives.lm_eval import LmEvalObjectives, TaskScore
+from mmmo.run_store import SourceScore
+from mmmo.search.space import SearchSpace
+from mmmo.trial import Trial
+
+def merge_dtype(spec: SearchSpec, device: torch.device) -> torch.dtype:
+    """The dtype the live model is merged and evaluated in."""
+    return default_dtype(device, spec.merge.dtype)
+
+
+class CandidateEvaluator:
+    """Holds the sources, the live model and the built lm-eval tasks for a whole search."""
+
+    def __init__(self, spec: SearchSpec, *, device: str | None = None, worker: str = "local"):
+        from mmmo.merge.merger import Merger
+
+        self.spec = spec
+        self.space = SearchSpace.from_spec(spec)
+        self.worker = worker
+        self.device = resolve_device(device or spec.evaluation.device)
+        # Tasks first: an unknown task or metric must fail before any weights are loaded or merged.
+        self.objectives = LmEvalObjectives(
+            spec.task_objectives, tasks_dir=spec.tasks_dir, batch_size=spec.evaluation.batch_size
+        )
+        self.merger = Merger(
+            spec.base_model,
+            [m.path for m in spec.models],
+            method=spec.merge.method,
+            dtype=merge_dtype(spec, self.device),
+            device=self.device,
+            layer_groups=spec.merge.layer_groups,
+            seed=spec.merge.seed,
+            normalize=spec.merge.normalize,
+            lambda_=spec.merge.lambda_,
+            trust_remote_code=spec.merge.trust_remote_code,
+            allow_pickle=spec.merge.allow_pickle,
+        )
+        self.objectives.bind(self.merger.model, self.merger.tokenizer, self.device)
+        self._sparsity_name = next((o.name for o in spec.objectives if o.type == "sparsity"), None)
+
+    def _score(self, delta_l1: float) -> tuple[dict[str, float], dict[str, TaskScore]]:
+        scores = self.objectives.evaluate()
+        values = {name: s.value for name, s in scores.items()}
+        if self._sparsity_name is not None:
+            values[self._sparsity_name] = -delta_l1
+        # Keep the spec's objective order so every record lists objectives the same way.
+        ordered = {o.name: values[o.name] for o in self.spec.objectives}
+        bad = [k for k, v in ordered.items() if not math.isfinite(v)]
+        if bad:
+            raise MmmoError(f"non-finite objective value(s): {', '.join(bad)}")
+        return ordered, scores
+
+    def evaluate(self, trial: Trial) -> Trial:
+        """Merge the trial's configuration into the live model and score it; failures are recorded, not raised."""
+        weights, densities = self.space.from_unit(torch.tensor(trial.x, dtype=torch.float64))
+        params = self.space.named(torch.tensor(trial.x, dtype=torch.float64))
+        t0 = time.perf_counter()
+        try:
+            delta_l1 = self.merger.apply(weights, densities)
+            t1 = time.perf_counter()
+            objectives, scores = self._score(delta_l1)
+            t2 = time.perf_counter()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure of one candidate must not stop the search
+            return replace(
+                trial,
+                status="failed",
+                params=params,
+                error=_one_line(err),
+                attempts=trial.attempts + 1,
+                worker=self.worker,
+                eval_seconds=time.perf_counter() - t0,
+            )
+        return replace(
+            trial,
+            status="done",
+            params=params,
+            objectives=objectives,
+            metrics={name: s.metrics for name, s in scores.items()},
+            n_examples={name: s.n_examples for name, s in scores.items()},
+            merge_seconds=t1 - t0,
+            eval_seconds=t2 - t1,
+            error=None,
+            attempts=trial.attempts + 1,
+            worker=self.worker,
+        )
+
+    def evaluate_source(self, index: int | None) -> SourceScore:
+        """Score the base model (index None) or source model `index` unmerged."""
+        name = "base" if index is None else self.spec.models[index].name
+        try:
+            delta_l1 = self.merger.apply_source(index)
+            objectives, scores = self._score(delta_l1)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # noqa: BLE001
+            return SourceScore(name=name, objectives=None, error=_one_line(err))
+        return SourceScore(name=name, objectives=objectives, metrics={k: s.metrics for k, s in scores.items()})
+
+
+def _one_line(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}".strip().replace("\n", " ")
+    if len(text) > 500:
+        text = text[:500] + "…"
+    if not str(err):
+        frame = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
+        text += "".join(f" at {f.filename}:{f.lineno}" for f in frame)
+    return text

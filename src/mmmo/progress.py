@@ -1,0 +1,100 @@
+"""A rich progress bar for a search: current trial, best value per objective, hypervolume and ETA (on stderr)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from mmmo.config import SearchSpec
+from mmmo.run_store import SourceScore
+from mmmo.trial import Trial
+
+
+class SearchProgress:
+    """Progress display; every method is a no-op when disabled (--quiet, --json)."""
+
+    def __init__(self, spec: SearchSpec, *, enabled: bool = True):
+        self.enabled = enabled
+        self.names = [o.name for o in spec.objectives]
+        self.budget = spec.optimizer.budget
+        self.best: dict[str, float] = {}
+        self.hypervolume: float | None = None
+        self.console = Console(stderr=True)
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._finished = 0
+
+    def __enter__(self) -> SearchProgress:
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[stats]}"),
+                console=self.console,
+                transient=False,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("search", total=self.budget, completed=self._finished, stats="")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+            self._progress = None
+
+    def _stats(self) -> str:
+        best = " ".join(f"{n}={self.best[n]:.3g}" for n in self.names if n in self.best)
+        hv = f" HV={self.hypervolume:.4g}" if self.hypervolume is not None else ""
+        return f"best: {best}{hv}" if best else hv
+
+    def _refresh(self, description: str | None = None) -> None:
+        if self._progress is None:
+            return
+        kwargs: dict[str, Any] = {"completed": self._finished, "stats": self._stats()}
+        if description:
+            kwargs["description"] = description
+        self._progress.update(self._task, **kwargs)
+
+    def _absorb(self, trial: Trial) -> None:
+        if trial.status == "done" and trial.objectives:
+            for n, v in trial.objectives.items():
+                self.best[n] = max(v, self.best.get(n, v))
+
+    def resume_from(self, trials: list[Trial]) -> None:
+        for t in trials:
+            self._absorb(t)
+        self._finished = sum(t.status in ("done", "failed") for t in trials)
+        self._refresh()
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(f"[dim]{text}[/dim]")
+
+    def source(self, score: SourceScore) -> None:
+        if not self.enabled:
+            return
+        if score.objectives is None:
+            self.console.print(f"  source {score.name}: [red]failed[/red] {score.error}")
+        else:
+            vals = " ".join(f"{k}={v:.3g}" for k, v in score.objectives.items())
+            self.console.print(f"  source {score.name}: {vals}")
+
+    def started(self, trial: Trial) -> None:
+        self._refresh(f"trial {trial.id} (batch {trial.batch}, {trial.step})")
+
+    def finished(self, trial: Trial) -> None:
+        self._finished += 1
+        self._absorb(trial)
+        if trial.status == "failed" and self.enabled:
+            self.console.print(f"  trial {trial.id} [red]failed[/red]: {trial.error}")
+        self._refresh()
+
+    def batch_end(self, summary: Any) -> None:
+        self.hypervolume = summary.hypervolume
+        self._refresh()
