@@ -57,12 +57,18 @@ def _is_complete(spec: SearchSpec, state: RunState) -> bool:
     return not pending and len(finished) >= spec.optimizer.budget and last_batch_done
 
 
-def make_pool(spec: SearchSpec) -> Any:
+def make_pool(spec: SearchSpec, journal: Journal | None = None) -> Any:
     """One evaluator in this process, or a Ray pool when `evaluation.workers` > 1."""
     if spec.evaluation.workers > 1:
         from mmmo.parallel import RayPool
 
-        return RayPool(spec)
+        # A worker death is journaled as a failed attempt before the candidate is retried elsewhere; the
+        # trial itself stays pending in the journal, so a resume after a kill retries it too.
+        def on_attempt_failed(trial: Trial) -> None:
+            if journal is not None:
+                journal.append("attempt_failed", trial=trial.to_json())
+
+        return RayPool(spec, on_attempt_failed=on_attempt_failed)
     from mmmo.evaluate import CandidateEvaluator
 
     return LocalPool(CandidateEvaluator(spec))
@@ -113,7 +119,7 @@ def search(
 
     space = SearchSpace.from_spec(spec)
     progress = SearchProgress(spec, enabled=show_progress)
-    pool = make_pool(spec)
+    pool = make_pool(spec, journal)
     try:
         with progress:
             _score_sources(spec, pool, journal, state, progress)

@@ -6,10 +6,12 @@ import math
 import time
 import traceback
 from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from mmmo.config import SearchSpec
+from mmmo.config import SearchSpec, is_hub_id
 from mmmo.errors import MmmoError
 from mmmo.objectives.device import default_dtype, resolve_device
 from mmmo.objectives.lm_eval import LmEvalObjectives, TaskScore
@@ -17,17 +19,52 @@ from mmmo.run_store import SourceScore
 from mmmo.search.space import SearchSpace
 from mmmo.trial import Trial
 
+if TYPE_CHECKING:
+    from mmmo.merge.merger import Merger
+
+
 def merge_dtype(spec: SearchSpec, device: torch.device) -> torch.dtype:
     """The dtype the live model is merged and evaluated in."""
     return default_dtype(device, spec.merge.dtype)
+
+
+def local_model_folder(ref: str) -> str:
+    """A local folder for a model reference: itself, or the hub snapshot (weights, config, tokenizer only)."""
+    if Path(ref).is_dir() or not is_hub_id(ref):
+        return ref
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(
+            ref, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py"]
+        )
+    except Exception as err:  # noqa: BLE001 - offline, unknown repo, gated: all one line for the user
+        raise MmmoError(f"cannot fetch hub model {ref!r}: {str(err).splitlines()[0]}") from None
+
+
+def build_merger(spec: SearchSpec, device: torch.device) -> Merger:
+    """Load the spec's sources once into a Merger on `device`."""
+    from mmmo.merge.merger import Merger
+
+    return Merger(
+        local_model_folder(spec.base_model),
+        [local_model_folder(m.path) for m in spec.models],
+        method=spec.merge.method,
+        dtype=merge_dtype(spec, device),
+        device=device,
+        layer_groups=spec.merge.layer_groups,
+        seed=spec.merge.seed,
+        normalize=spec.merge.normalize,
+        lambda_=spec.merge.lambda_,
+        trust_remote_code=spec.merge.trust_remote_code,
+        allow_pickle=spec.merge.allow_pickle,
+    )
 
 
 class CandidateEvaluator:
     """Holds the sources, the live model and the built lm-eval tasks for a whole search."""
 
     def __init__(self, spec: SearchSpec, *, device: str | None = None, worker: str = "local"):
-        from mmmo.merge.merger import Merger
-
         self.spec = spec
         self.space = SearchSpace.from_spec(spec)
         self.worker = worker
@@ -36,19 +73,7 @@ class CandidateEvaluator:
         self.objectives = LmEvalObjectives(
             spec.task_objectives, tasks_dir=spec.tasks_dir, batch_size=spec.evaluation.batch_size
         )
-        self.merger = Merger(
-            spec.base_model,
-            [m.path for m in spec.models],
-            method=spec.merge.method,
-            dtype=merge_dtype(spec, self.device),
-            device=self.device,
-            layer_groups=spec.merge.layer_groups,
-            seed=spec.merge.seed,
-            normalize=spec.merge.normalize,
-            lambda_=spec.merge.lambda_,
-            trust_remote_code=spec.merge.trust_remote_code,
-            allow_pickle=spec.merge.allow_pickle,
-        )
+        self.merger = build_merger(spec, self.device)
         self.objectives.bind(self.merger.model, self.merger.tokenizer, self.device)
         self._sparsity_name = next((o.name for o in spec.objectives if o.type == "sparsity"), None)
 

@@ -1,0 +1,5 @@
+"""`python -m mmmo` runs the CLI."""
+
+from mmmo.cli import app
+
+app()

@@ -1,0 +1,160 @@
+"""Evaluate a batch on several GPUs or hosts with Ray actors, each holding its own merger and tasks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mmmo.config import SearchSpec, spec_from_dict, spec_to_dict
+from mmmo.errors import MmmoError
+from mmmo.run_store import SourceScore
+from mmmo.trial import Trial
+
+# Test hook: the worker that picks up this trial id kills its own process once (simulates an OOM kill).
+FAULT_ENV = "MMMO_FAULT_KILL_ON_TRIAL"
+# Unix socket paths are limited to 107 bytes; Ray puts its sockets a few folders below the temp dir.
+_MAX_RAY_TMP_LEN = 60
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise MmmoError(
+            "evaluation.workers > 1 needs Ray: pip install 'mmmo[ray]' (or set workers: 1)"
+        ) from None
+    return ray
+
+
+def ray_temp_dir(spec: SearchSpec) -> str:
+    """Ray's temp folder: evaluation.ray_tmp_dir, else under the run folder when its path is short enough."""
+    if spec.evaluation.ray_tmp_dir:
+        return str(Path(spec.evaluation.ray_tmp_dir).expanduser().resolve())
+    preferred = spec.run_dir / "ray"
+    if len(str(preferred)) <= _MAX_RAY_TMP_LEN:
+        return str(preferred)
+    digest = hashlib.sha1(str(spec.run_dir).encode()).hexdigest()[:10]
+    return str(Path(tempfile.gettempdir()) / f"mmmo-ray-{digest}")
+
+
+class _Worker:
+    """The body of a Ray actor: one CandidateEvaluator kept resident for the whole search."""
+
+    def __init__(self, spec_data: dict[str, Any], name: str):
+        from mmmo.api import use_project_cache
+        from mmmo.evaluate import CandidateEvaluator
+
+        use_project_cache(Path.cwd())
+        spec = spec_from_dict(spec_data, Path.cwd(), check_paths=False)
+        self.name = name
+        self.evaluator = CandidateEvaluator(spec, worker=name)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def evaluate(self, trial_data: dict[str, Any]) -> dict[str, Any]:
+        trial = Trial.from_json(trial_data)
+        fault = os.environ.get(FAULT_ENV, "")
+        if fault:
+            trial_id, _, marker = fault.partition(":")
+            if int(trial_id) == trial.id and marker and not os.path.exists(marker):
+                Path(marker).touch()
+                os._exit(137)
+        return self.evaluator.evaluate(trial).to_json()
+
+    def evaluate_source(self, index: int | None) -> dict[str, Any]:
+        return self.evaluator.evaluate_source(index).__dict__
+
+
+class RayPool:
+    """N resident evaluators as Ray actors; a candidate whose worker dies is failed, then retried once elsewhere."""
+
+    def __init__(self, spec: SearchSpec, on_attempt_failed: Callable[[Trial], None] | None = None):
+        self.ray = _import_ray()
+        self.spec = spec
+        self.on_attempt_failed = on_attempt_failed or (lambda t: None)
+        self._started_ray = False
+        self._init_ray()
+        self.actors = self._start_actors(spec.evaluation.workers)
+        # Fail at start-up, in this process, if any worker cannot build its merger or tasks.
+        self._pids = self.ray.get([a.pid.remote() for a in self.actors])
+
+    def _init_ray(self) -> None:
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        address = self.spec.evaluation.ray_address
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        else:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            tmp = ray_temp_dir(self.spec)
+            Path(tmp).mkdir(parents=True, exist_ok=True)
+            ray.init(include_dashboard=False, _temp_dir=tmp, log_to_driver=False, configure_logging=False)
+        self._started_ray = True
+
+    def _start_actors(self, n: int) -> list[Any]:
+        ray = self.ray
+        gpus = ray.cluster_resources().get("GPU", 0)
+        options: dict[str, Any] = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 1}
+        # Each actor loads the sources once; the spec travels as plain data (paths already resolved).
+        actor_cls = ray.remote(max_restarts=0, max_task_retries=0, **options)(_Worker)
+        data = spec_to_dict(self.spec)
+        return [actor_cls.remote(data, f"worker-{i}") for i in range(n)]
+
+    def worker_pids(self) -> list[int]:
+        return list(self._pids)
+
+    def evaluate(self, trials: list[Trial]) -> Iterator[Trial]:
+        """Score trials on the idle actors, yielding each as it finishes (any order)."""
+        ray = self.ray
+        queue = list(trials)
+        idle = list(self.actors)
+        running: dict[Any, tuple[Trial, Any]] = {}
+        while queue or running:
+            while queue and idle:
+                trial, actor = queue.pop(0), idle.pop(0)
+                running[actor.evaluate.remote(trial.to_json())] = (trial, actor)
+            if not running:
+                raise MmmoError("every Ray worker has died; the finished evaluations are saved, resume to continue")
+            [ready], _ = ray.wait(list(running), num_returns=1)
+            trial, actor = running.pop(ready)
+            try:
+                result = Trial.from_json(ray.get(ready))
+            except ray.exceptions.RayActorError as err:
+                self.actors.remove(actor)
+                failed = replace(
+                    trial, status="failed", attempts=trial.attempts + 1,
+                    error=f"worker died: {str(err).splitlines()[0][:200]}",
+                )
+                if failed.attempts < 2:
+                    self.on_attempt_failed(failed)
+                    queue.insert(0, replace(failed, status="proposed", error=None))
+                else:
+                    yield failed
+                continue
+            idle.append(actor)
+            yield result
+
+    def evaluate_sources(self, indices: Iterable[int | None]) -> list[SourceScore]:
+        indices = list(indices)
+        refs = [self.actors[k % len(self.actors)].evaluate_source.remote(i) for k, i in enumerate(indices)]
+        return [SourceScore(**d) for d in self.ray.get(refs)]
+
+    def merger(self) -> None:
+        return None  # the driver holds no model; export builds its own merger
+
+    def close(self) -> None:
+        for a in self.actors:
+            try:
+                self.ray.kill(a)
+            except Exception:  # noqa: BLE001 - already dead
+                pass
+        self.actors = []
+        if self._started_ray and self.ray.is_initialized():
+            self.ray.shutdown()

@@ -1,0 +1,63 @@
+"""Shared fixtures: caches inside the project, no hub access, and the demo models built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache"
+
+# Before anything imports transformers/datasets: caches in the project, the network never used.
+os.environ.setdefault("HF_HOME", str(CACHE / "hf_home"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def demo_paths():
+    """The demo problem (tiny base + three experts + local tasks), built once and cached across runs."""
+    from mmmo.demo import ensure_demo
+
+    return ensure_demo(Path(os.environ.get("MMMO_DEMO_DIR", CACHE / "demo-test")))
+
+
+def write_demo_spec(demo, folder: Path, *, limit: int = 10, **sections: dict) -> Path:
+    """A small, fast search spec over the demo models (few examples per task, a short budget) in `folder`."""
+    import yaml
+
+    data = yaml.safe_load(demo.config.read_text())
+    data["base_model"] = str(demo.base)
+    data["models"] = [{"path": str(p), "name": n} for n, p in demo.experts.items()]
+    data["tasks_dir"] = str(demo.tasks_dir)
+    for o in data["objectives"]:
+        if o.get("type", "lm_eval") == "lm_eval":
+            o["limit"] = limit
+    data["optimizer"] = {"initial": 4, "batches": 1, "candidates": 4, "batch_size": 2, "seed": 0}
+    data["evaluation"] = {"device": "cpu", "batch_size": 16, "evaluate_sources": False}
+    data["output"] = {"dir": str(folder / "run"), "export": "none"}
+    for key, patch in sections.items():
+        if isinstance(patch, dict) and isinstance(data.get(key), dict):
+            data[key].update(patch)
+        else:
+            data[key] = patch
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def demo_spec(demo_paths, tmp_path):
+    """Factory: `demo_spec(**sections)` writes a small demo search spec into tmp_path and returns its path."""
+
+    def make(**sections: dict) -> Path:
+        return write_demo_spec(demo_paths, tmp_path, **sections)
+
+    return make

@@ -1,0 +1,56 @@
+"""Ray workers: the same journal as one worker (order aside), and a killed worker's candidate retried elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import mmmo
+from mmmo.run_store import fold_events, read_events
+
+pytest.importorskip("ray")
+
+OPT = {"initial": 4, "batches": 1, "candidates": 4, "batch_size": 2}
+
+
+def _by_id(run_dir: Path) -> dict[int, tuple[list[float], dict[str, float] | None, str]]:
+    state = fold_events(read_events(run_dir / "trials.jsonl"))
+    return {t.id: (t.x, t.objectives, t.status) for t in state.trials}
+
+
+def test_two_workers_give_the_same_journal_as_one(demo_paths, tmp_path: Path) -> None:
+    from conftest import write_demo_spec
+
+    one = mmmo.search(write_demo_spec(demo_paths, tmp_path / "one", optimizer=OPT), show_progress=False)
+    two = mmmo.search(
+        write_demo_spec(demo_paths, tmp_path / "two", optimizer=OPT, evaluation={"workers": 2}),
+        show_progress=False,
+    )
+    assert _by_id(two.run_dir) == _by_id(one.run_dir)
+    workers = {t.worker for t in two.trials}
+    assert workers == {"worker-0", "worker-1"}  # both actors did work
+    assert (tmp_path / "two" / "run" / "ray").is_dir()  # Ray's temp folder under the run folder
+
+
+def test_a_killed_worker_fails_only_its_candidate_which_is_retried(
+    demo_paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import write_demo_spec
+
+    marker = tmp_path / "killed-once"
+    # Ray actors inherit the driver's environment: the worker that picks trial 1 kills itself once.
+    monkeypatch.setenv("MMMO_FAULT_KILL_ON_TRIAL", f"1:{marker}")
+    result = mmmo.search(
+        write_demo_spec(demo_paths, tmp_path, optimizer=OPT, evaluation={"workers": 2}), show_progress=False
+    )
+    assert marker.exists()
+    assert len(result.trials) == 6 and all(t.status == "done" for t in result.trials)
+    events = read_events(result.run_dir / "trials.jsonl")
+    retried = [e for e in events if e["event"] == "attempt_failed"]
+    assert [e["trial"]["id"] for e in retried] == [1]
+    assert "worker died" in retried[0]["trial"]["error"]
+    trial1 = next(t for t in result.trials if t.id == 1)
+    assert trial1.attempts == 2
+    # after the death, everything ran on the surviving worker
+    assert len({t.worker for t in result.trials if t.id >= 1}) == 1

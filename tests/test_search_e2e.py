@@ -1,0 +1,123 @@
+"""A whole search on the demo models through the Python API and the CLI: journal, front, summaries, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+import mmmo
+from mmmo.cli import app
+from mmmo.run_store import fold_events, read_events
+from mmmo.search.pareto import pareto_mask
+
+
+@pytest.fixture(scope="module")
+def finished_run(demo_paths, tmp_path_factory):
+    from conftest import write_demo_spec
+
+    folder = tmp_path_factory.mktemp("e2e")
+    spec_path = write_demo_spec(
+        demo_paths, folder, evaluation={"evaluate_sources": True}, output={"export": "best"}
+    )
+    return spec_path, mmmo.search(spec_path, show_progress=False)
+
+
+def test_search_fills_the_budget_and_journals_every_trial(finished_run) -> None:
+    _, result = finished_run
+    assert len(result.trials) == 4 + 1 * 2
+    assert [t.id for t in result.trials] == list(range(6))
+    assert all(t.status == "done" for t in result.trials)
+    assert [t.batch for t in result.trials] == [0, 0, 0, 0, 1, 1]
+    assert {t.step for t in result.trials[:4]} == {"sobol"}
+    events = read_events(result.run_dir / "trials.jsonl")
+    kinds = [e["event"] for e in events]
+    assert kinds.count("proposed") == 6 and kinds.count("done") == 6 and kinds.count("batch_end") == 2
+    state = fold_events(events)
+    for t in state.trials:
+        assert set(t.objectives) == {"arith", "reverse", "sort", "sparsity"}
+        assert all(0.0 <= t.objectives[n] <= 1.0 for n in ("arith", "reverse", "sort"))
+        assert t.objectives["sparsity"] < 0.0  # every merge moves away from the base
+        assert set(t.params) == {f"{m}.{k}" for m in ("arith", "reverse", "sort") for k in ("weight", "density")}
+        assert t.n_examples == {"arith": 10, "reverse": 10, "sort": 10}
+        assert t.merge_seconds is not None and t.eval_seconds is not None
+    assert state.ref_point is not None and len(state.ref_point) == 4
+
+
+def test_sources_are_scored_once_beside_the_front(finished_run) -> None:
+    _, result = finished_run
+    by_name = {s.name: s for s in result.sources}
+    assert set(by_name) == {"base", "arith", "reverse", "sort"}
+    assert by_name["base"].objectives["sparsity"] == 0.0
+    # each expert is best on its own task among the sources
+    for skill in ("arith", "reverse", "sort"):
+        own = by_name[skill].objectives[skill]
+        assert own == max(s.objectives[skill] for s in result.sources)
+
+
+def test_pareto_front_is_exactly_the_non_dominated_trials(finished_run) -> None:
+    _, result = finished_run
+    names = ["arith", "reverse", "sort", "sparsity"]
+    Y = torch.tensor([[t.objectives[n] for n in names] for t in result.trials], dtype=torch.float64)
+    expected = {t.id for t, keep in zip(result.trials, pareto_mask(Y).tolist()) if keep}
+    assert {t.id for t in result.pareto} == expected
+    data = json.loads((result.run_dir / "pareto.json").read_text())
+    assert {p["trial"] for p in data["pareto"]} == expected
+    csv_lines = (result.run_dir / "pareto.csv").read_text().strip().splitlines()
+    assert csv_lines[0].startswith("trial,batch,step,arith,reverse,sort,sparsity,mean_task_score")
+    assert len(csv_lines) == 1 + len(expected)
+
+
+def test_summary_files_and_export(finished_run) -> None:
+    _, result = finished_run
+    for name in ("pareto.png", "hypervolume.png", "report.md", "spec.yaml"):
+        assert (result.run_dir / name).stat().st_size > 0
+    assert (result.run_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (result.run_dir / "report.md").read_text()
+    assert "## Source models" in report and "| base |" in report
+    best = result.summary.best()
+    assert [p.name for p in result.exported] == [f"trial-{best.id}"]
+    folder = result.exported[0]
+    assert (folder / "config.json").exists() and (folder / "mergekit_config.yml").exists()
+    recipe = yaml.safe_load((folder / "mergekit_config.yml").read_text())
+    assert recipe["merge_method"] == "dare_ties"
+    assert [round(m["parameters"]["weight"], 6) for m in recipe["models"]] == [
+        round(best.params[f"{n}.weight"], 6) for n in ("arith", "reverse", "sort")
+    ]
+
+
+def test_search_on_a_finished_run_evaluates_nothing_more(finished_run) -> None:
+    spec_path, result = finished_run
+    before = (result.run_dir / "trials.jsonl").read_bytes()
+    again = mmmo.search(spec_path, show_progress=False)
+    assert (result.run_dir / "trials.jsonl").read_bytes() == before
+    assert [t.objectives for t in again.trials] == [t.objectives for t in result.trials]
+
+
+def test_cli_show_json_and_table(finished_run) -> None:
+    _, result = finished_run
+    runner = CliRunner()
+    out = runner.invoke(app, ["show", str(result.run_dir), "--json"])
+    assert out.exit_code == 0, out.output
+    assert {p["trial"] for p in json.loads(out.stdout)["pareto"]} == {t.id for t in result.pareto}
+    out = runner.invoke(app, ["show", str(result.run_dir)])
+    assert out.exit_code == 0 and "6 done, 0 failed, 0 pending of a budget of 6" in out.stdout
+
+
+def test_export_trial_twice_gives_identical_tensors(finished_run, tmp_path: Path) -> None:
+    _, result = finished_run
+    runner = CliRunner()
+    tid = result.trials[-1].id
+    for out in ("a", "b"):
+        r = runner.invoke(app, ["export", str(result.run_dir), "--trial", str(tid), "--out", str(tmp_path / out)])
+        assert r.exit_code == 0, r.output
+    files_a = sorted((tmp_path / "a" / f"trial-{tid}").glob("*.safetensors"))
+    assert files_a
+    for f in files_a:
+        assert f.read_bytes() == (tmp_path / "b" / f"trial-{tid}" / f.name).read_bytes()
+    r = runner.invoke(app, ["export", str(result.run_dir), "--trial", "99", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "trial 99 is not a finished trial" in r.output
