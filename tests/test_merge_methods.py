@@ -1,0 +1,237 @@
+"""Merge methods on hand-worked tensors: the expected numbers are worked out in the comments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmmo.errors import MmmoError
+from mmmo.merge import methods as mm
+
+
+def close(actual: torch.Tensor, expected: list[float]) -> None:
+    torch.testing.assert_close(actual, torch.tensor(expected, dtype=actual.dtype), rtol=1e-6, atol=1e-7)
+
+
+# Two task vectors of 4 entries, used by the TIES examples.
+TAU = torch.tensor([[0.5, -0.2, 0.1, -0.4], [-0.3, -0.6, 0.2, 0.05]])
+ONES = torch.ones(4)
+
+
+def test_magnitude_prune_keeps_the_k_largest() -> None:
+    # density 0.5 of 4 entries: k = 2. |tau1| = .5 .2 .1 .4 -> keep .5 and -.4
+    close(mm.magnitude_prune(TAU[0], 0.5), [0.5, 0.0, 0.0, -0.4])
+    # |tau2| = .3 .6 .2 .05 -> keep -.3 and -.6
+    close(mm.magnitude_prune(TAU[1], 0.5), [-0.3, -0.6, 0.0, 0.0])
+
+
+def test_magnitude_prune_edges() -> None:
+    # k = max(1, int(0.01 * 4)) = 1: the single largest survives (mergekit keeps at least one)
+    close(mm.magnitude_prune(TAU[0], 0.01), [0.5, 0.0, 0.0, 0.0])
+    close(mm.magnitude_prune(TAU[0], 0.0), [0.0, 0.0, 0.0, 0.0])
+    close(mm.magnitude_prune(TAU[0], 1.0), TAU[0].tolist())
+    # three entries tie at |1| for k = 2: exactly two survive, lowest index first
+    close(mm.magnitude_prune(torch.tensor([1.0, -1.0, 1.0, 0.5]), 0.5), [1.0, -1.0, 0.0, 0.0])
+
+
+def test_keep_count_matches_mergekit_for_float32_densities() -> None:
+    assert mm.magnitude_keep_count(10, 0.7) == 7
+    assert mm.magnitude_keep_count(10, float(torch.tensor(0.7, dtype=torch.float32))) == 7  # 0.69999999
+    assert mm.magnitude_keep_count(10, 0.35) == 3
+    assert mm.magnitude_keep_count(0, 0.5) == 0
+    assert mm.magnitude_keep_count(1000, 1e-9) == 1
+
+
+def test_ties_by_hand() -> None:
+    # Trimmed (density .5): t1 = [.5, 0, 0, -.4], t2 = [-.3, -.6, 0, 0]; weights [1, .5]:
+    # weighted w1*t1 = [.5, 0, 0, -.4], w2*t2 = [-.15, -.3, 0, 0]; sum = [.35, -.3, 0, -.4]
+    # elected signs: + - + -   (0 counts as +)
+    # agreeing: e0 model 1 (.5, weight 1); e1 model 2 (-.3, weight .5); e2 none; e3 model 1 (-.4, weight 1)
+    # normalized: [.5/1, -.3/.5, 0 (divisor 0 -> 1), -.4/1] = [.5, -.6, 0, -.4]
+    out = mm.ties(ONES, TAU, [1.0, 0.5], [0.5, 0.5])
+    close(out, [1.5, 0.4, 1.0, 0.6])
+    # without normalization: the agreeing sum [.5, -.3, 0, -.4]; lambda 2 doubles it
+    close(mm.ties(ONES, TAU, [1.0, 0.5], [0.5, 0.5], normalize=False), [1.5, 0.7, 1.0, 0.6])
+    close(mm.ties(ONES, TAU, [1.0, 0.5], [0.5, 0.5], lambda_=2.0), [2.0, -0.2, 1.0, 0.2])
+    # the default normalize of ties is on
+    close(mm.merge_tensor("ties", ONES, TAU, [1.0, 0.5], [0.5, 0.5]), [1.5, 0.4, 1.0, 0.6])
+
+
+def test_sign_consensus_by_hand() -> None:
+    # sum = [.2, -.8, .3, -.35] -> + - + -; a zero never agrees
+    weighted = torch.tensor([[0.5, -0.2, 0.1, -0.4], [-0.3, -0.6, 0.2, 0.05], [0.0, 0.0, 0.0, 0.0]])
+    agree = mm.sign_consensus_mask(weighted)
+    assert agree.tolist() == [[True, True, True, True], [False, True, True, False], [False, False, False, False]]
+
+
+def test_dare_ties_without_dropping_by_hand() -> None:
+    # density 1 keeps everything: w*tau = [.5, -.2, .1, -.4] and [-.15, -.3, .1, .025]
+    # sum = [.35, -.5, .2, -.375] -> + - + -; agreeing sums [.5, -.5, .2, -.4]; no normalization by default
+    out = mm.dare_ties(torch.zeros(4), TAU, [1.0, 0.5], [1.0, 1.0])
+    close(out, [0.5, -0.5, 0.2, -0.4])
+
+
+def test_l1_rescale_by_hand() -> None:
+    # |[1,-2,3,-4]|_1 = 10; kept [1,0,3,0] has norm 4 -> scale 2.5
+    delta = torch.tensor([1.0, -2.0, 3.0, -4.0])
+    close(mm.l1_rescaled(delta, torch.tensor([True, False, True, False])), [2.5, 0.0, 7.5, 0.0])
+    # nothing kept: no rescale (mergekit's eps guard), the result is zero
+    close(mm.l1_rescaled(delta, torch.zeros(4, dtype=torch.bool)), [0.0, 0.0, 0.0, 0.0])
+
+
+def test_dare_prune_uses_the_generator_mask_and_rescales() -> None:
+    delta = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    out = mm.dare_prune(delta, 0.3, mm.dare_generator(7, 0, "w"))
+    keep = mm.bernoulli_mask(delta.shape, 0.3, mm.dare_generator(7, 0, "w"))
+    assert torch.equal(out != 0, keep)
+    torch.testing.assert_close(out.abs().sum(), delta.abs().sum())  # L1 norm preserved
+    assert 0.25 < keep.float().mean().item() < 0.35
+    no_rescale = mm.dare_prune(delta, 0.3, mm.dare_generator(7, 0, "w"), rescale=False)
+    assert torch.equal(no_rescale, delta * keep)
+    assert torch.equal(mm.dare_prune(delta, 1.0), delta)
+    assert torch.equal(mm.dare_prune(delta, 0.0), torch.zeros_like(delta))
+
+
+def test_dare_masks_nest_and_depend_on_seed_model_and_name() -> None:
+    shape = (64, 64)
+    low = mm.bernoulli_mask(shape, 0.3, mm.dare_generator(1, 0, "a"))
+    high = mm.bernoulli_mask(shape, 0.6, mm.dare_generator(1, 0, "a"))
+    assert bool((low & ~high).sum() == 0)  # same draws: a higher density keeps a superset
+    assert torch.equal(low, mm.bernoulli_mask(shape, 0.3, mm.dare_generator(1, 0, "a")))
+    for other in (mm.dare_generator(2, 0, "a"), mm.dare_generator(1, 1, "a"), mm.dare_generator(1, 0, "b")):
+        assert not torch.equal(low, mm.bernoulli_mask(shape, 0.3, other))
+
+
+def test_dare_linear_by_hand_with_density_one() -> None:
+    # no drop: base + sum w_i tau_i = 0 + [.5-.15, -.2-.3, .1+.1, -.4+.025]
+    close(mm.dare_linear(torch.zeros(4), TAU, [1.0, 0.5], [1.0, 1.0]), [0.35, -0.5, 0.2, -0.375])
+
+
+def test_task_arithmetic_by_hand() -> None:
+    base = torch.tensor([1.0, 2.0])
+    deltas = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    # lambda 2: base + 2 * (.5*[1,0] + .25*[0,2]) = [1,2] + [1,1]
+    close(mm.task_arithmetic(base, deltas, [0.5, 0.25], lambda_=2.0), [2.0, 3.0])
+    # normalized: divide the sum [.5,.5] by .75 first, then lambda 2: [1+4/3, 2+4/3]
+    close(mm.task_arithmetic(base, deltas, [0.5, 0.25], lambda_=2.0, normalize=True), [7 / 3, 10 / 3])
+    # all-zero weights: the base (the normalizer guard makes 0/0 into 0/1)
+    close(mm.task_arithmetic(base, deltas, [0.0, 0.0], normalize=True), [1.0, 2.0])
+
+
+def test_linear_by_hand() -> None:
+    base = torch.tensor([1.0, 2.0])
+    deltas = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # models [2,2] and [1,4]
+    # (1*[2,2] + 3*[1,4]) / 4 = [1.25, 3.5]
+    close(mm.linear(base, deltas, [1.0, 3.0]), [1.25, 3.5])
+    # unnormalized: the weighted sum [5, 14]
+    close(mm.linear(base, deltas, [1.0, 3.0], normalize=False), [5.0, 14.0])
+    # weights summing to 0 have no average: defined as the base
+    close(mm.linear(base, deltas, [0.0, 0.0]), [1.0, 2.0])
+
+
+def test_all_zero_weights_give_the_base_for_every_method() -> None:
+    base = torch.randn(3, 5)
+    deltas = torch.randn(2, 3, 5)
+    for method in mm.METHODS:
+        out = mm.merge_tensor(method, base, deltas, [0.0, 0.0], [0.5, 0.5], generators=[None, None])
+        assert torch.equal(out, base), method
+
+
+def test_merge_delta_dtype_and_shape_checks() -> None:
+    base = torch.zeros(4, dtype=torch.bfloat16)
+    out = mm.merge_tensor("ties", base, TAU.to(torch.bfloat16), [1.0, 0.5], [0.5, 0.5])
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), torch.tensor([0.5, -0.6, 0.0, -0.4]), atol=5e-3, rtol=0)
+    with pytest.raises(ValueError, match="weights"):
+        mm.merge_tensor("ties", ONES, TAU, [1.0], [0.5, 0.5])
+    with pytest.raises(MmmoError, match="unsupported merge method 'slerp'"):
+        mm.merge_tensor("slerp", ONES, TAU, [1.0, 1.0])
+
+
+def test_method_defaults_follow_mergekit() -> None:
+    assert {n: (m.default_normalize, m.default_rescale) for n, m in mm.METHODS.items()} == {
+        "linear": (True, False),
+        "task_arithmetic": (False, False),
+        "ties": (True, False),
+        "dare_ties": (False, True),
+        "dare_linear": (False, True),
+    }
+
+
+# ---- the optimized path against a direct transcription of mergekit's algorithm
+
+
+def reference_delta(method: str, base: torch.Tensor, deltas: torch.Tensor, weights: list[float],
+                    densities: list[float], seed: int = 0, normalize: bool | None = None) -> torch.Tensor:
+    """mergekit's generalized task arithmetic, step by step, with the simple helpers (no workspace tricks)."""
+    info = mm.METHODS[method]
+    norm = info.default_normalize if normalize is None else normalize
+    rows = []
+    for i in range(deltas.shape[0]):
+        d = deltas[i]
+        if info.sparsification == "magnitude":
+            d = mm.magnitude_prune(d, densities[i])
+        elif info.sparsification == "random":
+            d = mm.dare_prune(d, densities[i], mm.dare_generator(seed, i, "t"), rescale=info.default_rescale)
+        rows.append(d)
+    w = torch.tensor(weights, dtype=deltas.dtype).reshape(-1, *([1] * base.dim()))
+    weighted = torch.stack(rows) * w
+    if info.consensus:
+        mask = mm.sign_consensus_mask(weighted)
+        mixed = (weighted * mask).sum(0)
+        divisor = (w * mask).sum(0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = weighted.sum(0)
+        divisor = w.sum(0)
+        divisor[divisor.abs() < 1e-8] = 1
+    return mixed / divisor if norm else mixed
+
+
+def _large(dtype: torch.dtype, quantize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    deltas = torch.randn(3, 400, 800, generator=gen)  # 320k entries: the sampled-bracket selection
+    deltas[1, :50] = 0  # untouched rows, as fine-tuning often leaves
+    if quantize:
+        deltas = torch.round(deltas * 64) / 64  # many equal magnitudes at every threshold
+    return torch.zeros(400, 800, dtype=dtype), deltas.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("quantize", [False, True])
+def test_magnitude_selection_is_exact_on_large_tensors(dtype: torch.dtype, quantize: bool) -> None:
+    _, deltas = _large(dtype, quantize)
+    ws = mm.Workspace()
+    row = torch.empty(deltas[0].numel(), dtype=dtype)
+    for density in (0.013, 0.3, 0.5, 0.92):
+        for i in range(3):
+            mm._magnitude_row(deltas[i].reshape(-1), density, 1.0, row, ws)
+            want = mm.magnitude_mask(deltas[i], density).reshape(-1)
+            k = mm.magnitude_keep_count(deltas[i].numel(), density)
+            kept = (row != 0) | (want & (deltas[i].reshape(-1) == 0))  # a kept zero reads as zero
+            assert torch.equal(kept, want), (density, i)
+            assert int(want.sum()) == k
+
+
+def test_bracket_fallback_when_the_sample_misses(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, deltas = _large(torch.float32, False)
+    # a "sample" of one position: the bracket cannot hold the threshold, the full selection must take over
+    monkeypatch.setattr(mm, "_sample_index", lambda numel, device: torch.zeros(4096, dtype=torch.long))
+    row = torch.empty(deltas[0].numel())
+    mm._magnitude_row(deltas[0].reshape(-1), 0.4, 1.0, row, mm.Workspace())
+    assert torch.equal(row != 0, mm.magnitude_mask(deltas[0], 0.4).reshape(-1))
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_linear", "task_arithmetic"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_merge_matches_the_reference(method: str, dtype: torch.dtype) -> None:
+    base, deltas = _large(dtype, quantize=method == "ties")
+    w, d = [0.6, 0.25, 0.9], [0.3, 0.55, 0.8]
+    ws = mm.Workspace()
+    for normalize in (None, True, False):
+        gens = [mm.dare_generator(0, i, "t") for i in range(3)]
+        got = mm.merge_delta(method, base, deltas, w, d, normalize=normalize, generators=gens, workspace=ws)
+        want = reference_delta(method, base, deltas, w, d, normalize=normalize)
+        # rounding differs only in the order of a few operations: compare relative to the tensor's norm
+        err = ((got.double() - want.double()).norm() / want.double().norm()).item()
+        assert err <= 1e-6, (method, normalize, err)

@@ -1,0 +1,96 @@
+"""Acquisition units: the reference point and the posterior must both be in raw objective units.
+
+The paper's code mixes raw and z-scored units, which silently zeroes the hypervolume improvement.
+Objectives here sit far from unit scale (Y * 1000 + 500 and Y * 1000 - 5000) so that any such mix shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from mmmo.search.acquisition import build_acquisition, propose_hvi
+from mmmo.search.gp import fit_models
+from mmmo.search.pareto import infer_ref_point
+
+T = torch.float64
+CHEAP = {"num_restarts": 2, "raw_samples": 64, "mc_samples": 32, "maxiter": 50}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # Tiny GPs gain nothing from intra-op threads and lose a lot to oversubscription on a busy CI box.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    """10 points with x1 <= 0.6; both objectives grow with x1, so (0.5, 0.95) improves the front."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(10, 2, generator=g, dtype=T) * torch.tensor([1.0, 0.6], dtype=T)
+    Y_unit = torch.stack([X[:, 0] + X[:, 1], 1.0 - X[:, 0] + X[:, 1]], -1)
+    return X, Y_unit
+
+
+X_IMPROVING = torch.tensor([[[0.5, 0.95]]], dtype=T)
+
+
+def _zscore(Y: torch.Tensor) -> torch.Tensor:
+    return (Y - Y.mean(0)) / Y.std(0)
+
+
+@pytest.mark.parametrize("kind", ["qehvi", "qlognehvi"])
+def test_raw_units_give_positive_improvement_and_unit_mixing_gives_none(
+    data: tuple[torch.Tensor, torch.Tensor], kind: str
+) -> None:
+    X, Y_unit = data
+    for Y in (Y_unit * 1000 + 500, Y_unit * 1000 - 5000):
+        model = fit_models(X, Y)
+        value = build_acquisition(model, X, None, kind=kind, Y_baseline=Y)(X_IMPROVING).item()
+        # The improving point adds an area of order (0.1 * 1000)^2 raw units: clearly > 0 (log > 0).
+        assert value > (1e3 if kind == "qehvi" else 0.0)
+
+    # Mistake 1 (the paper's): GP on hand-z-scored objectives, reference point from raw objectives.
+    Y = Y_unit * 1000 + 500
+    z_model = fit_models(X, _zscore(Y))
+    mixed = build_acquisition(z_model, X, infer_ref_point(Y), kind=kind)(X_IMPROVING).item()
+    # Mistake 2: raw-unit GP (Standardize outcome transform) but a z-scored-by-hand reference point.
+    Y = Y_unit * 1000 - 5000
+    mixed_too = build_acquisition(fit_models(X, Y), X, infer_ref_point(_zscore(Y)), kind=kind)(
+        X_IMPROVING
+    ).item()
+    if kind == "qehvi":
+        assert mixed == 0.0 and mixed_too == 0.0
+    else:
+        assert mixed < -50.0 and mixed_too < -50.0  # log of a vanishing improvement
+
+
+def test_proposals_are_spread_beyond_the_data_and_shift_invariant(
+    data: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    X, Y_unit = data
+    props = []
+    for Y in (Y_unit * 1000 + 500, Y_unit * 1000 - 5000):
+        props.append(propose_hvi(fit_models(X, Y), X, None, 3, seed=0, Y_baseline=Y, **CHEAP))
+    P = props[0]
+    assert P.shape == (3, 2)
+    assert ((P >= 0) & (P <= 1)).all()
+    assert torch.cdist(P, P, p=float("inf")).add(torch.eye(3, dtype=T)).min() > 0.05  # distinct points
+    assert (P[:, 1] > 0.6).sum() >= 2  # where the improvement is, beyond every observed x1
+    # Raw units throughout: shifting every objective moves the inferred reference point with it.
+    torch.testing.assert_close(props[1], P)
+
+
+def test_qehvi_and_single_objective_proposals(data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    X, Y_unit = data
+    Y = Y_unit * 1000 + 500
+    P = propose_hvi(fit_models(X, Y), X, None, 2, kind="qehvi", seed=1, Y_baseline=Y, **CHEAP)
+    assert P.shape == (2, 2) and ((P >= 0) & (P <= 1)).all()
+    P1 = propose_hvi(fit_models(X, Y[:, :1]), X, None, 2, seed=1, **CHEAP)  # qLogNEI fallback
+    assert P1.shape == (2, 2) and ((P1 >= 0) & (P1 <= 1)).all()
+    assert P1[:, 1].max() > 0.6  # the single objective also grows with x1
