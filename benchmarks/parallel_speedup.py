@@ -30,8 +30,9 @@ def main() -> None:
     parser.add_argument("--demo-dir", type=Path, default=REPO / "demo")
     args = parser.parse_args()
 
-    import mmmo
     from conftest import write_demo_spec
+
+    import mmmo
     from mmmo.demo import ensure_demo
     from mmmo.run_store import fold_events, read_events
 

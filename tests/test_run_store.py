@@ -61,7 +61,8 @@ def test_torn_last_line_is_skipped_with_warning_and_repaired_before_append(tmp_p
         state = fold_events(read_events(path))
     assert [t.id for t in state.trials] == [0]
     # a new writer cuts the fragment so the next event is not glued to it
-    Journal(path).record_trial(_trial(2, "done", 0.9))
+    with pytest.warns(TornJournalWarning, match="dropping a torn last line"):
+        Journal(path).record_trial(_trial(2, "done", 0.9))
     state = fold_events(read_events(path))
     assert [t.id for t in state.trials] == [0, 2]
 

@@ -158,6 +158,7 @@ def _run(
     spec: SearchSpec, space: SearchSpace, pool: Any, journal: Journal, state: RunState, progress: SearchProgress
 ) -> None:
     from mmmo.search.loop import run_loop
+    from mmmo.search.strategies import budget_for
 
     def to_params(x: list[float]) -> dict[str, float]:
         return space.named(torch.tensor(x, dtype=torch.float64))
@@ -198,6 +199,7 @@ def _run(
         ref_point=spec.optimizer.ref_point or state.ref_point,
         on_ref_point=on_ref_point,
         to_params=to_params,
+        budget=budget_for(len(spec.objectives)),
     )
 
 

@@ -82,6 +82,11 @@ class Journal:
             if data.endswith(b"\n"):
                 return
             keep = data.rfind(b"\n") + 1
+            warnings.warn(
+                f"{self.path}: dropping a torn last line (the run was killed while writing it)",
+                TornJournalWarning,
+                stacklevel=3,
+            )
             fh.truncate(keep)
             fh.flush()
             os.fsync(fh.fileno())

@@ -43,6 +43,17 @@ class AcqBudget:
 DEFAULT_BUDGET = AcqBudget()
 
 
+def budget_for(n_objectives: int) -> AcqBudget:
+    """An acquisition budget whose cost stays small beside an evaluation.
+
+    qLogNEHVI partitions the objective space once per MC sample, and that partitioning grows steeply with
+    the number of objectives: with 4 objectives and 128 samples one batch of 10 proposals took over 2 min
+    on 2 CPU cores against ~20 s with 32 samples (benchmarks/overhead.py measures it).
+    """
+    mc = MC_SAMPLES if n_objectives <= 2 else (64 if n_objectives == 3 else 32)
+    return AcqBudget(num_restarts=4, raw_samples=128, mc_samples=mc, maxiter=100)
+
+
 @dataclass
 class Proposal:
     """A point to evaluate, in the unit cube, and the step that proposed it."""
