@@ -1,0 +1,136 @@
+"""BO overhead: the time of one mm-mo batch step (GP fit, acquisition, weak-to-strong, screening) vs evaluation.
+
+    .venv/bin/python benchmarks/overhead.py                      # default: a few minutes on 2 CPU cores
+    .venv/bin/python benchmarks/overhead.py --trials 10,50,100,200 --dims 6,24,96 --repeats 3   # bigger
+
+Part 1 scores `--history` Sobol points of the demo with `CandidateEvaluator.evaluate` (limit 50 per task),
+then times each step of the next mm-mo batch on that history. Part 2 times the whole batch step on synthetic
+4-objective data as the number of trials grows (6-D) and as the search dimension grows (layer granularity:
+6 = model, 24 = layers:4, 96 = layers:16, with a fixed number of trials). Acquisition effort is
+`budget_for(4)`, as the search uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
+from search_quality import DEFAULT_DEMO_DIR, OBJECTIVES, TASKS, demo_search_spec  # noqa: E402
+
+from mmmo.config import OptimizerSpec  # noqa: E402
+from mmmo.search.fisher import fisher_screen  # noqa: E402
+from mmmo.search.gp import fit_models  # noqa: E402
+from mmmo.search.strategies import _acquire, batch_seed, budget_for, sobol_points  # noqa: E402
+from mmmo.search.weak_to_strong import weak_to_strong  # noqa: E402
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def step_times(X: torch.Tensor, Y: torch.Tensor, task_cols: list[int], seed: int = 0) -> dict[str, float]:
+    """Seconds spent in each part of one mm-mo batch step (defaults: 10 candidates, batch of 5)."""
+    opt = OptimizerSpec(seed=seed)
+    budget = budget_for(Y.shape[-1])
+    s = batch_seed(seed, 1)
+    model, t_fit = timed(lambda: fit_models(X, Y))
+    cand, t_acq = timed(lambda: _acquire(model, X, Y, None, opt.candidates, opt, s, budget))
+    w = opt.weak_to_strong
+    gen = torch.Generator().manual_seed(s)
+    (cand2, _), t_w2s = timed(lambda: weak_to_strong(cand, X, Y[:, task_cols], top_k=w.top_k, f=w.f, cr=w.cr,
+                                                     generator=gen))
+    _, t_scr = timed(lambda: fisher_screen(model, cand2, opt.batch_size, X))
+    return {"gp_fit": t_fit, "acquisition": t_acq, "weak_to_strong": t_w2s, "screening": t_scr,
+            "total": t_fit + t_acq + t_w2s + t_scr}
+
+
+def synthetic(n: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` Sobol points and 4 smooth conflicting objectives: 3 'tasks' peaked at different corners, and sparsity."""
+    X = sobol_points(n, dim, seed)
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(3, dim, generator=g, dtype=torch.float64)
+    tasks = torch.exp(-((X.unsqueeze(1) - centres) ** 2).mean(-1) * 8.0)  # [n, 3]
+    sparsity = -X[:, : dim // 2].mean(-1, keepdim=True)
+    return X, torch.cat([tasks, sparsity], -1)
+
+
+def median_times(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+
+
+def fmt_row(label: str, t: dict[str, float], extra: str = "") -> str:
+    return (f"| {label} | {t['gp_fit']:.2f} | {t['acquisition']:.2f} | {t['weak_to_strong']:.3f} | "
+            f"{t['screening']:.3f} | {t['total']:.2f} |{extra}")
+
+
+HEADER = ("| {} | GP fit (s) | acquisition (s) | weak-to-strong (s) | screening (s) | batch step (s) |{}\n"
+          "|---|---|---|---|---|---|{}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--demo-dir", type=Path, default=DEFAULT_DEMO_DIR)
+    p.add_argument("--limit", type=int, default=50, help="examples per task for the demo evaluations")
+    p.add_argument("--history", type=int, default=30, help="demo trials before the timed batch step")
+    p.add_argument("--trials", default="10,50,100", help="trial counts for the growth table (6-D)")
+    p.add_argument("--dims", default="6,24,96", help="search dimensions for the growth table")
+    p.add_argument("--dim-trials", type=int, default=30, help="trials for the dimension table")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--skip-demo", action="store_true")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    logging.getLogger("mmmo").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    task_cols = [OBJECTIVES.index(n) for n in TASKS]
+
+    if not a.skip_demo:
+        from mmmo.evaluate import CandidateEvaluator
+        from mmmo.trial import Trial
+
+        ev = CandidateEvaluator(demo_search_spec(a.demo_dir, a.limit), device="cpu")
+        Xd = sobol_points(a.history, ev.space.dim, 7)
+        ys, secs, merge_s = [], [], []
+        for i, x in enumerate(Xd.tolist()):
+            t, s = timed(lambda: ev.evaluate(Trial(id=i, batch=0, x=x, step="sobol")))
+            ys.append([t.objectives[k] for k in OBJECTIVES])
+            secs.append(s)
+            merge_s.append(t.merge_seconds or 0.0)
+        eval_s = statistics.median(secs)
+        Yd = torch.tensor(ys, dtype=torch.float64)
+        st = median_times([step_times(Xd, Yd, task_cols, seed=r) for r in range(a.repeats)])
+        print(f"## Demo: one candidate evaluation vs one mm-mo batch step ({a.history} trials, "
+              f"limit {a.limit}, {a.threads} thread(s))\n")
+        print(f"one evaluation: median {eval_s:.2f} s (merge {statistics.median(merge_s):.2f} s), "
+              f"over {len(secs)} candidates; a batch of 5 evaluations: {5 * eval_s:.1f} s\n")
+        print(HEADER.format("history", " step / one eval | step / batch of 5 evals |", "---|---|"))
+        print(fmt_row(f"{a.history} trials", st, f" {st['total'] / eval_s:.1f}x | {st['total'] / (5 * eval_s):.1f}x |"))
+        print()
+
+    print(f"## Synthetic 4 objectives: batch step vs number of trials (6-D, {a.repeats} repeat(s), median)\n")
+    print(HEADER.format("trials", "", ""))
+    for n in [int(v) for v in a.trials.split(",")]:
+        X, Y = synthetic(n, 6, 0)
+        print(fmt_row(str(n), median_times([step_times(X, Y, task_cols, seed=r) for r in range(a.repeats)])),
+              flush=True)
+    print(f"\n## Synthetic 4 objectives: batch step vs search dimension ({a.dim_trials} trials)\n")
+    print(HEADER.format("dim", "", ""))
+    for d in [int(v) for v in a.dims.split(",")]:
+        X, Y = synthetic(a.dim_trials, d, 0)
+        print(fmt_row(str(d), median_times([step_times(X, Y, task_cols, seed=r) for r in range(a.repeats)])),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
