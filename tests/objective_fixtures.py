@@ -28,25 +28,10 @@ RIGHT = {letter: digit for letter, digit in zip(LETTERS, DIGITS)}
 
 
 def make_tokenizer() -> Any:
-    """A character-level PreTrainedTokenizerFast that prepends <s>."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    """A character-level PreTrainedTokenizerFast over CHARS (one token per character; <s> prepended)."""
+    from mmmo.demo import make_tokenizer as char_tokenizer
 
-    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *CHARS])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        model_max_length=32,
-    )
+    return char_tokenizer(CHARS, 32)
 
 
 def make_model(tokenizer: Any) -> Any:

@@ -19,21 +19,10 @@ SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 
 
 def make_tokenizer() -> Any:
-    """A character-level PreTrainedTokenizerFast (one token per character; <s> prepended)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    """A character-level PreTrainedTokenizerFast over CHARS (one token per character; <s> prepended)."""
+    from mmmo.demo import make_tokenizer as char_tokenizer
 
-    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *CHARS])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        model_max_length=64,
-    )
+    return char_tokenizer(CHARS, 64)
 
 
 VOCAB_SIZE = len(SPECIALS) + len(CHARS)

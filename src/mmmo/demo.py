@@ -162,12 +162,12 @@ class _Sampler:
 # ---------------------------------------------------------------------------------------- tokenizer
 
 
-def make_tokenizer() -> Any:
-    """A character-level `PreTrainedTokenizerFast` that prepends <s>, like Llama's."""
+def make_tokenizer(chars: str = _CHARS, model_max_length: int = DEFAULT_PARAMS.max_positions) -> Any:
+    """A character-level `PreTrainedTokenizerFast` over `chars` that prepends <s>, like Llama's."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate([*_SPECIALS, *_CHARS])}
+    vocab = {tok: i for i, tok in enumerate([*_SPECIALS, *chars])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     # "[\s\S]": every character, newline and space included, becomes its own piece
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
@@ -181,7 +181,7 @@ def make_tokenizer() -> Any:
         eos_token="</s>",
         pad_token="<pad>",
         unk_token="<unk>",
-        model_max_length=DEFAULT_PARAMS.max_positions,
+        model_max_length=model_max_length,
     )
 
 
