@@ -40,7 +40,9 @@ class SearchResult:
 
 def use_project_cache(root: Path) -> None:
     """Keep Hugging Face / datasets caches in a project folder and never reach for the hub unless asked."""
-    os.environ.setdefault("HF_HOME", str(root / ".cache" / "hf_home"))
+    from mmmo.demo import use_project_cache as point_hf_home
+
+    point_hf_home(root / ".cache")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
