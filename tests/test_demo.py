@@ -1,10 +1,12 @@
-"""The demo problem: data and caching logic, and (through lm-eval itself) that merging its experts pays off."""
+"""The demo problem: data and caching logic, and (through lm-eval itself) that merging its experts pays off.
+
+The full demo comes from the session fixture `demo_paths` in conftest.py (built once, cached).
+"""
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 import re
 from dataclasses import replace
@@ -41,15 +43,6 @@ TINY = replace(
     warmup_steps=1,
     eval_examples=5,
 )
-
-
-# Session-scoped and self-contained so that it can move into conftest.py unchanged.
-@pytest.fixture(scope="session")
-def demo_paths() -> D.DemoPaths:
-    """The full demo, built once into $MMMO_DEMO_DIR (default: <repo>/.cache/demo-test) and reused."""
-    root = Path(os.environ.get("MMMO_DEMO_DIR") or REPO / ".cache" / "demo-test")
-    D.use_project_cache(root.parent)
-    return D.ensure_demo(root)
 
 
 # ------------------------------------------------------------------------------------ pure parts
@@ -116,10 +109,21 @@ def _stamp_mtime(root: Path) -> int:
     return (root / "base" / "model.safetensors").stat().st_mtime_ns
 
 
+def _weights(paths: D.DemoPaths) -> list[bytes]:
+    return [(p / "model.safetensors").read_bytes() for p in [paths.base, *paths.experts.values()]]
+
+
+def test_parallel_build_equals_sequential_build_and_is_deterministic(tmp_path: Path) -> None:
+    sequential = D.build_demo(tmp_path / "seq", params=TINY, workers=1)
+    parallel = D.build_demo(tmp_path / "par", params=TINY, workers=2)
+    assert _weights(sequential) == _weights(parallel)
+    assert len(set(_weights(sequential))) == 4  # and the experts did train away from the base
+
+
 def test_build_is_cached_and_rebuilt_when_stale(tmp_path: Path) -> None:
     root = tmp_path / "demo"
     log: list[str] = []
-    paths = D.build_demo(root, params=TINY, progress=log.append)
+    paths = D.build_demo(root, params=TINY, progress=log.append, workers=1)
     assert any("training the base" in m for m in log)
     assert paths.experts == {s: root.resolve() / "experts" / s for s in D.SKILLS}
     for p in [paths.base, *paths.experts.values()]:
@@ -130,14 +134,14 @@ def test_build_is_cached_and_rebuilt_when_stale(tmp_path: Path) -> None:
     assert D.build_demo(root, params=TINY, progress=log.append) == paths
     assert _stamp_mtime(root) == first and not any("training" in m for m in log)
 
-    D.build_demo(root, params=replace(TINY, seed=1), progress=log.append)  # other parameters: rebuild
+    D.build_demo(root, params=replace(TINY, seed=1), progress=log.append, workers=1)  # other parameters
     assert any("training the base" in m for m in log)
     second = _stamp_mtime(root)
     assert second != first
 
-    D.build_demo(root, params=replace(TINY, seed=1), force=True)
+    D.build_demo(root, params=replace(TINY, seed=1), force=True, workers=1)
     assert _stamp_mtime(root) != second
-    assert [p.name for p in tmp_path.iterdir() if p.name != ".demo.lock"] == ["demo"]  # no leftovers
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # no leftovers
 
 
 def test_interrupted_build_leaves_nothing_that_looks_complete(
@@ -152,35 +156,37 @@ def test_interrupted_build_leaves_nothing_that_looks_complete(
 
     monkeypatch.setattr(D, "_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        D.build_demo(root, params=TINY)
+        D.build_demo(root, params=TINY, workers=1)
     assert not root.exists()
-    assert [p.name for p in tmp_path.iterdir()] == [".demo.lock"]  # the temp folder is gone too
+    assert list(tmp_path.iterdir()) == []  # the temp folder is gone too
+    (tmp_path / ".demo.building-123-abcd" / "base").mkdir(parents=True)  # as a killed build leaves it
 
     monkeypatch.setattr(D, "_save", real_save)
     log: list[str] = []
-    D.build_demo(root, params=TINY, progress=log.append)
+    D.build_demo(root, params=TINY, progress=log.append, workers=1)
     assert any("training the base" in m for m in log)
     assert D._stamp_ok(root, TINY)
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]
 
 
 def test_half_written_folder_is_rebuilt_and_foreign_folder_refused(tmp_path: Path) -> None:
     root = tmp_path / "demo"
-    D.build_demo(root, params=TINY)
+    D.build_demo(root, params=TINY, workers=1)
     (root / "experts" / "sort" / "model.safetensors").unlink()  # a damaged build
     assert not D._stamp_ok(root, TINY)
-    D.build_demo(root, params=TINY)
+    D.build_demo(root, params=TINY, workers=1)
     assert D._stamp_ok(root, TINY)
 
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(MmmoError, match="is not a demo folder"):
-        D.build_demo(foreign, params=TINY)
+        D.build_demo(foreign, params=TINY, workers=1)
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
 def test_moved_build_is_reused_with_task_paths_repointed(tmp_path: Path) -> None:
-    D.build_demo(tmp_path / "a", params=TINY)
+    D.build_demo(tmp_path / "a", params=TINY, workers=1)
     (tmp_path / "a").rename(tmp_path / "b")
     log: list[str] = []
     paths = D.build_demo(tmp_path / "b", params=TINY, progress=log.append)
@@ -231,7 +237,9 @@ def scores(demo_paths: D.DemoPaths) -> dict[str, dict[str, float]]:
     models = {"base": base, **experts, "merge": _task_arithmetic(base, list(experts.values()), TA_WEIGHT)}
     with D.torch_threads(1):  # far faster for models this small, and robust on a busy machine
         table = {name: _lm_eval_scores(m, tokenizer, demo_paths.tasks_dir) for name, m in models.items()}
-    print("\n" + "\n".join(f"{n:8} " + " ".join(f"{s}={v:.2f}" for s, v in r.items()) for n, r in table.items()))
+    print(
+        "\n" + "\n".join(f"{n:8} " + " ".join(f"{s}={v:.2f}" for s, v in r.items()) for n, r in table.items())
+    )
     return table
 
 

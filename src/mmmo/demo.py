@@ -1,21 +1,25 @@
 """A self-contained demo problem: a tiny Llama base and three experts on synthetic tasks, with lm-eval tasks.
 
-The base learns the prompt format (mostly on a copy task, seeing each skill only rarely); each expert is
-fine-tuned from it on one skill, so the task vectors are small and merging them actually pays off.
-Everything is built locally: no hub access.
+Skills (prompt -> answer): `arith` "add 47+5=" -> "52", `reverse` "rev abcd=" -> "dcba", `sort`
+"sort dbca=" -> "abcd". The base learns the prompt format on a copy task ("copy abcd=" -> "abcd") and
+sees each skill only rarely; each expert is fine-tuned from it on one skill (plus a replay of the
+base's mixture), so the task vectors stay small and merging them actually pays off: the base is weak
+at all three, each expert at its own one, a merge at several. Built locally, with no hub access.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
-import copy
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import secrets
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -97,7 +101,7 @@ class DemoPaths:
 # --------------------------------------------------------------------------------------------- data
 
 
-def sample_example(skill: str, rng: random.Random, word_len: tuple[int, int] = (3, 6)) -> tuple[str, str]:
+def sample_example(skill: str, rng: random.Random, word_len: tuple[int, int] = (4, 7)) -> tuple[str, str]:
     """One (prompt, answer) pair of a skill (`copy` or one of SKILLS); prompts end with '='."""
     if skill == "arith":
         a, b = rng.randint(10, 99), rng.randint(0, 9)
@@ -399,9 +403,11 @@ def _stamp_ok(root: Path, params: DemoParams) -> bool:
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """An inter-process lock, so parallel callers (pytest-xdist, two shells) build only once."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+def _exclusive(root: Path) -> Iterator[None]:
+    """An inter-process lock on building `root`, so parallel callers (pytest-xdist, two shells) build once."""
+    # in the temp folder, not beside `root`, so that no lock file litters the user's folder
+    key = hashlib.sha256(str(root).encode()).hexdigest()[:16]
+    lock_path = Path(tempfile.gettempdir()) / f"mmmo-demo-{key}.lock"
     with open(lock_path, "a+") as fh:
         if sys.platform != "win32":
             import fcntl
@@ -422,17 +428,27 @@ def build_demo(
     params: DemoParams = DEFAULT_PARAMS,
     device: str = "cpu",
     threads: int = 1,
+    workers: int | None = None,
 ) -> DemoPaths:
     """Build (or reuse) the demo in `out_dir`: base, three experts, lm-eval tasks and demo.yaml.
 
     A build is reused when its stamp matches `params` and BUILD_VERSION, unless `force`. The build
     happens in a sibling temp folder that is renamed into place, so an interrupted build is never
     mistaken for a complete one. `out_dir` must be new, empty, or a previous demo build.
-    Training runs on `device` with `threads` torch threads; about 3 minutes on one CPU core.
+    Training runs on `device` with `threads` torch threads per process; on CPU the three experts
+    train in `workers` parallel processes (default: one each when there are 2+ cores).
     """
     say = progress or (lambda _msg: None)
     root = Path(out_dir).expanduser().resolve()
-    with _exclusive(root.parent / f".{root.name}.lock"):
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root):
+        # Under the lock no other build of `root` runs: any temp folder left beside it is from a
+        # killed build.
+        for stale in [
+            *root.parent.glob(f".{root.name}.building-*"),
+            *root.parent.glob(f".{root.name}.old-*"),
+        ]:
+            shutil.rmtree(stale, ignore_errors=True)
         if not force and _stamp_ok(root, params):
             write_task_files(root / "tasks", root / "tasks")  # a no-op unless the folder was moved
             say(f"demo already built in {root} (reusing it)")
@@ -443,7 +459,7 @@ def build_demo(
         tmp = root.with_name(f".{root.name}.building-{os.getpid()}-{secrets.token_hex(4)}")
         tmp.mkdir()
         try:
-            _build_into(tmp, root, params, say, device, threads)
+            _build_into(tmp, root, params, say, device, threads, workers)
             if root.exists():
                 old = root.with_name(f".{root.name}.old-{os.getpid()}")
                 root.rename(old)
@@ -464,6 +480,7 @@ def _build_into(
     say: Callable[[str], None],
     device: str,
     threads: int,
+    workers: int | None,
 ) -> None:
     import torch
 
@@ -491,22 +508,25 @@ def _build_into(
         say(f"base trained (final loss {loss:.3f}, {time.perf_counter() - started:.0f}s)")
         _save(base, tokenizer, tmp / "base")
 
-        for i, skill in enumerate(SKILLS):
-            expert = copy.deepcopy(base)
-            mix = expert_mixture(params, skill)
-            loss = train(
-                expert,
-                _Sampler(mix, heldout, f"{params.seed}-expert-{skill}", params.word_len),
-                vocab,
-                steps=params.expert_steps,
-                lr=params.expert_lr,
-                batch_size=params.batch_size,
-                warmup_steps=params.warmup_steps,
-                seed=params.seed + 1 + i,
-                device=dev,
-            )
-            say(f"expert {skill} trained (final loss {loss:.3f}, {time.perf_counter() - started:.0f}s)")
-            _save(expert, tokenizer, tmp / "experts" / skill)
+    # The experts are independent: on CPU, train them in parallel processes of one thread each.
+    n_workers = workers or (len(SKILLS) if dev.type == "cpu" and (os.cpu_count() or 1) > 1 else 1)
+    jobs = [
+        (str(tmp / "base"), str(tmp / "experts" / s), params, s, i, device, threads)
+        for i, s in enumerate(SKILLS)
+    ]
+    if n_workers == 1:
+        for job in jobs:
+            loss = train_expert(*job)
+            say(f"expert {job[3]} trained (final loss {loss:.3f}, {time.perf_counter() - started:.0f}s)")
+    else:
+        ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+        with concurrent.futures.ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
+            futures = {pool.submit(train_expert, *job): job[3] for job in jobs}
+            for fut in concurrent.futures.as_completed(futures):
+                loss = fut.result()
+                say(
+                    f"expert {futures[fut]} trained (final loss {loss:.3f}, {time.perf_counter() - started:.0f}s)"
+                )
 
     tasks = tmp / "tasks"
     _write_data_files(tasks, params)
@@ -517,6 +537,34 @@ def _build_into(
     # written last: its presence marks a complete build
     (tmp / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n")
     say(f"demo built in {time.perf_counter() - started:.0f}s")
+
+
+def train_expert(
+    base_dir: str, out_dir: str, params: DemoParams, skill: str, index: int, device: str, threads: int
+) -> float:
+    """Fine-tune the saved base on one skill and save the expert; returns its final loss."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    with torch_threads(threads):
+        tokenizer = make_tokenizer()
+        model = LlamaForCausalLM.from_pretrained(base_dir)
+        heldout = {p for s in SKILLS for p, _ in heldout_examples(s, params)}
+        loss = train(
+            model,
+            _Sampler(
+                expert_mixture(params, skill), heldout, f"{params.seed}-expert-{skill}", params.word_len
+            ),
+            tokenizer.get_vocab(),
+            steps=params.expert_steps,
+            lr=params.expert_lr,
+            batch_size=params.batch_size,
+            warmup_steps=params.warmup_steps,
+            seed=params.seed + 1 + index,
+            device=torch.device(device),
+        )
+        _save(model, tokenizer, Path(out_dir))
+    return loss
 
 
 def _save(model: Any, tokenizer: Any, path: Path) -> None:
