@@ -103,7 +103,7 @@ def main() -> None:
         Xd = sobol_points(a.history, ev.space.dim, 7)
         ys, secs, merge_s = [], [], []
         for i, x in enumerate(Xd.tolist()):
-            t, s = timed(lambda: ev.evaluate(Trial(id=i, batch=0, x=x, step="sobol")))
+            t, s = timed(lambda i=i, x=x: ev.evaluate(Trial(id=i, batch=0, x=x, step="sobol")))
             ys.append([t.objectives[k] for k in OBJECTIVES])
             secs.append(s)
             merge_s.append(t.merge_seconds or 0.0)

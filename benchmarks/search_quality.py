@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import torch
+import torch  # noqa: E402  (after the environment is set)
 
 DATA = Path(__file__).resolve().parent / "data"
 TABLE = DATA / "demo_table.json"
-DEFAULT_DEMO_DIR = Path("/tmp/explore/demo")
+DEFAULT_DEMO_DIR = REPO / ".cache" / "demo-test"  # the test suite's demo build
 OBJECTIVES = ["arith", "reverse", "sort", "sparsity"]
 TASKS = ["arith", "reverse", "sort"]
 REACH_FRACTION = 0.95
@@ -48,24 +48,26 @@ REACH_FRACTION = 0.95
 
 def demo_search_spec(demo_dir: Path, limit: int, layer_groups: int = 1) -> Any:
     """The demo's search spec (3 experts, dare_ties weight + density, 3 tasks + sparsity) on CPU."""
-    import yaml
-
     from mmmo.config import spec_from_dict
-    from mmmo.demo import ensure_demo
+    from mmmo.demo import ensure_demo, search_spec_for
 
     demo = ensure_demo(demo_dir)
-    data = yaml.safe_load(demo.config.read_text())
-    data["base_model"] = str(demo.base)
-    data["models"] = [{"path": str(p), "name": n} for n, p in demo.experts.items()]
-    data["tasks_dir"] = str(demo.tasks_dir)
-    for o in data["objectives"]:
-        if o.get("type", "lm_eval") == "lm_eval":
-            o["limit"] = limit
-    data["evaluation"] = {"device": "cpu", "batch_size": 64, "evaluate_sources": False}
-    data["output"] = {"dir": "/tmp/mmmo-bench-unused", "export": "none"}
-    if layer_groups > 1:
-        data.setdefault("merge", {})["granularity"] = f"layers:{layer_groups}"
+    merge = {"granularity": f"layers:{layer_groups}"} if layer_groups > 1 else {}
+    data = search_spec_for(
+        demo,
+        limit=limit,
+        merge=merge,
+        evaluation={"device": "cpu", "batch_size": 64, "evaluate_sources": False},
+        output={"dir": "/tmp/mmmo-bench-unused", "export": "none"},
+    )
     return spec_from_dict(data, demo.root)
+
+
+def _demo_digest() -> str:
+    """The digest of the demo calibration the table is built from (`ensure_demo` builds the default one)."""
+    from mmmo.demo import DEFAULT_PARAMS
+
+    return DEFAULT_PARAMS.digest()
 
 
 def build_table(demo_dir: Path, n: int, limit: int, out: Path, seed: int = 1234) -> None:
@@ -80,7 +82,7 @@ def build_table(demo_dir: Path, n: int, limit: int, out: Path, seed: int = 1234)
     rows: list[dict[str, Any]] = []
     if out.is_file():
         old = json.loads(out.read_text())
-        if old.get("seed") == seed and old.get("limit") == limit:
+        if old.get("seed") == seed and old.get("limit") == limit and old.get("demo") == _demo_digest():
             rows = old["rows"]
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -91,7 +93,7 @@ def build_table(demo_dir: Path, n: int, limit: int, out: Path, seed: int = 1234)
             continue
         rows.append({"x": [round(v, 6) for v in t.x], "y": [round(t.objectives[k], 6) for k in OBJECTIVES]})
         if len(rows) % 8 == 0 or i == n - 1:
-            meta = {"objectives": OBJECTIVES, "limit": limit, "seed": seed, "dim": ev.space.dim,
+            meta = {"objectives": OBJECTIVES, "limit": limit, "seed": seed, "demo": _demo_digest(), "dim": ev.space.dim,
                     "names": ev.space.names, "rows": rows}
             out.write_text(json.dumps(meta, separators=(",", ":")))
             print(f"{len(rows)}/{n} points, {(time.perf_counter() - t0) / max(len(rows), 1):.1f} s/point",
@@ -115,6 +117,9 @@ def load_table(path: Path = TABLE) -> tuple[torch.Tensor, torch.Tensor]:
     if not path.is_file():
         sys.exit(f"no surrogate table at {path}: build it with --build-table 512")
     data = json.loads(path.read_text())
+    if data.get("demo") != _demo_digest():
+        print(f"warning: {path} was built from another demo calibration; rebuild it with --build-table",
+              file=sys.stderr)
     X = torch.tensor([r["x"] for r in data["rows"]], dtype=torch.float64)
     Y = torch.tensor([r["y"] for r in data["rows"]], dtype=torch.float64)
     return X, Y

@@ -20,6 +20,16 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module's tests: the models and GPs here are tiny, and extra threads only
+    wait on each other (or on other processes) on a busy 2-core CI box."""
+    from mmmo.demo import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def demo_paths():
     """The demo problem (tiny base + three experts + local tasks), built once and cached across runs."""
@@ -32,21 +42,16 @@ def write_demo_spec(demo, folder: Path, *, limit: int = 10, **sections: dict) ->
     """A small, fast search spec over the demo models (few examples per task, a short budget) in `folder`."""
     import yaml
 
-    data = yaml.safe_load(demo.config.read_text())
-    data["base_model"] = str(demo.base)
-    data["models"] = [{"path": str(p), "name": n} for n, p in demo.experts.items()]
-    data["tasks_dir"] = str(demo.tasks_dir)
-    for o in data["objectives"]:
-        if o.get("type", "lm_eval") == "lm_eval":
-            o["limit"] = limit
-    data["optimizer"] = {"initial": 4, "batches": 1, "candidates": 4, "batch_size": 2, "seed": 0}
-    data["evaluation"] = {"device": "cpu", "batch_size": 16, "evaluate_sources": False}
-    data["output"] = {"dir": str(folder / "run"), "export": "none"}
-    for key, patch in sections.items():
-        if isinstance(patch, dict) and isinstance(data.get(key), dict):
-            data[key].update(patch)
-        else:
-            data[key] = patch
+    from mmmo.demo import search_spec_for
+
+    small = {
+        "optimizer": {"initial": 4, "batches": 1, "candidates": 4, "batch_size": 2, "seed": 0},
+        "evaluation": {"device": "cpu", "batch_size": 16, "evaluate_sources": False},
+        "output": {"dir": str(folder / "run"), "export": "none"},
+    }
+    for key, patch in sections.items():  # the caller's sections patch the small ones
+        small[key] = {**small[key], **patch} if isinstance(patch, dict) and key in small else patch
+    data = search_spec_for(demo, limit=limit, **small)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -6,7 +6,6 @@ HF_HOME and the offline switches are set by conftest.py before anything imports 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,7 @@ HALF_WRONG = {**fx.RIGHT, "d": "1", "e": "1", "f": "2"}
 STDERR_HALF_OF_6 = math.sqrt(0.5 * 0.5 * 6 / 5 / 6)  # sample stderr of the mean of [1,1,1,0,0,0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The model is tiny: one thread is fastest, and immune to other processes busy on the other cores.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

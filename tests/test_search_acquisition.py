@@ -6,8 +6,6 @@ Objectives here sit far from unit scale (Y * 1000 + 500 and Y * 1000 - 5000) so 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -19,13 +17,7 @@ T = torch.float64
 CHEAP = {"num_restarts": 2, "raw_samples": 64, "mc_samples": 32, "maxiter": 50}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny GPs gain nothing from intra-op threads and lose a lot to oversubscription on a busy CI box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +86,4 @@ def test_qehvi_and_single_objective_proposals(data: tuple[torch.Tensor, torch.Te
     P1 = propose_hvi(fit_models(X, Y[:, :1]), X, None, 2, seed=1, **CHEAP)  # qLogNEI fallback
     assert P1.shape == (2, 2) and ((P1 >= 0) & (P1 <= 1)).all()
     assert P1[:, 1].max() > 0.6  # the single objective also grows with x1
+

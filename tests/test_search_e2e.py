@@ -11,6 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 import mmmo
+import mmmo.api
 from mmmo.cli import app
 from mmmo.run_store import fold_events, read_events
 from mmmo.search.pareto import pareto_mask
@@ -98,6 +99,27 @@ def test_search_on_a_finished_run_evaluates_nothing_more(finished_run) -> None:
     assert [t.objectives for t in again.trials] == [t.objectives for t in result.trials]
 
 
+def test_run_killed_before_its_last_batch_end_is_completed_once(finished_run, monkeypatch) -> None:
+    spec_path, result = finished_run
+    journal = result.run_dir / "trials.jsonl"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    last = json.loads(lines[-1])
+    assert last["event"] == "batch_end"
+    journal.write_bytes(b"".join(lines[:-1]))  # as if killed right after the last evaluation
+
+    again = mmmo.search(spec_path, show_progress=False)
+    after = journal.read_bytes().splitlines(keepends=True)
+    assert after[:-1] == lines[:-1]  # nothing evaluated again
+    end = json.loads(after[-1])
+    assert (end["event"], end["batch"], end["hypervolume"]) == ("batch_end", last["batch"], last["hypervolume"])
+    assert [t.objectives for t in again.trials] == [t.objectives for t in result.trials]
+
+    # Now the run is complete: a further search neither loads a model nor writes to the journal.
+    monkeypatch.setattr(mmmo.api, "make_pool", lambda *a, **k: pytest.fail("a complete run loaded models"))
+    mmmo.search(spec_path, show_progress=False)
+    assert journal.read_bytes().splitlines(keepends=True) == after
+
+
 def test_cli_show_json_and_table(finished_run) -> None:
     _, result = finished_run
     runner = CliRunner()
@@ -106,6 +128,23 @@ def test_cli_show_json_and_table(finished_run) -> None:
     assert {p["trial"] for p in json.loads(out.stdout)["pareto"]} == {t.id for t in result.pareto}
     out = runner.invoke(app, ["show", str(result.run_dir)])
     assert out.exit_code == 0 and "6 done, 0 failed, 0 pending of a budget of 6" in out.stdout
+
+
+def test_pareto_table_drops_the_parameters_column_on_a_narrow_console(finished_run) -> None:
+    from rich.console import Console
+
+    from mmmo.report import pareto_table
+
+    _, result = finished_run
+    rendered = {}
+    for width in (80, 160):
+        console = Console(width=width, record=True)
+        console.print(pareto_table(result.summary, width=console.width))
+        rendered[width] = console.export_text()
+    assert "parameters" in rendered[160] and "arith.weight=" in rendered[160]
+    assert "parameters:" in rendered[80] and "arith.weight=" not in rendered[80]  # the caption points elsewhere
+    for t in result.pareto:  # every front trial and its mean task score stay readable at 80 columns
+        assert f"{result.summary.mean_task_score(t):.4f}" in rendered[80]
 
 
 def test_export_trial_twice_gives_identical_tensors(finished_run, tmp_path: Path) -> None:

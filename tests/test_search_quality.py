@@ -8,7 +8,7 @@ with the problem's reference point (max 59.4).
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import pytest
 import torch
@@ -23,12 +23,7 @@ QUALITY_BUDGET = AcqBudget(num_restarts=2, raw_samples=64, mc_samples=32, maxite
 SEEDS = range(5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 PROBLEM = BraninCurrin(negate=True).to(torch.float64)  # maximise; inputs already span the unit cube

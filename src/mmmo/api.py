@@ -202,6 +202,7 @@ def _run(
         on_ref_point=on_ref_point,
         to_params=to_params,
         budget=budget_for(len(spec.objectives)),
+        ended_batches=set(state.hypervolumes),
     )
 
 

@@ -62,7 +62,9 @@ def _finish_search(result: Any, as_json: bool, quiet: bool) -> None:
         return
     if not quiet:
         console = Console()
-        console.print(pareto_table(result.summary, title=f"Pareto front — {result.spec.name}"))
+        console.print(
+            pareto_table(result.summary, title=f"Pareto front — {result.spec.name}", width=console.width)
+        )
         console.print(f"run folder: {result.run_dir}  (report.md, pareto.csv, pareto.png, trials.jsonl)")
         for p in result.exported:
             console.print(f"exported: {p}")
@@ -132,7 +134,7 @@ def show(run_dir: RunDirArg, as_json: JsonOpt = False) -> None:
         sys.stdout.write(pareto_json(summary) + "\n")
         return
     console = Console()
-    console.print(pareto_table(summary, title=f"Pareto front — {spec.name}"))
+    console.print(pareto_table(summary, title=f"Pareto front — {spec.name}", width=console.width))
     done, failed = len(summary.done), len(summary.failed)
     pending = sum(t.status == "proposed" for t in state.trials)
     console.print(f"{done} done, {failed} failed, {pending} pending of a budget of {summary.budget}")

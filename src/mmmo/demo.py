@@ -379,6 +379,28 @@ def demo_spec(params: DemoParams, prefix: str = "", output_dir: str = "runs/demo
     }
 
 
+def search_spec_for(demo: DemoPaths, *, limit: int | None = None, **sections: Any) -> dict[str, Any]:
+    """A built demo's search spec with absolute paths, for tests and benchmarks.
+
+    `limit` overrides every task's example count; each keyword section replaces that spec section, or
+    updates it when both are mappings (`optimizer={"batches": 1}` keeps the other optimizer fields).
+    """
+    data = yaml.safe_load(demo.config.read_text())
+    data["base_model"] = str(demo.base)
+    data["models"] = [{"path": str(p), "name": n} for n, p in demo.experts.items()]
+    data["tasks_dir"] = str(demo.tasks_dir)
+    if limit is not None:
+        for o in data["objectives"]:
+            if o.get("type", "lm_eval") == "lm_eval":
+                o["limit"] = limit
+    for key, patch in sections.items():
+        if isinstance(patch, dict) and isinstance(data.get(key), dict):
+            data[key].update(patch)
+        else:
+            data[key] = patch
+    return data
+
+
 def _dump_spec(spec: dict[str, Any], header: str) -> str:
     return header + yaml.safe_dump(spec, sort_keys=False)
 

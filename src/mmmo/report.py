@@ -229,18 +229,29 @@ def write_summaries(run_dir: Path, spec: SearchSpec, state: RunState) -> RunSumm
     return summary
 
 
-def pareto_table(summary: RunSummary, *, title: str = "Pareto front") -> Any:
-    """A rich Table of the front with the source models beside it."""
+PARAMETERS_MIN_WIDTH = 110  # below this a parameters column squeezes every other column unreadable
+
+
+def pareto_table(summary: RunSummary, *, title: str = "Pareto front", width: int | None = None) -> Any:
+    """A rich Table of the front with the source models beside it.
+
+    On a console narrower than PARAMETERS_MIN_WIDTH (`width`) the parameters column is left out and a
+    caption says where to find them.
+    """
     from rich.table import Table
 
     names = summary.objective_names
+    show_params = width is None or width >= PARAMETERS_MIN_WIDTH
     table = Table(title=title)
+    if not show_params:
+        table.caption = "parameters: pareto.csv in the run folder, or `mmmo show RUN --json`"
     table.add_column("trial", justify="right")
     table.add_column("step")
     for n in names:
         table.add_column(n, justify="right")
     table.add_column("mean task", justify="right")
-    table.add_column("parameters")
+    if show_params:
+        table.add_column("parameters")
     best = summary.best()
     for t in summary.pareto:
         assert t.objectives is not None
@@ -248,12 +259,17 @@ def pareto_table(summary: RunSummary, *, title: str = "Pareto front") -> Any:
         mark = " *" if best is not None and t.id == best.id else ""
         table.add_row(
             f"{t.id}{mark}", t.step, *[f"{t.objectives[n]:.4g}" for n in names],
-            f"{summary.mean_task_score(t):.4f}", params,
+            f"{summary.mean_task_score(t):.4f}", *([params] if show_params else []),
         )
     for s in summary.sources:
         if s.objectives is None:
-            table.add_row(s.name, "source", *["failed"] * len(names), "", s.error or "", style="dim")
+            error = s.error or ""
+            cells = ["", error] if show_params else [error]  # without parameters, in the mean column
+            table.add_row(s.name, "source", *["failed"] * len(names), *cells, style="dim")
             continue
         mean = sum(s.objectives[n] for n in summary.task_names) / len(summary.task_names)
-        table.add_row(s.name, "source", *[f"{s.objectives[n]:.4g}" for n in names], f"{mean:.4f}", "", style="dim")
+        table.add_row(
+            s.name, "source", *[f"{s.objectives[n]:.4g}" for n in names], f"{mean:.4f}",
+            *([""] if show_params else []), style="dim",
+        )
     return table

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -116,12 +116,15 @@ def run_loop(
     to_params: Callable[[list[float]], dict[str, float]] | None = None,
     budget: AcqBudget | None = None,
     device: torch.device | str | None = None,
+    ended_batches: Collection[int] | None = None,
 ) -> LoopResult:
     """Run (or resume) batches 0..opt.batches over the history `trials`.
 
     A batch already present in the history is not proposed again: only its trials still `proposed`
     (interrupted mid-evaluation) are evaluated. New trials go to `on_proposed` before evaluation so the
-    caller can journal them. `on_batch_end` is called for the batches this call proposed or evaluated.
+    caller can journal them. `on_batch_end` is called for the batches this call proposed or evaluated,
+    and, when `ended_batches` (the batches whose end the caller already recorded) is given, for every
+    complete batch not in it.
     The reporting reference point is `ref_point`, else inferred once from the first done trials (batch 0
     normally) and handed to `on_ref_point`. `budget` (acquisition effort) defaults to
     `mmmo.search.strategies.DEFAULT_BUDGET`; `device` is where the GP work runs (default CPU).
@@ -191,7 +194,8 @@ def run_loop(
                 on_ref_point(list(ref))
         summary = summarize(history, b, objective_names, dim, ref)
         hypervolumes.append(summary.hypervolume)
-        if worked:
+        # A batch can be complete with its end unrecorded: killed after its last evaluation.
+        if worked or (ended_batches is not None and b not in ended_batches):
             on_batch_end(summary)
 
     last = max([opt.batches] + [t.batch for t in history])
