@@ -56,9 +56,13 @@ class DemoParams:
     batch_size: int = 64
     base_steps: int = 800
     base_lr: float = 2e-3
-    # share of the base's rows per skill (in SKILLS order); the rest are the copy task. Set per skill
-    # so that the base stays weak at each skill though some are far easier to pick up than others.
-    base_skill_shares: tuple[float, ...] = (0.08, 0.012, 0.025)
+    # Share of the base's rows per skill (in SKILLS order); the rest are the copy task. Set per skill
+    # (some are picked up far more easily than others) so that the base is weak to middling at each,
+    # about 0.2 / 0.7 / 0.7 exact match: each expert then has a clear win on its own task, and merges
+    # beat every expert on the mean. With shares of (0.08, 0.012, 0.025) the base never learned the
+    # skills and the experts' task vectors destroyed each other when added (no merge reached the best
+    # expert's mean); with (0.2, 0.05, 0.08) the base knew them all and the experts had nothing to add.
+    base_skill_shares: tuple[float, ...] = (0.12, 0.02, 0.04)
     expert_steps: int = 300
     expert_lr: float = 7e-4
     expert_skill_share: float = 0.5  # the rest of an expert's rows replay the base's mixture
