@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(ROOT / "src"))
 
-import torch
+import torch  # noqa: E402  (after the environment is set)
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -108,7 +108,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scale", type=float, default=0.01, help="relative size of the experts' perturbation")
     ap.add_argument("--skip-mergekit", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable timings under load)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     from mmmo.merge.merger import Merger
     from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml

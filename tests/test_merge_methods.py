@@ -235,3 +235,89 @@ def test_fast_merge_matches_the_reference(method: str, dtype: torch.dtype) -> No
         # rounding differs only in the order of a few operations: compare relative to the tensor's norm
         err = ((got.double() - want.double()).norm() / want.double().norm()).item()
         assert err <= 1e-6, (method, normalize, err)
+
+
+# ---- search-wide tables and chunking: the same results as the direct path
+
+
+def test_cut_from_sorted_by_hand() -> None:
+    # |x| = 1 1 1 .5 1 0: k = 2 keeps two of the four 1s, lowest positions first (0 and 1), dropping 2 and 4
+    x = torch.tensor([[1.0, -1.0, 1.0, 0.5, -1.0, 0.0]])
+    values, positions = mm.sorted_magnitudes(x)
+    assert values[0].tolist() == [0.0, 0.5, 1.0, 1.0, 1.0, 1.0]
+    assert positions[0].tolist() == [5, 3, 0, 1, 2, 4]  # equal magnitudes in ascending position
+    cut = mm.cut_from_sorted(values[0], 2, positions[0])
+    assert (cut.t, cut.room, cut.drop.tolist()) == (1.0, 2, [2, 4])
+    assert cut.below < 1.0 and torch.tensor(cut.below) == torch.nextafter(torch.tensor(1.0), torch.tensor(0.0))
+    # k = 5: the threshold .5 is unique, nothing to drop; k = 6 reaches the zero: keep every nonzero
+    assert mm.cut_from_sorted(values[0], 5, positions[0]) == mm.MagnitudeCut(0.5, cut_below(0.5), None)
+    assert mm.cut_from_sorted(values[0], 6 - 1, None).room is None
+    assert mm.cut_from_sorted(torch.tensor([0.0, 0.0, 2.0]), 2) == mm._KEEP_NONZERO
+
+
+def cut_below(t: float) -> float:
+    return torch.nextafter(torch.tensor(t), torch.tensor(0.0)).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sorted_cut_keeps_exactly_the_selection(dtype: torch.dtype) -> None:
+    _, deltas = _large(dtype, quantize=True)  # many equal magnitudes at every threshold
+    values, positions = mm.sorted_magnitudes(deltas)
+    for density in (0.013, 0.3, 0.5, 0.92):
+        for i in range(3):
+            flat = deltas[i].reshape(-1)
+            k = mm.magnitude_keep_count(flat.numel(), density)
+            kept = torch.empty_like(flat)
+            mm._trim_chunk(flat, mm.cut_from_sorted(values[i], k, positions[i]), [0], 0, kept, mm.Workspace(),
+                           None)
+            cut = mm.cut_from_sorted(values[i], k, positions[i])
+            if cut.drop is not None:
+                kept[cut.drop] = 0
+            want = mm.magnitude_mask(deltas[i], density).reshape(-1)
+            assert torch.equal((kept != 0) | (want & (flat == 0)), want), (density, i)
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_linear", "task_arithmetic", "linear"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("w", [[0.6, 0.25, 0.9], [0.6, -0.25, 0.9]])  # a negative weight: the general divisor
+def test_chunks_and_tables_give_the_same_merge(method: str, dtype: torch.dtype, w: list[float]) -> None:
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(300, 70, generator=gen).to(dtype)
+    deltas = (torch.round(torch.randn(3, 300, 70, generator=gen) * 32) / 32).to(dtype)  # ties at thresholds
+    d = [0.3, 0.55, 0.8]
+    values, positions = mm.sorted_magnitudes(deltas)
+    gens = [mm.dare_generator(4, i, "t") for i in range(3)]
+    u, u_sorted, prefix = mm.dare_tables(deltas, gens)
+    tables = mm.Precomputed(values, positions, u, u_sorted, prefix)
+    results = []
+    for chunk in (base.numel(), 4096, 999):  # whole, aligned and ragged chunks
+        for pre in (None, tables):
+            out = torch.empty_like(base)
+            gens = [mm.dare_generator(4, i, "t") for i in range(3)]
+            stat = mm.merge_into(out, method, base, deltas, w, d, generators=gens, precomputed=pre, chunk=chunk)
+            results.append((out, stat))
+    first, stat0 = results[0]
+    for out, stat in results[1:]:
+        assert torch.equal(out, first)
+        assert stat.item() == pytest.approx(stat0.item(), rel=1e-6)
+    # and the merge is base + merge_delta, whose |.|_1 is the returned statistic
+    mixed = mm.merge_delta(method, base, deltas, w, d, generators=[mm.dare_generator(4, i, "t") for i in range(3)])
+    assert torch.equal(first, (base + mixed).to(dtype))
+    assert stat0.item() == pytest.approx(mixed.double().abs().sum().item(), rel=1e-5)
+
+
+def test_dare_tables_hold_the_generator_draws_and_masked_norms() -> None:
+    gen = torch.Generator().manual_seed(6)
+    deltas = torch.randn(2, 5000, generator=gen)
+    u, u_sorted, prefix = mm.dare_tables(deltas, [mm.dare_generator(1, i, "w") for i in range(2)])
+    for i in range(2):
+        fresh = torch.empty(5000).uniform_(generator=mm.dare_generator(1, i, "w"))
+        assert torch.equal(u[i], fresh)  # the exact draws bernoulli_mask makes
+        assert torch.equal(u_sorted[i], torch.sort(fresh).values)
+        assert prefix[i, -1] == mm.rescale_l1(deltas[i])
+        # densities at, just above and between draws: the mask compares in float32, as torch.lt does
+        probes = [0.0, 0.37, float(u_sorted[i, 1234]), float(u_sorted[i, 1234]) + 1e-12, 1.0]
+        for density in probes:
+            keep = mm.bernoulli_mask((5000,), density, mm.dare_generator(1, i, "w"))
+            want = float(mm.rescale_l1(deltas[i] * keep)) if keep.any() else 0.0
+            assert mm.masked_l1(u_sorted[i], prefix[i], density) == pytest.approx(want, rel=1e-6, abs=0), density

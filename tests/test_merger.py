@@ -127,6 +127,24 @@ def test_streaming_equals_resident(family: tuple[Path, list[Path]], method: str)
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_precomputed_tables_change_nothing_and_respect_the_budget(family: tuple[Path, list[Path]],
+                                                                  method: str) -> None:
+    base, experts = family
+    fast = Merger(base, experts, method=method, layer_groups=2, seed=2)
+    plain = Merger(base, experts, method=method, layer_groups=2, seed=2, precompute=False)
+    # ties: float32 magnitude + int32 position; DARE: draw, sorted draw, prefix sum (float32 each)
+    assert fast.precomputed and fast.precompute_bytes == fast.numel * 3 * (8 if method == "ties" else 12)
+    assert not plain.precomputed and plain.precompute_bytes == 0
+    tight = Merger(base, experts, method=method, max_resident_bytes=fast.store_bytes)  # vectors fit, tables not
+    assert tight.resident and not tight.precomputed
+    w = torch.tensor([[0.7, 0.2], [0.4, 0.5], [0.9, 0.1]])
+    d = torch.tensor([[0.5, 0.9], [0.3, 0.2], [0.8, 0.6]])
+    assert fast.apply(w, d) == plain.apply(w, d)
+    a, b = fast.live_state_dict(), plain.live_state_dict()
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
 def test_layer_group_weights_land_on_their_layers(family: tuple[Path, list[Path]]) -> None:
     base, experts = family
     merger = Merger(base, experts, method="task_arithmetic", layer_groups=2)

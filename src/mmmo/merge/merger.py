@@ -15,7 +15,17 @@ import torch
 from torch import Tensor
 
 from mmmo.errors import MmmoError
-from mmmo.merge.methods import Workspace, abs_sum, dare_generator, merge_delta, method_info
+from mmmo.merge.methods import (
+    Precomputed,
+    Workspace,
+    abs_sum,
+    dare_generator,
+    dare_tables,
+    merge_into,
+    method_info,
+    rescale_l1,
+    sorted_magnitudes,
+)
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 _EMBEDDING = re.compile(r"(?:^|\.)(?:embed_tokens|embed_in|embeddings|wte|wpe)(?:\.|$)")
@@ -236,6 +246,11 @@ class Merger:
     Task vectors (model - base) are computed once in `dtype`. They stay on `device` when they fit in
     `max_resident_bytes` (default: 70% of free device memory, or of available RAM on CPU); otherwise they are
     kept in host memory (pinned for CUDA) and copied to the device one tensor at a time during each merge.
+
+    With `precompute` (default), resident task vectors also get search-wide tables when those fit in the same
+    budget too: for TIES the sorted magnitudes and their positions (`dtype` + int32 per parameter and model),
+    which make every candidate's threshold and ties a lookup; for DARE the draws, sorted draws and L1 prefix sums (12 bytes per parameter
+    and model), which replace the RNG and the rescale's norm pass. `precompute_bytes` is their size (0 if off).
     """
 
     def __init__(
@@ -254,6 +269,7 @@ class Merger:
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
         max_resident_bytes: int | None = None,
+        precompute: bool = True,
     ) -> None:
         self.info = method_info(method)
         self.method = self.info.name
@@ -291,6 +307,11 @@ class Merger:
         budget = default_resident_budget(self.device) if max_resident_bytes is None else max_resident_bytes
         self.resident = need <= budget
         self.store_bytes = need
+        per_entry = {"magnitude": itemsize + 4, "random": 12}.get(self.info.sparsification or "", 0)
+        extra = self.numel * self.n_models * per_entry
+        self.precomputed = precompute and per_entry > 0 and self.resident and need + extra <= budget
+        self.precompute_bytes = extra if self.precomputed else 0
+        self._pre: dict[str, Precomputed] = {}
         self._base: dict[str, Tensor] = {}
         self._deltas: dict[str, Tensor] = {}
         self._l1: dict[str, Tensor] = {}
@@ -385,8 +406,15 @@ class Merger:
                 for i, get in enumerate(model_gets):
                     deltas[i].copy_(get(name).to(device=work, dtype=diff_dtype) - base_diff)
                 self._deltas[name] = deltas
-                if random:  # DARE's rescale needs each task vector's L1 norm: fixed, so computed once
-                    self._l1[name] = torch.stack([abs_sum(deltas[i]) for i in range(self.n_models)]).to(self.device)
+                if self.precomputed and random:
+                    gens = [dare_generator(self.seed, i, name, self.device) for i in range(self.n_models)]
+                    u, u_sorted, prefix = dare_tables(deltas, gens)
+                    self._pre[name] = Precomputed(uniforms=u, u_sorted=u_sorted, l1_prefix=prefix)
+                elif self.precomputed:
+                    values, positions = sorted_magnitudes(deltas)
+                    self._pre[name] = Precomputed(sorted_mag=values, sorted_pos=positions)
+                elif random:  # DARE's rescale needs each task vector's L1 norm: fixed, so computed once
+                    self._l1[name] = torch.stack([rescale_l1(deltas[i]) for i in range(self.n_models)]).to(self.device)
                 del base_diff
 
     # ---- merging
@@ -416,22 +444,26 @@ class Merger:
             return base, deltas
         return base.to(self.device, non_blocking=True), deltas.to(self.device, non_blocking=True)
 
-    def _mixed(self, weights: Any, densities: Any) -> Iterator[tuple[str, Tensor, Tensor]]:
-        """Yield (name, base, merged - base) on the device, tensor by tensor."""
+    def _merged(self, weights: Any, densities: Any) -> Iterator[tuple[str, Callable[[Tensor], Tensor]]]:
+        """Yield (name, write) per tensor: `write(out)` puts the merge into `out` and returns |merged - base|_1."""
         w, dens = self._check(weights, densities)
         random = self.info.sparsification == "random"
         for name in self.names:
             g = self._group[name]
-            base, deltas = self._fetch(name)
-            gens = (
-                [dare_generator(self.seed, i, name, self.device) for i in range(self.n_models)] if random else None
-            )
-            mixed = merge_delta(
-                self.method, base, deltas, w[:, g], None if dens is None else dens[g],
-                normalize=self.normalize, lambda_=self.lambda_, rescale=self.rescale,
-                generators=gens, l1_norms=self._l1.get(name), workspace=self._workspace,
-            )
-            yield name, base, mixed
+
+            def write(out: Tensor, name: str = name, g: int = g) -> Tensor:
+                base, deltas = self._fetch(name)
+                pre = self._pre.get(name)
+                gens = None
+                if random and pre is None:
+                    gens = [dare_generator(self.seed, i, name, self.device) for i in range(self.n_models)]
+                return merge_into(
+                    out, self.method, base, deltas, w[:, g], None if dens is None else dens[g],
+                    normalize=self.normalize, lambda_=self.lambda_, rescale=self.rescale,
+                    generators=gens, l1_norms=self._l1.get(name), precomputed=pre, workspace=self._workspace,
+                )
+
+            yield name, write
 
     @torch.no_grad()
     def apply(self, weights: Tensor | Sequence[Any], densities: Tensor | Sequence[Any] | None = None) -> float:
@@ -441,9 +473,8 @@ class Merger:
         densities are ignored by methods without density and default to 1 (no sparsification).
         """
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for name, base, mixed in self._mixed(weights, densities):
-            total += abs_sum(mixed)
-            torch.add(base, mixed, out=self._params[name].data)
+        for name, write in self._merged(weights, densities):
+            total += write(self._params[name].data)
         return float(total) / max(1, self.numel)
 
     @torch.no_grad()
@@ -451,7 +482,12 @@ class Merger:
         self, weights: Tensor | Sequence[Any], densities: Tensor | Sequence[Any] | None = None
     ) -> dict[str, Tensor]:
         """The merge as CPU tensors keyed by checkpoint name, without touching the live model."""
-        return {name: (base + mixed).to("cpu") for name, base, mixed in self._mixed(weights, densities)}
+        out: dict[str, Tensor] = {}
+        for name, write in self._merged(weights, densities):
+            t = torch.empty(self._base[name].shape, dtype=self.dtype, device=self.device)
+            write(t)
+            out[name] = t.to("cpu")
+        return out
 
     @torch.no_grad()
     def apply_source(self, index: int | None) -> float:

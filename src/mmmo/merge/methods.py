@@ -25,8 +25,11 @@ Randomness: a DARE mask is `uniform < density` with the uniforms drawn from a ge
 index, tensor name) (`dare_generator`): reproducible, independent of tensor order, nested as density grows.
 
 The simple helpers (`magnitude_prune`, `dare_prune`, `sign_consensus_mask`) follow mergekit step by step and are
-the reference; `merge_delta` computes the same thing with fewer passes and reusable buffers (`Workspace`), and is
-what the Merger runs for every candidate.
+the reference; `merge_into` (and `merge_delta` on top of it) computes the same thing with fewer passes and reusable
+buffers (`Workspace`), and is what the Merger runs for every candidate. It fixes the per-tensor quantities first
+(the TIES threshold, the DARE rescale factor), then does all the elementwise work over cache-sized chunks on CPU.
+Tables that depend only on the task vectors (`sorted_magnitudes`, `dare_tables`, held in `Precomputed`) turn those
+per-tensor quantities into lookups and replace the DARE draws, for every candidate of a search.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -176,9 +179,14 @@ def l1_rescaled(delta: Tensor, keep: Tensor, l1_norm: Tensor | None = None) -> T
 
 
 def _l1_rescale_factor(delta: Tensor, masked: Tensor, l1_norm: Tensor | None = None) -> Tensor:
-    """`|delta|_1 / |masked|_1`, or 1 when either norm is below mergekit's 1e-7 (kept on device: no sync)."""
-    before = abs_sum(delta) if l1_norm is None else l1_norm.to(_accumulate_dtype(delta.dtype))
-    after = abs_sum(masked)
+    """`|delta|_1 / |masked|_1`, or 1 when either norm is below mergekit's 1e-7 (kept on device: no sync).
+
+    The norms are `abs().sum()` as in mergekit (a cascaded sum; `linalg.vector_norm(t, 1)` is ~1e-5 off in
+    float32 on large CPU tensors), accumulated in float32 for half types.
+    """
+    acc = _accumulate_dtype(delta.dtype)
+    before = torch.sum(delta.abs(), dtype=acc) if l1_norm is None else l1_norm.to(acc)
+    after = torch.sum(masked.abs(), dtype=acc)
     small = (before < _RESCALE_EPS) | (after < _RESCALE_EPS)
     return torch.where(small, torch.ones_like(before), before / torch.where(small, torch.ones_like(after), after))
 
@@ -280,16 +288,85 @@ def _kth_largest(mag: Tensor, k: int, ws: Workspace) -> tuple[Tensor, int, Tenso
     return t, int(torch.count_nonzero(mag < t)), None
 
 
-def _magnitude_row(delta: Tensor, density: float, w: float, row: Tensor, ws: Workspace) -> None:
-    """row = w * (delta with all but its k largest magnitudes zeroed); ties at the threshold: lowest index first."""
+# ---- TIES trim: a threshold per task vector, applied chunk by chunk
+
+_CHUNK = 1 << 18  # CPU elements per chunk: the ~25 elementwise passes after selection then run in cache, not DRAM
+
+
+class MagnitudeCut(NamedTuple):
+    """How TIES trims one task vector: keep |x| >= t; of the entries with |x| == t keep only the first `room` in
+    flat order (None: all of them), so exactly k survive. `drop`, when known, lists the flat positions of the
+    ties past the first `room` (ascending), so no chunk has to look for them."""
+
+    t: float
+    below: float  # the largest value of the dtype under t: |x| > below  <=>  |x| >= t
+    room: int | None
+    drop: Tensor | None = None
+
+
+_KEEP_NONZERO = MagnitudeCut(0.0, 0.0, None)  # threshold 0: kept zeros contribute nothing, so keep |x| > 0
+
+
+def _prev_float(t: Tensor) -> float:
+    """The largest value of t's floating dtype below the positive finite 0-d `t` (its bit pattern minus one)."""
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return float((t.reshape(1).view(bits) - 1).view(t.dtype))
+
+
+def sorted_magnitudes(deltas: Tensor) -> tuple[Tensor, Tensor]:
+    """Per task vector, |delta_i| ascending ([n, numel], exact, in the deltas' dtype) and the flat position each
+    came from ([n, numel] int32 (int64 past 2^31 entries); equal magnitudes in ascending position).
+
+    Computed once per search: every later density's TIES threshold, and the positions of the ties it must drop,
+    are then lookups (`cut_from_sorted`) instead of a selection over the tensor.
+    """
+    n = deltas.shape[0]
+    mag = deltas.detach().reshape(n, -1).abs()
+    numel = mag.shape[1]
+    pos_dtype = torch.int32 if numel < 2**31 else torch.int64
+    if mag.device.type == "cpu" and mag.dtype != torch.float64 and numel < 2**31:
+        import numpy as np
+
+        # One int64 sort per row (NumPy's vectorised sort is several times faster than torch.sort on CPU):
+        # magnitudes are >= 0, so their float32 bits in the high word order like the values (exact for half
+        # types), and the position in the low word orders the ties.
+        values = torch.empty_like(mag)
+        positions = torch.empty(mag.shape, dtype=pos_dtype)
+        index = torch.arange(numel, dtype=torch.int64)
+        for i in range(n):
+            keys = (mag[i].float().view(torch.int32).to(torch.int64) << 32) | index
+            keys = torch.from_numpy(np.sort(keys.numpy()))
+            values[i] = (keys >> 32).to(torch.int32).view(torch.float32)
+            positions[i] = (keys & 0x7FFFFFFF).to(torch.int32)  # the low word
+        return values, positions
+    values, order = torch.sort(mag, dim=1, stable=True)
+    return values, order.to(pos_dtype)
+
+
+def cut_from_sorted(sorted_mag: Tensor, k: int, positions: Tensor | None = None) -> MagnitudeCut:
+    """The cut keeping the k largest (0 < k < numel) of the magnitudes whose ascending copy is `sorted_mag`;
+    with `positions` (see `sorted_magnitudes`) it also lists the ties to drop."""
+    numel = sorted_mag.numel()
+    pos = numel - k  # t is the (pos + 1)-th smallest; pos >= 1
+    lower, t = sorted_mag[pos - 1 : pos + 1].tolist()
+    if t == 0:
+        return _KEEP_NONZERO
+    t_tensor = sorted_mag[pos : pos + 1]
+    if lower < t:  # t is unique at the cut: exactly k entries are >= t
+        return MagnitudeCut(t, _prev_float(t_tensor), None)
+    n_le = int(torch.searchsorted(sorted_mag, t_tensor, right=True))
+    room = k - (numel - n_le)
+    if positions is None:
+        return MagnitudeCut(t, _prev_float(t_tensor), room)
+    # The ties occupy sorted slots [n_less, n_le), in ascending position: the first `room` of them stay.
+    n_less = int(torch.searchsorted(sorted_mag, t_tensor, right=False))
+    drop = positions[n_less + room : n_le].to(torch.int64)
+    return MagnitudeCut(t, _prev_float(t_tensor), room, drop)
+
+
+def _cut_by_selection(delta: Tensor, k: int, ws: Workspace) -> MagnitudeCut:
+    """The cut keeping the k largest |delta| (0 < k < numel) without a sorted copy: a selection pass."""
     numel = delta.numel()
-    k = magnitude_keep_count(numel, density)
-    if k >= numel:
-        torch.mul(delta, w, out=row)
-        return
-    if k == 0:
-        row.zero_()
-        return
     sel_dtype = delta.dtype
     if delta.device.type == "cpu" and delta.dtype in (torch.float16, torch.bfloat16):
         sel_dtype = torch.float32  # CPU selection kernels are slow or missing for half types
@@ -299,45 +376,349 @@ def _magnitude_row(delta: Tensor, density: float, w: float, row: Tensor, ws: Wor
     else:
         mag.copy_(delta).abs_()
     t, n_less, ties = _kth_largest(mag, k, ws)
-    fmask = ws.get("fmask", numel, delta.dtype, delta.device)
-    torch.ge(mag, t, out=fmask)
+    tv = float(t)
+    if tv == 0:
+        return _KEEP_NONZERO
+    below = _prev_float(t.to(delta.dtype))  # t is a value of delta, so exact in its dtype
     n_keep = numel - n_less
-    if n_keep > k:  # equal magnitudes at the threshold: keep exactly k, as mergekit does
-        if ties is None:
-            at = ws.get("at", numel, torch.bool, delta.device)
-            torch.eq(mag, t, out=at)
-            ties = at.nonzero().squeeze(1)
-        fmask[ties[k - (n_keep - ties.numel()):]] = 0
-    # w * (delta * mask) in one pass; the mask product is exact, so this rounds once, like mergekit.
-    torch.addcmul(torch.zeros((), dtype=delta.dtype, device=delta.device), delta, fmask, value=w, out=row)
+    if n_keep == k:
+        return MagnitudeCut(tv, below, None)
+    n_at = ties.numel() if ties is not None else int(torch.count_nonzero(mag == t))
+    return MagnitudeCut(tv, below, k - (n_keep - n_at))
 
 
-def _dare_row(
-    delta: Tensor,
-    density: float,
-    w: float,
-    row: Tensor,
-    ws: Workspace,
-    generator: torch.Generator | None,
-    rescale: bool,
-    l1_norm: Tensor | None,
+def _trim_chunk(
+    x: Tensor, cut: MagnitudeCut, seen: list[int], j: int, row: Tensor, ws: Workspace, drop: Tensor | None = None
 ) -> None:
-    """row = w * DARE(delta): keep where uniform < density, then (rescale) restore the L1 norm."""
+    """row = x with the entries outside `cut` zeroed. With `cut.drop`, `drop` holds the chunk-relative positions
+    of the ties to zero here; without, seen[j] counts the ties at t met in earlier chunks."""
+    room = cut.room
+    if cut.drop is not None:
+        torch.ops.aten.hardshrink.out(x, cut.below, out=row)
+        if drop is not None and drop.numel():
+            row[drop] = 0
+        return
+    if room is None or seen[j] >= room:
+        # No tie to keep from here on: strictly above t (or, with room None, at or above it).
+        torch.ops.aten.hardshrink.out(x, cut.below if room is None else cut.t, out=row)
+        return
+    torch.ops.aten.hardshrink.out(x, cut.below, out=row)
+    c = x.numel()
+    mag = ws.get("tie_mag", c, x.dtype, x.device)
+    at = ws.get("tie_at", c, torch.bool, x.device)
+    torch.abs(x, out=mag)
+    torch.eq(mag, cut.t, out=at)
+    count = int(torch.count_nonzero(at))
+    if seen[j] + count > room:  # the last kept tie is in this chunk: drop the ones after it
+        row[at.nonzero().squeeze(1)[room - seen[j] :]] = 0
+    seen[j] += count
+
+
+def _magnitude_row(delta: Tensor, density: float, w: float, row: Tensor, ws: Workspace) -> None:
+    """row = w * (delta with all but its k largest magnitudes zeroed); ties at the threshold: lowest index first."""
     numel = delta.numel()
-    if density >= 1:
+    k = magnitude_keep_count(numel, density)
+    if k >= numel:
         torch.mul(delta, w, out=row)
-        return
-    if density <= 0 or numel == 0:
+    elif k == 0:
         row.zero_()
-        return
-    u = ws.get("uniform", numel, torch.float32, delta.device)
-    u.uniform_(generator=generator)
-    fmask = ws.get("fmask", numel, delta.dtype, delta.device)
-    torch.lt(u, density, out=fmask)
-    torch.mul(delta, fmask, out=row)
-    if rescale:
-        row.mul_(_l1_rescale_factor(delta, row, l1_norm))  # rounded separately from the weight, as mergekit does
-    row.mul_(w)
+    else:
+        _trim_chunk(delta, _cut_by_selection(delta, k, ws), [0], 0, row, ws)
+        row.mul_(w)
+
+
+# ---- DARE: draws fixed for the whole search
+
+
+def dare_tables(deltas: Tensor, generators: Sequence[torch.Generator | None]) -> tuple[Tensor, Tensor, Tensor]:
+    """What DARE needs for any density, per task vector ([n, numel] float32 each): the uniforms drawn from
+    `generators[i]` (position order, the exact draws `bernoulli_mask` makes), the same sorted, and |delta_i|
+    accumulated in that sorted order (in float64, stored rounded to float32).
+
+    The masks `u < density` then need no RNG, and |delta_i * mask|_1, which DARE's rescale needs before any
+    entry can be written, is one lookup (`masked_l1`) instead of a pass over the tensor.
+    """
+    n = deltas.shape[0]
+    flat = deltas.detach().reshape(n, -1)
+    u = torch.empty(flat.shape, dtype=torch.float32, device=flat.device)
+    u_sorted = torch.empty_like(u)
+    prefix = torch.empty_like(u)
+    for i in range(n):
+        u[i].uniform_(generator=generators[i])
+        # Sort (u, |delta|) pairs by u with one int64 sort: both are >= 0, so their float32 bit patterns order
+        # like the values, and u's bits in the high word decide the order.
+        mag = flat[i].abs().float()
+        keys = (u[i].view(torch.int32).to(torch.int64) << 32) | mag.view(torch.int32).to(torch.int64)
+        if keys.device.type == "cpu":
+            import numpy as np
+
+            keys = torch.from_numpy(np.sort(keys.numpy()))
+        else:
+            keys = torch.sort(keys).values
+        u_sorted[i] = (keys >> 32).to(torch.int32).view(torch.float32)
+        prefix[i] = torch.cumsum((keys & 0xFFFFFFFF).to(torch.int32).view(torch.float32).double(), 0)
+        prefix[i, -1] = rescale_l1(flat[i])  # the same total whichever order summed it (see `rescale_l1`)
+    return u, u_sorted, prefix
+
+
+def masked_l1(u_sorted: Tensor, prefix: Tensor, density: float) -> float:
+    """|delta * (u < density)|_1 from one row of `dare_tables` (the comparison in float32, as `torch.lt` makes it)."""
+    d32 = torch.tensor([density], dtype=torch.float32, device=u_sorted.device)
+    m = int(torch.searchsorted(u_sorted, d32))  # how many draws are < density
+    return 0.0 if m == 0 else float(prefix[m - 1])
+
+
+def rescale_l1(t: Tensor) -> Tensor:
+    """|t|_1 for DARE's rescale: summed in float64 and rounded to float32, which is what `dare_tables`' prefix
+    sums hold, so the rescale factor is the same bit for bit with or without the tables."""
+    return torch.sum(t.abs(), dtype=torch.float64).float()
+
+
+def _rescale_factor(before: float, after: float) -> float:
+    """mergekit's L1 rescale `before / after`, or 1 when either norm is below its 1e-7."""
+    return 1.0 if before < _RESCALE_EPS or after < _RESCALE_EPS else before / after
+
+
+@dataclass(frozen=True)
+class Precomputed:
+    """Per-tensor tables that stay fixed for a whole search (see `sorted_magnitudes` and `dare_tables`)."""
+
+    sorted_mag: Tensor | None = None  # [n, numel] ascending |delta_i|
+    sorted_pos: Tensor | None = None  # [n, numel] their flat positions
+    uniforms: Tensor | None = None  # [n, numel] DARE draws, position order
+    u_sorted: Tensor | None = None  # [n, numel] the draws ascending
+    l1_prefix: Tensor | None = None  # [n, numel] cumulative |delta_i| in draw order
+
+
+# ---- the merge, chunk by chunk
+
+
+def merge_into(
+    out: Tensor,
+    method: str,
+    base: Tensor,
+    deltas: Tensor,
+    weights: Tensor | Sequence[float],
+    densities: Tensor | Sequence[float] | None = None,
+    *,
+    add_base: bool = True,
+    normalize: bool | None = None,
+    lambda_: float = 1.0,
+    rescale: bool | None = None,
+    generators: Sequence[torch.Generator | None] | None = None,
+    l1_norms: Tensor | None = None,
+    precomputed: Precomputed | None = None,
+    workspace: Workspace | None = None,
+    chunk: int | None = None,
+) -> Tensor:
+    """Write `base + mixed` (or `mixed` alone without `add_base`) into `out` (base's shape) and return |mixed|_1
+    as a 0-d float64 tensor; `mixed` is what the method adds to the base, computed in `deltas.dtype`.
+
+    `deltas`: [n_models, *base.shape]; `weights`, `densities`: [n_models]; `generators`: one per model for DARE
+    (None draws from torch's default generator); `l1_norms`: optional precomputed `rescale_l1(delta_i)` for DARE rescale;
+    `precomputed`: the search-wide tables, which replace the TIES selection and the DARE draws by lookups.
+    The threshold and the rescale factor are set per whole tensor; everything after them is elementwise, so on
+    CPU it runs over `chunk`-sized slices (default `_CHUNK`) whose temporaries stay in cache. Models with weight
+    0 or density <= 0 contribute nothing in every method, so they are skipped.
+    """
+    info = method_info(method)
+    n = deltas.shape[0]
+    if deltas.shape[1:] != base.shape:
+        raise ValueError(f"deltas shape {tuple(deltas.shape)} does not match base {tuple(base.shape)}")
+    ws = workspace if workspace is not None else Workspace()
+    pre = precomputed if precomputed is not None else Precomputed()
+    dtype, device, numel = deltas.dtype, deltas.device, base.numel()
+    w = _weights_list(weights, dtype, n)
+    do_normalize = info.default_normalize if normalize is None else normalize
+    flat = deltas.reshape(n, numel)
+    base_flat = base.reshape(-1)
+    out_flat = out.view(-1)
+    dens = _as_densities(densities, n) if info.uses_density else [1.0] * n
+    active = [i for i in range(n) if w[i] != 0 and dens[i] > 0]
+
+    if not active:
+        if info.name == "linear" and not do_normalize:
+            if add_base:
+                out_flat.zero_()  # the weighted sum of the models is 0
+            else:
+                torch.neg(base_flat, out=out_flat)
+            return abs_sum(base).double()
+        if add_base:
+            out_flat.copy_(base_flat)
+        else:
+            out_flat.zero_()
+        return torch.zeros((), dtype=torch.float64, device=device)
+
+    # Per-model setup for the whole tensor: TIES cuts, DARE draws and rescale factors.
+    cuts: list[MagnitudeCut | None] = []
+    draws: list[Tensor | None] = []
+    scales: list[float] = []
+    if info.sparsification == "magnitude":
+        for i in active:
+            k = magnitude_keep_count(numel, dens[i])
+            if k >= numel:
+                cuts.append(None)
+            elif pre.sorted_mag is not None:
+                positions = None if pre.sorted_pos is None else pre.sorted_pos[i]
+                cuts.append(cut_from_sorted(pre.sorted_mag[i], k, positions))
+            else:
+                cuts.append(_cut_by_selection(flat[i], k, ws))
+    elif info.sparsification == "random":
+        do_rescale = info.default_rescale if rescale is None else rescale
+        gens = list(generators) if generators is not None else [None] * n
+        if len(gens) != n:
+            raise ValueError(f"expected {n} generators, got {len(gens)}")
+        for j, i in enumerate(active):
+            if dens[i] >= 1:
+                draws.append(None)
+                scales.append(1.0)
+                continue
+            if pre.uniforms is not None:
+                u = pre.uniforms[i]
+            else:
+                u = ws.get(f"uniform{j}", numel, torch.float32, device)
+                u.uniform_(generator=gens[i])
+            draws.append(u)
+            if not do_rescale:
+                scales.append(1.0)
+            elif pre.u_sorted is not None and pre.l1_prefix is not None:
+                before = float(pre.l1_prefix[i, -1])
+                scales.append(_rescale_factor(before, masked_l1(pre.u_sorted[i], pre.l1_prefix[i], dens[i])))
+            else:
+                fmask = ws.get("fmask", numel, dtype, device)
+                torch.lt(u, dens[i], out=fmask)
+                masked = ws.get("masked", numel, dtype, device)
+                torch.mul(flat[i], fmask, out=masked)
+                before = rescale_l1(flat[i]) if l1_norms is None else l1_norms[i]
+                scales.append(_rescale_factor(float(before), float(rescale_l1(masked))))
+
+    consensus = info.consensus
+    fast_divisor = dtype in (torch.float32, torch.bfloat16, torch.float64) and all(w[i] >= 2.0**-60 for i in active)
+    # With consensus the magnitudes are summed before the elected sign is applied; they are >= 0 (and so is the
+    # divisor on the fast path), so |mixed|_1 is their plain sum: cheaper than an abs pass.
+    stat_unsigned = consensus and (not do_normalize or fast_divisor)
+    total_w = float(torch.tensor(w, dtype=dtype).sum())
+    m = len(active)
+    step = numel if device.type != "cpu" else max(1, chunk or _CHUNK)
+    c_max = min(step, numel)
+    fold_scales = bool(scales) and dtype in (torch.float32, torch.float64)
+    factors = [w[i] * scales[j] for j, i in enumerate(active)] if fold_scales else [w[i] for i in active]
+    wcol = torch.tensor(factors, dtype=dtype, device=device).view(m, 1)
+    rows_buf = ws.get("rows", m * c_max, dtype, device)
+    tmp = ws.get("chunk_mask", c_max, dtype, device)
+    sign_buf = ws.get("sign", c_max, dtype, device)
+    div_buf = ws.get("divisor", c_max, dtype, device)
+    mixed_buf = ws.get("mixed_chunk", c_max, dtype, device) if add_base else None
+    one = torch.ones((), dtype=dtype, device=device)
+    start = torch.full((), 2.0**-100, dtype=dtype, device=device)
+    seen = [0] * m
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    starts = list(range(0, numel, step))
+    # Where each chunk's ties to drop begin in the (ascending) drop lists: one search per tensor, not per chunk.
+    drop_edges = [
+        None if cut is None or cut.drop is None
+        else torch.searchsorted(cut.drop, torch.tensor([*starts, numel], device=device)).tolist()
+        for cut in cuts
+    ]
+    # Sums over the models as chained adds for float32/64: the same left-to-right rounding as torch.sum(dim=0)
+    # without its output fill and slow outer-dim reduction; half types keep torch.sum's float32 accumulation.
+    chain = dtype in (torch.float32, torch.float64)
+
+    def sum_rows(rows: Tensor, out: Tensor) -> None:
+        if not chain or rows.shape[0] == 1:
+            torch.sum(rows, dim=0, out=out)
+            return
+        torch.add(rows[0], rows[1], out=out)
+        for r in range(2, rows.shape[0]):
+            out.add_(rows[r])
+
+    for ci, a in enumerate(starts):
+        b = min(numel, a + step)
+        c = b - a
+        rows = rows_buf[: m * c].view(m, c)
+        for j, i in enumerate(active):
+            x = flat[i, a:b]
+            if info.sparsification == "magnitude":
+                cut = cuts[j]
+                if cut is None:
+                    rows[j].copy_(x)
+                else:
+                    edges = drop_edges[j]
+                    drop = None
+                    if edges is not None and edges[ci + 1] > edges[ci]:
+                        drop = cut.drop[edges[ci] : edges[ci + 1]] - a
+                    _trim_chunk(x, cut, seen, j, rows[j], ws, drop)
+            elif info.sparsification == "random":
+                u = draws[j]
+                if u is None:
+                    rows[j].copy_(x)
+                else:
+                    torch.lt(u[a:b], dens[i], out=tmp[:c])
+                    torch.mul(x, tmp[:c], out=rows[j])
+                    if not fold_scales and scales[j] != 1.0:
+                        rows[j].mul_(scales[j])  # rounded separately from the weight, as mergekit does
+            else:
+                rows[j].copy_(x)
+        # w * (delta * mask): the mask product is exact, so this rounds once, like mergekit. In float32/64 DARE's
+        # rescale rides along in the same pass (mergekit rounds it separately: at most an ulp apart; in half
+        # types that ulp is too coarse, so they keep mergekit's two roundings).
+        rows.mul_(wcol)
+        mixed = out_flat[a:b] if mixed_buf is None else mixed_buf[:c]
+        if consensus:
+            # Elected sign s = +1 where the weighted sum is >= 0 (copysign: -0 only when every term is -0, and
+            # then nothing agrees either way). An entry agrees when row * s > 0, so relu(row * s) keeps exactly
+            # the agreeing magnitudes and sum_j relu(row_j * s) * s is mergekit's masked sum, bit for bit.
+            sign = sign_buf[:c]
+            sum_rows(rows, sign)
+            torch.copysign(one, sign, out=sign)
+            rows.mul_(sign).relu_()
+            sum_rows(rows, mixed)
+            if do_normalize:
+                rows.sign_()  # 1 where model j agrees, else 0
+                divisor = div_buf[:c]
+                if fast_divisor:
+                    # Start from 2^-100 instead of 0: it vanishes when added to any weight >= 2^-60 (below half
+                    # an ulp), and where nothing agrees the divisor stays 2^-100 over a sum of exactly 0, giving
+                    # mergekit's 0 / 1 without another pass.
+                    torch.add(start, rows[0], alpha=w[active[0]], out=divisor)
+                    for j in range(1, m):
+                        divisor.add_(rows[j], alpha=w[active[j]])
+                else:
+                    torch.mul(rows[0], w[active[0]], out=divisor)
+                    for j in range(1, m):
+                        divisor.add_(rows[j], alpha=w[active[j]])
+                    divisor.copy_(torch.where(divisor == 0, torch.ones_like(divisor), divisor))
+                mixed.div_(divisor)
+            if stat_unsigned:
+                total.add_(torch.sum(mixed, dtype=_accumulate_dtype(dtype)))
+            if mixed_buf is not None and lambda_ == 1 and stat_unsigned:
+                # base + mixed * s in one pass (the product by +-1 is exact, so the rounding is the add's alone)
+                torch.addcmul(base_flat[a:b], mixed, sign, out=out_flat[a:b])
+                continue
+            mixed.mul_(sign)
+        else:
+            sum_rows(rows, mixed)
+            if info.name == "linear":
+                if do_normalize:
+                    # Weights summing to ~0 have no average: keep the base (mergekit divides by zero here).
+                    if abs(total_w) < _NORM_EPS:
+                        mixed.zero_()
+                    else:
+                        mixed.div_(total_w)
+                else:
+                    mixed.add_(base_flat[a:b], alpha=total_w - 1.0)  # sum_i w_i (base + delta_i) - base
+            elif do_normalize:
+                mixed.div_(total_w if abs(total_w) >= _NORM_EPS else 1.0)
+        if lambda_ != 1 and info.name != "linear":
+            mixed.mul_(lambda_)
+        if not stat_unsigned:
+            # in float64: a float32 vector_norm(·, 1) drifts by ~1e-5 on large tensors, so chunking would show
+            total.add_(torch.linalg.vector_norm(mixed, 1, dtype=torch.float64))
+        if mixed_buf is not None:
+            torch.add(base_flat[a:b], mixed, out=out_flat[a:b])
+    if stat_unsigned and lambda_ != 1:
+        total.mul_(abs(lambda_))
+    return total
 
 
 def merge_delta(
@@ -352,104 +733,22 @@ def merge_delta(
     rescale: bool | None = None,
     generators: Sequence[torch.Generator | None] | None = None,
     l1_norms: Tensor | None = None,
+    precomputed: Precomputed | None = None,
     workspace: Workspace | None = None,
 ) -> Tensor:
     """The merged tensor minus the base (what `merge_tensor` adds to `base`), in `deltas.dtype`.
 
-    `deltas`: [n_models, *base.shape]; `weights`, `densities`: [n_models]; `generators`: one per model for DARE
-    (None draws from torch's default generator); `l1_norms`: optional precomputed |delta_i|_1 for DARE rescale.
-    With a `workspace` the result lives in its buffers and is overwritten by the next call using it.
-    Models with weight 0 contribute nothing in every method, so they are skipped.
+    Arguments as for `merge_into`. With a `workspace` the result lives in its buffers and is overwritten by the
+    next call using it.
     """
-    info = method_info(method)
-    n = deltas.shape[0]
-    if deltas.shape[1:] != base.shape:
-        raise ValueError(f"deltas shape {tuple(deltas.shape)} does not match base {tuple(base.shape)}")
     ws = workspace if workspace is not None else Workspace()
-    dtype, device, numel = deltas.dtype, deltas.device, base.numel()
-    w = _weights_list(weights, dtype, n)
-    do_normalize = info.default_normalize if normalize is None else normalize
-    flat = deltas.reshape(n, numel)
-    active = [i for i in range(n) if w[i] != 0]
-    mixed = ws.get("mixed", numel, dtype, device)
-
-    if not active:
-        mixed.zero_()
-        if info.name == "linear" and not do_normalize:
-            mixed.sub_(base.reshape(-1))  # the weighted sum of the models is 0
-        return mixed.view(base.shape)
-
-    if info.sparsification is None:
-        # Weighted rows, then one sum (accumulated in float32 for half types): mergekit's rounding, exactly.
-        rows = ws.get("rows", len(active) * numel, dtype, device).view(len(active), numel)
-        for j, i in enumerate(active):
-            torch.mul(flat[i], w[i], out=rows[j])
-        torch.sum(rows, dim=0, out=mixed)
-        total = float(torch.tensor(w, dtype=dtype).sum())
-        if info.name == "linear":
-            if do_normalize:
-                # Weights summing to ~0 have no average: keep the base (mergekit divides by zero here).
-                if abs(total) < _NORM_EPS:
-                    mixed.zero_()
-                else:
-                    mixed.div_(total)
-            else:
-                mixed.add_(base.reshape(-1), alpha=total - 1.0)  # sum_i w_i (base + delta_i) - base
-            return mixed.view(base.shape)
-        if do_normalize:
-            mixed.div_(total if abs(total) >= _NORM_EPS else 1.0)
-        if lambda_ != 1:
-            mixed.mul_(lambda_)
-        return mixed.view(base.shape)
-
-    dens = _as_densities(densities, n)
-    do_rescale = info.default_rescale if rescale is None else rescale
-    gens = list(generators) if generators is not None else [None] * n
-    if len(gens) != n:
-        raise ValueError(f"expected {n} generators, got {len(gens)}")
-    rows = ws.get("rows", len(active) * numel, dtype, device).view(len(active), numel)
-    for j, i in enumerate(active):
-        if info.sparsification == "magnitude":
-            _magnitude_row(flat[i], dens[i], w[i], rows[j], ws)
-        else:
-            norm = None if l1_norms is None else l1_norms[i]
-            _dare_row(flat[i], dens[i], w[i], rows[j], ws, gens[i], do_rescale, norm)
-
-    if info.consensus:
-        # Elected sign s = +1 where the weighted sum is >= 0 (copysign: -0 only when every term is -0, and then
-        # nothing agrees either way). An entry agrees when row * s > 0, so relu(row * s) keeps exactly the
-        # agreeing magnitudes and sum_j relu(row_j * s) * s is mergekit's masked sum, bit for bit.
-        sign = ws.get("sign", numel, dtype, device)
-        torch.sum(rows, dim=0, out=sign)
-        torch.copysign(torch.ones((), dtype=dtype, device=device), sign, out=sign)
-        rows.mul_(sign).relu_()
-        torch.sum(rows, dim=0, out=mixed)
-        if do_normalize:
-            rows.sign_()  # 1 where model j agrees, else 0
-            divisor = ws.get("divisor", numel, dtype, device)
-            if dtype in (torch.float32, torch.bfloat16, torch.float64) and all(w[i] >= 2.0**-60 for i in active):
-                # Start from 2^-100 instead of 0: it vanishes when added to any weight >= 2^-60 (below half an
-                # ulp), and where nothing agrees the divisor stays 2^-100 over a sum of exactly 0, giving
-                # mergekit's 0 / 1 without another pass.
-                start = torch.full((), 2.0**-100, dtype=dtype, device=device)
-                torch.add(start, rows[0], alpha=w[active[0]], out=divisor)
-                for j in range(1, len(active)):
-                    divisor.add_(rows[j], alpha=w[active[j]])
-            else:
-                torch.mul(rows[0], w[active[0]], out=divisor)
-                for j in range(1, len(active)):
-                    divisor.add_(rows[j], alpha=w[active[j]])
-                divisor.copy_(torch.where(divisor == 0, torch.ones_like(divisor), divisor))
-            mixed.div_(divisor)
-        mixed.mul_(sign)
-    else:
-        torch.sum(rows, dim=0, out=mixed)
-        if do_normalize:
-            total = float(torch.tensor(w, dtype=dtype).sum())
-            mixed.div_(total if abs(total) >= _NORM_EPS else 1.0)
-    if lambda_ != 1:
-        mixed.mul_(lambda_)
-    return mixed.view(base.shape)
+    mixed = ws.get("mixed", base.numel(), deltas.dtype, deltas.device).view(base.shape)
+    merge_into(
+        mixed, method, base, deltas, weights, densities, add_base=False,
+        normalize=normalize, lambda_=lambda_, rescale=rescale, generators=generators, l1_norms=l1_norms,
+        precomputed=precomputed, workspace=ws,
+    )
+    return mixed
 
 
 def merge_tensor(
