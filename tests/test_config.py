@@ -51,6 +51,7 @@ def test_good_spec_resolves_paths_and_names(tmp_path: Path) -> None:
     assert spec.density_bounds == (0.2, 0.9)
     assert spec.optimizer.budget == 4 + 2 * 3
     assert [o.name for o in spec.task_objectives] == ["a"]
+    assert spec.merge.fused is None  # the Merger decides by model size and device
 
 
 def test_density_defaults_for_density_methods(tmp_path: Path) -> None:
@@ -96,6 +97,7 @@ _DELETE = object()
         (_bad(objectives=[{"name": "s", "type": "sparsity"}]), "objectives: needs at least one lm_eval task objective"),
         (_bad(merge__method="slerp"), "merge.method: got 'slerp'"),
         (_bad(merge__granularity="layers:0"), "merge.granularity: must be 'model' or 'layers:K'"),
+        (_bad(merge__fused="sometimes"), "merge.fused: "),
         (_bad(optimizer__batch_size=20), "optimizer: batch_size (20) cannot exceed candidates (6)"),
         (_bad(name=_DELETE), "name: required field is missing"),
         (_bad(tasks_dir="no_such_dir"), "tasks_dir: folder does not exist"),

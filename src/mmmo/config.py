@@ -44,6 +44,7 @@ class MergeSpec(_Strict):
     lambda_: float = Field(1.0, alias="lambda")
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    fused: bool | None = None  # None: the compiled ties / dare_ties kernel on CPU from 50M parameters
 
     @field_validator("granularity")
     @classmethod

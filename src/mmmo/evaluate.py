@@ -58,6 +58,7 @@ def build_merger(spec: SearchSpec, device: torch.device) -> Merger:
         lambda_=spec.merge.lambda_,
         trust_remote_code=spec.merge.trust_remote_code,
         allow_pickle=spec.merge.allow_pickle,
+        fused=spec.merge.fused,
     )
 
 

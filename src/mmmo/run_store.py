@@ -21,7 +21,8 @@ JOURNAL = "trials.jsonl"
 SPEC_FILE = "spec.yaml"
 
 # Fields a resumed run may change: where and how fast it evaluates, what it exports, and how long it runs.
-RESUMABLE_CHANGES: tuple[str, ...] = ("evaluation.", "output.export", "optimizer.batches")
+# Changes that leave every evaluated merge the same (merge.fused gives the same tensors bit for bit).
+RESUMABLE_CHANGES: tuple[str, ...] = ("evaluation.", "output.export", "optimizer.batches", "merge.fused")
 
 
 class TornJournalWarning(UserWarning):

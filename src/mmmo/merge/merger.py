@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from mmmo.errors import MmmoError
+from mmmo.merge import fused as fused_kernel
 from mmmo.merge.methods import (
     Precomputed,
     Workspace,
@@ -26,6 +28,11 @@ from mmmo.merge.methods import (
     rescale_l1,
     sorted_magnitudes,
 )
+
+# From this many parameters the fused kernel's one-off compile (seconds) is repaid within a few candidates of a
+# search; a single merge repays it only from a few billion.
+FUSE_MIN_PARAMS = 50_000_000
+ONE_MERGE_FUSE_MIN_PARAMS = 3_000_000_000
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 _EMBEDDING = re.compile(r"(?:^|\.)(?:embed_tokens|embed_in|embeddings|wte|wpe)(?:\.|$)")
@@ -251,6 +258,10 @@ class Merger:
     budget too: for TIES the sorted magnitudes and their positions (`dtype` + int32 per parameter and model),
     which make every candidate's threshold and ties a lookup; for DARE the draws, sorted draws and L1 prefix sums (12 bytes per parameter
     and model), which replace the RNG and the rescale's norm pass. `precompute_bytes` is their size (0 if off).
+
+    `fused` runs ties and dare_ties in float32/64 as one compiled kernel per tensor (`mmmo.merge.fused`; same
+    tensors bit for bit). None (default) turns it on for CPU models from `fuse_min_params` parameters; it is
+    compiled while loading, and turned off, with a warning, if that fails. On CUDA it is opt-in (untested there).
     """
 
     def __init__(
@@ -270,6 +281,8 @@ class Merger:
         allow_pickle: bool = False,
         max_resident_bytes: int | None = None,
         precompute: bool = True,
+        fused: bool | None = None,
+        fuse_min_params: int = FUSE_MIN_PARAMS,
     ) -> None:
         self.info = method_info(method)
         self.method = self.info.name
@@ -317,6 +330,7 @@ class Merger:
         self._l1: dict[str, Tensor] = {}
         self._workspace = Workspace()
         self._load_task_vectors()
+        self.fused = self._compile_fused(fused, fuse_min_params)
 
     # ---- loading
 
@@ -417,6 +431,25 @@ class Merger:
                     self._l1[name] = torch.stack([rescale_l1(deltas[i]) for i in range(self.n_models)]).to(self.device)
                 del base_diff
 
+    def _compile_fused(self, wanted: bool | None, min_params: int) -> bool:
+        """Whether merges run the fused kernel: supported, wanted (or large enough on CPU), and compiled."""
+        if not (self.info.consensus and self.dtype in fused_kernel.FUSED_DTYPES):
+            if wanted:
+                warnings.warn(
+                    f"fused merge kernel not used: it runs ties / dare_ties in float32 or float64, not "
+                    f"{self.method} in {str(self.dtype).removeprefix('torch.')}", stacklevel=3,
+                )
+            return False
+        if wanted is None:
+            wanted = self.device.type == "cpu" and self.numel >= min_params
+        if not wanted:
+            return False
+        normalize = self.info.default_normalize if self.normalize is None else self.normalize
+        return fused_kernel.warm_up(
+            self.n_models, sparsification=self.info.sparsification, normalize=normalize, lambda_=self.lambda_,
+            dtype=self.dtype, device=self.device,
+        )
+
     # ---- merging
 
     def _check(self, weights: Any, densities: Any) -> tuple[Tensor, list[list[float]] | None]:
@@ -461,6 +494,7 @@ class Merger:
                     out, self.method, base, deltas, w[:, g], None if dens is None else dens[g],
                     normalize=self.normalize, lambda_=self.lambda_, rescale=self.rescale,
                     generators=gens, l1_norms=self._l1.get(name), precomputed=pre, workspace=self._workspace,
+                    fused=self.fused,
                 )
 
             yield name, write

@@ -29,7 +29,8 @@ the reference; `merge_into` (and `merge_delta` on top of it) computes the same t
 buffers (`Workspace`), and is what the Merger runs for every candidate. It fixes the per-tensor quantities first
 (the TIES threshold, the DARE rescale factor), then does all the elementwise work over cache-sized chunks on CPU.
 Tables that depend only on the task vectors (`sorted_magnitudes`, `dare_tables`, held in `Precomputed`) turn those
-per-tensor quantities into lookups and replace the DARE draws, for every candidate of a search.
+per-tensor quantities into lookups and replace the DARE draws, for every candidate of a search. For ties and
+dare_ties, `merge_into(fused=True)` replaces the chunked passes by one compiled kernel (`mmmo.merge.fused`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import torch
 from torch import Tensor
 
 from mmmo.errors import MmmoError
+from mmmo.merge import fused as fused_kernel
 
 Sparsification = Literal["magnitude", "random"]
 
@@ -220,6 +222,14 @@ class Workspace:
         if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
             buf = torch.empty(max(numel, 1), dtype=dtype, device=device)
             self._bufs[key] = buf
+        return buf[:numel]
+
+    def zeros(self, key: str, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A flat buffer of `numel` zeros (kept apart from `get`'s buffers, so nothing writes into it)."""
+        buf = self._bufs.get(f"zeros:{key}")
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            buf = torch.zeros(max(numel, 1), dtype=dtype, device=device)
+            self._bufs[f"zeros:{key}"] = buf
         return buf[:numel]
 
 
@@ -510,6 +520,7 @@ def merge_into(
     precomputed: Precomputed | None = None,
     workspace: Workspace | None = None,
     chunk: int | None = None,
+    fused: bool = False,
 ) -> Tensor:
     """Write `base + mixed` (or `mixed` alone without `add_base`) into `out` (base's shape) and return |mixed|_1
     as a 0-d float64 tensor; `mixed` is what the method adds to the base, computed in `deltas.dtype`.
@@ -520,6 +531,10 @@ def merge_into(
     The threshold and the rescale factor are set per whole tensor; everything after them is elementwise, so on
     CPU it runs over `chunk`-sized slices (default `_CHUNK`) whose temporaries stay in cache. Models with weight
     0 or density <= 0 contribute nothing in every method, so they are skipped.
+
+    With `fused`, ties and dare_ties in float32/64 (normalized only with weights >= 2^-60) run as one compiled
+    kernel (`mmmo.merge.fused`) with the same result bit for bit; other cases, or no compiler, run eagerly.
+    TIES ties at the threshold that must go are zeroed in `deltas` for the kernel's pass and restored after it.
     """
     info = method_info(method)
     n = deltas.shape[0]
@@ -603,6 +618,16 @@ def merge_into(
     c_max = min(step, numel)
     fold_scales = bool(scales) and dtype in (torch.float32, torch.float64)
     factors = [w[i] * scales[j] for j, i in enumerate(active)] if fold_scales else [w[i] for i in active]
+    if (
+        fused and consensus and add_base and dtype in fused_kernel.FUSED_DTYPES
+        and (not do_normalize or fast_divisor) and fused_kernel.available()
+    ):
+        stat = _merge_fused(
+            out_flat, base_flat, flat, info.sparsification, active, cuts, draws, dens, factors, w,
+            normalize=do_normalize, lambda_=lambda_, ws=ws,
+        )
+        if stat is not None:
+            return stat * abs(lambda_) if lambda_ != 1 else stat
     wcol = torch.tensor(factors, dtype=dtype, device=device).view(m, 1)
     rows_buf = ws.get("rows", m * c_max, dtype, device)
     tmp = ws.get("chunk_mask", c_max, dtype, device)
@@ -719,6 +744,60 @@ def merge_into(
     if stat_unsigned and lambda_ != 1:
         total.mul_(abs(lambda_))
     return total
+
+
+def _merge_fused(
+    out_flat: Tensor,
+    base_flat: Tensor,
+    flat: Tensor,
+    sparsification: Sparsification | None,
+    active: list[int],
+    cuts: list[MagnitudeCut | None],
+    draws: list[Tensor | None],
+    dens: list[float],
+    factors: list[float],
+    w: list[float],
+    *,
+    normalize: bool,
+    lambda_: float,
+    ws: Workspace,
+) -> Tensor | None:
+    """`merge_into`'s consensus merge through the fused kernel: per-model arguments for all models, with the
+    ties past each cut's `room` zeroed in `flat` for the pass (restored after it). None: kernel unavailable."""
+    n, numel = flat.shape
+    limits, row_factors, row_weights = [0.0] * n, [0.0] * n, [0.0] * n
+    on = [False] * n
+    row_draws: list[Tensor] | None = None
+    if sparsification == "random":
+        row_draws = [ws.zeros("draws", numel, torch.float32, flat.device)] * n
+    dropped: list[tuple[int, Tensor, Tensor]] = []
+    try:
+        for j, i in enumerate(active):
+            on[i], row_factors[i], row_weights[i] = True, factors[j], w[i]
+            if sparsification == "magnitude":
+                cut = cuts[j]
+                limits[i] = -1.0 if cut is None else cut.below  # -1: keep everything
+                if cut is not None and cut.room is not None:
+                    drop = cut.drop
+                    if drop is None:  # the selection path knows how many ties stay, not where they are
+                        drop = torch.nonzero(flat[i].abs() == cut.t).squeeze(1)[cut.room :]
+                    if drop.numel():
+                        dropped.append((i, drop, flat[i][drop].clone()))
+                        flat[i][drop] = 0
+            elif sparsification == "random" and row_draws is not None:
+                u = draws[j]
+                if u is None:  # density >= 1: every draw of the zeros buffer is < 1
+                    limits[i] = 1.0
+                else:
+                    row_draws[i], limits[i] = u, dens[i]
+        return fused_kernel.consensus_merge(
+            out_flat, base_flat, [flat[i] for i in range(n)], sparsification=sparsification, limits=limits,
+            factors=row_factors, weights=row_weights, active=on, normalize=normalize, lambda_=lambda_,
+            draws=row_draws,
+        )
+    finally:
+        for i, drop, values in dropped:
+            flat[i][drop] = values
 
 
 def merge_delta(

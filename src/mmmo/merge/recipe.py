@@ -463,7 +463,7 @@ def run_recipe(
     overwrite: bool = False,
 ) -> Path:
     """Merge a mergekit recipe with mmmo and save the result as a Hugging Face folder; returns its path."""
-    from mmmo.merge.merger import Merger
+    from mmmo.merge.merger import ONE_MERGE_FUSE_MIN_PARAMS, Merger
     from mmmo.merge.save import check_out_dir, save_merged
 
     recipe = load_mergekit_recipe(recipe_path)
@@ -482,6 +482,9 @@ def run_recipe(
         lambda_=recipe.lambda_,
         rescale=recipe.rescale,
         allow_pickle=allow_pickle,
+        # One merge: sorting for search-wide tables costs more than the one selection it replaces.
+        precompute=False,
+        fuse_min_params=ONE_MERGE_FUSE_MIN_PARAMS,
     )
     merger.apply(recipe.weights(), recipe.densities())
     out_dtype = DTYPES[recipe.out_dtype] if recipe.out_dtype else None

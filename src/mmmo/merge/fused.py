@@ -1,0 +1,162 @@
+"""The sign-consensus merge (ties, dare_ties) of one tensor as a single compiled kernel.
+
+Eager, `merge_into` makes about 25 elementwise passes per tensor for TIES, even chunked into cache. Compiled
+with inductor it is one loop that reads the base, the task vectors (and DARE's draws) once and writes the
+parameters. The kernel makes the same IEEE operations in the same order as the eager path: chained sums in
+model order, products that are exact where eager fuses them, no contraction or reassociation (inductor's CPU
+default), so the merged tensors are the same bit for bit. Only the sparsity statistic is summed in another
+order (in float64 here, so it is at least as accurate).
+
+Compiling costs seconds once per process and variant (inductor also caches on disk), which is why only the
+Merger of a large model turns this on by default. A compiler that is missing or fails turns it off for the
+rest of the process with one warning, and the caller runs the eager path.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+FUSED_DTYPES = (torch.float32, torch.float64)  # half types: inductor would skip eager's per-op roundings
+_RECOMPILE_LIMIT = 64  # variants (method, normalize, lambda, model count, dtype) are recompiles of one function
+
+_failure: str | None = None  # why compiling failed in this process; set once
+
+
+def available() -> bool:
+    """False once compiling the kernel has failed in this process."""
+    return _failure is None
+
+
+def _consensus(
+    out: Tensor,
+    base: Tensor,
+    rows: list[Tensor],
+    draws: list[Tensor],
+    limits: Tensor,
+    factors: Tensor,
+    weights: Tensor,
+    active: Tensor,
+    start: Tensor,
+    lambda_: Tensor,
+    sparsification: str | None,
+    normalize: bool,
+    scaled: bool,
+) -> Tensor:
+    """out = base + lambda * s * M / D (see `consensus_merge`); returns sum(M / D) in float64."""
+    one = torch.ones((), dtype=base.dtype, device=base.device)
+    weighted = []
+    for j, x in enumerate(rows):
+        if sparsification == "magnitude":  # hardshrink(x, limit), NaN kept as eager keeps it
+            r = torch.where((x >= -limits[j]) & (x <= limits[j]), 0.0, x)
+        elif sparsification == "random":
+            r = x * (draws[j] < limits[j]).to(x.dtype)
+        else:
+            r = x
+        # -0 is the additive identity (-0 + -0 = -0): inactive models drop out of every chained sum exactly.
+        weighted.append(torch.where(active[j], r * factors[j], -0.0))
+    total = weighted[0]
+    for r in weighted[1:]:
+        total = total + r
+    sign = torch.copysign(one, total)
+    agreeing = [torch.where(active[j], torch.relu(r * sign), -0.0) for j, r in enumerate(weighted)]
+    mixed = agreeing[0]
+    for a in agreeing[1:]:
+        mixed = mixed + a
+    if normalize:
+        divisor = start
+        for j, a in enumerate(agreeing):
+            divisor = divisor + torch.where(active[j], weights[j] * torch.sign(a), -0.0)
+        mixed = mixed / divisor
+    stat = mixed.sum(dtype=torch.float64)
+    signed = mixed * sign
+    if scaled:
+        signed = signed * lambda_
+    out.copy_(base + signed)
+    return stat
+
+
+@functools.cache
+def _compiled():  # type: ignore[no-untyped-def]
+    return torch.compile(_consensus, dynamic=True, fullgraph=True)
+
+
+def consensus_merge(
+    out: Tensor,
+    base: Tensor,
+    rows: Sequence[Tensor],
+    *,
+    sparsification: str | None,
+    limits: Sequence[float],
+    factors: Sequence[float],
+    weights: Sequence[float],
+    active: Sequence[bool],
+    normalize: bool,
+    lambda_: float = 1.0,
+    draws: Sequence[Tensor] | None = None,
+) -> Tensor | None:
+    """One tensor of a ties / dare_ties merge in one pass; None when the kernel cannot be compiled here.
+
+    Per model j (all of them, in order): `rows[j]` is the flat task vector; it is sparsified (magnitude: keep
+    |x| > `limits[j]`; random: keep `draws[j] < limits[j]`, draws in float32), multiplied by `factors[j]`, and
+    left out entirely where `active[j]` is False. The elected sign s is that of the sum; M sums the agreeing
+    magnitudes; with `normalize`, D = 2^-100 + the `weights` of the agreeing models (the caller guarantees every
+    active weight is >= 2^-60, so 2^-100 vanishes wherever a model agrees). Writes `base + lambda * s * M [/ D]`
+    into `out` and returns sum(M [/ D]) as a float64 0-d tensor (`|mixed|_1 / |lambda|`).
+    """
+    global _failure
+    if _failure is not None:
+        return None
+    n, dtype, device = len(rows), base.dtype, base.device
+    if dtype not in FUSED_DTYPES:
+        raise ValueError(f"the fused merge runs in {FUSED_DTYPES}, not {dtype}")
+    draw_list = list(draws) if draws is not None else [rows[0]] * n  # unread unless sparsification is random
+    args = (
+        out.view(-1),
+        base.reshape(-1),
+        [r.reshape(-1) for r in rows],
+        [d.reshape(-1) for d in draw_list],
+        torch.tensor(limits, dtype=torch.float32 if sparsification == "random" else dtype, device=device),
+        torch.tensor(factors, dtype=dtype, device=device),
+        torch.tensor(weights, dtype=dtype, device=device),
+        torch.tensor(active, dtype=torch.bool, device=device),
+        torch.full((), 2.0**-100, dtype=dtype, device=device),
+        torch.tensor(lambda_, dtype=dtype, device=device),
+        sparsification,
+        normalize,
+        lambda_ != 1,
+    )
+    try:
+        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+            return _compiled()(*args)
+    except Exception as exc:  # noqa: BLE001  (no compiler, inductor bug: anything means "run eager")
+        _failure = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        warnings.warn(f"fused merge kernel unavailable, merging eagerly (slower): {_failure}", stacklevel=2)
+        return None
+
+
+def warm_up(
+    n_models: int,
+    *,
+    sparsification: str | None,
+    normalize: bool,
+    lambda_: float,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> bool:
+    """Compile the variant a Merger will use, on a small tensor, so the first candidate does not pay for it."""
+    numel = 4096
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(numel, generator=gen).to(device=device, dtype=dtype)
+    rows = [(torch.randn(numel, generator=gen) * 0.01).to(device=device, dtype=dtype) for _ in range(n_models)]
+    draws = [torch.rand(numel, generator=gen).to(device) for _ in range(n_models)]
+    stat = consensus_merge(
+        torch.empty_like(base), base, rows, sparsification=sparsification, limits=[0.005] * n_models,
+        factors=[0.5] * n_models, weights=[0.5] * n_models, active=[True] * n_models, normalize=normalize,
+        lambda_=lambda_, draws=draws,
+    )
+    return stat is not None

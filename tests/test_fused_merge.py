@@ -1,0 +1,152 @@
+"""The compiled one-pass ties / dare_ties kernel: the same tensors as the eager merge, bit for bit, or eager."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import make_family
+
+from mmmo.merge import fused
+from mmmo.merge import methods as mm
+from mmmo.merge.merger import Merger
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Records each call of the fused kernel: True where it ran, False where it declined."""
+    calls: list[bool] = []
+    real = fused.consensus_merge
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = real(*args, **kwargs)
+        calls.append(result is not None)
+        return result
+
+    monkeypatch.setattr(fused, "consensus_merge", spy)
+    return calls
+
+
+def _tensors(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(11)
+    base = torch.randn(120, 90, generator=gen).to(dtype)
+    deltas = torch.randn(3, 120, 90, generator=gen) * 0.05
+    deltas[:, :40] = torch.round(deltas[:, :40] * 64) / 64  # many equal magnitudes: ties at every threshold
+    deltas[1, 50:60] = 0  # exact zeros never agree
+    return base, deltas.to(dtype)
+
+
+# (weights, densities, normalize, lambda): a zero weight, a zero density and a density of 1 drop a model or keep it
+# whole; each distinct (normalize, lambda != 1) is one compiled variant, so the list is kept short.
+CASES = [
+    ([0.6, 0.25, 0.9], [0.3, 0.55, 0.8], None, 1.0),
+    ([0.0, 0.5, 1.0], [0.3, 0.0, 1.0], None, 1.0),
+    ([0.6, 0.25, 0.9], [0.02, 0.55, 0.97], None, 0.7),
+    ([0.6, 0.25, 0.9], [0.3, 1.0, 0.5], "other", 1.0),
+]
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_fused_kernel_gives_the_eager_merge_bit_for_bit(method: str, kernel_calls: list[bool]) -> None:
+    base, deltas = _tensors(torch.float32)
+    original = deltas.clone()
+    gens = lambda: [mm.dare_generator(3, i, "t") for i in range(3)]  # noqa: E731
+    values, positions = mm.sorted_magnitudes(deltas)
+    u, u_sorted, prefix = mm.dare_tables(deltas, gens())
+    tables = mm.Precomputed(values, positions, u, u_sorted, prefix)
+    default_normalize = mm.method_info(method).default_normalize
+    runs = 0
+    for w, d, normalize, lambda_ in CASES:
+        norm = (not default_normalize) if normalize == "other" else None
+        # tables: lookups and known tie positions; no tables: selection (ties located by the kernel's caller)
+        for pre in (tables, None):
+            want, got = torch.empty_like(base), torch.empty_like(base)
+            kw = dict(normalize=norm, lambda_=lambda_, precomputed=pre)
+            stat_want = mm.merge_into(want, method, base, deltas, w, d, generators=gens(), **kw)
+            stat_got = mm.merge_into(got, method, base, deltas, w, d, generators=gens(), fused=True, **kw)
+            runs += 1
+            assert torch.equal(got, want), (w, d, normalize, lambda_, pre is None)
+            assert torch.equal(deltas, original)  # dropped ties were restored
+            # the statistic is summed in another order (float64 in the kernel)
+            assert stat_got.item() == pytest.approx(stat_want.item(), rel=1e-6)
+    assert kernel_calls == [True] * runs
+
+
+def test_fused_kernel_in_float64_and_with_one_model(kernel_calls: list[bool]) -> None:
+    base, deltas = _tensors(torch.float64)
+    for rows in (deltas, deltas[1:2]):
+        n = rows.shape[0]
+        want, got = torch.empty_like(base), torch.empty_like(base)
+        mm.merge_into(want, "ties", base, rows, [0.7] * n, [0.4] * n)
+        mm.merge_into(got, "ties", base, rows, [0.7] * n, [0.4] * n, fused=True)
+        assert torch.equal(got, want)
+    assert kernel_calls == [True, True]
+
+
+def test_cases_the_kernel_does_not_take_run_eagerly(kernel_calls: list[bool]) -> None:
+    base, deltas = _tensors(torch.float32)
+    out = torch.empty_like(base)
+    # a negative weight under normalize needs the general divisor; half types need eager's per-op rounding;
+    # methods without sign election have no kernel
+    mm.merge_into(out, "ties", base, deltas, [0.6, -0.25, 0.9], [0.3, 0.5, 0.8], fused=True)
+    mm.merge_into(out.bfloat16(), "ties", base.bfloat16(), deltas.bfloat16(), [0.6] * 3, [0.3] * 3, fused=True)
+    mm.merge_into(out, "dare_linear", base, deltas, [0.6] * 3, [0.3] * 3, fused=True)
+    assert kernel_calls == []
+
+
+def test_a_failing_compiler_falls_back_to_eager_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no C++ compiler found\nlong traceback")
+
+    monkeypatch.setattr(fused, "_failure", None)
+    monkeypatch.setattr(fused, "_compiled", lambda: broken)
+    base, deltas = _tensors(torch.float32)
+    original = deltas.clone()
+    values, positions = mm.sorted_magnitudes(deltas)
+    tables = mm.Precomputed(sorted_mag=values, sorted_pos=positions)
+    want, got = torch.empty_like(base), torch.empty_like(base)
+    mm.merge_into(want, "ties", base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8], precomputed=tables)
+    with pytest.warns(UserWarning, match="fused merge kernel unavailable.*RuntimeError: no C\\+\\+ compiler found$"):
+        mm.merge_into(got, "ties", base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8], precomputed=tables, fused=True)
+    assert torch.equal(got, want)
+    assert torch.equal(deltas, original)  # the ties zeroed for the kernel are back
+    assert not fused.available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per process, not per tensor
+        mm.merge_into(got, "ties", base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8], fused=True)
+    assert torch.equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    return make_family(tmp_path_factory.mktemp("fused"), 3)
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_merger_with_the_fused_kernel_writes_the_same_model(method: str, family: tuple[Path, list[Path]]) -> None:
+    base, experts = family
+    eager = Merger(base, experts, method=method, layer_groups=2, seed=1)
+    compiled = Merger(base, experts, method=method, layer_groups=2, seed=1, fused=True)
+    assert not eager.fused and compiled.fused  # tiny models stay eager unless asked
+    w = torch.tensor([[0.7, 0.2], [0.0, 0.9], [0.5, 0.5]])
+    d = torch.tensor([[0.4, 1.0], [0.6, 0.3], [0.05, 0.8]])
+    s_eager, s_compiled = eager.apply(w, d), compiled.apply(w, d)
+    assert s_compiled == pytest.approx(s_eager, rel=1e-6) and s_eager > 0
+    live_eager, live_compiled = eager.live_state_dict(), compiled.live_state_dict()
+    for name, t in live_eager.items():
+        assert torch.equal(live_compiled[name], t), name
+
+
+def test_merger_keeps_the_eager_path_where_the_kernel_does_not_apply(family: tuple[Path, list[Path]]) -> None:
+    base, experts = family
+    with pytest.warns(UserWarning, match="not task_arithmetic in float32"):
+        assert not Merger(base, experts, method="task_arithmetic", fused=True).fused
+    with pytest.warns(UserWarning, match="not ties in bfloat16"):
+        assert not Merger(base, experts, method="ties", dtype=torch.bfloat16, fused=True).fused
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only an explicit request warns
+        assert not Merger(base, experts, method="task_arithmetic").fused
