@@ -181,6 +181,9 @@ def test_apply_source_and_reset(family: tuple[Path, list[Path]], ties_merger: Me
     assert all(torch.equal(live[n], e2[n]) for n in e2)
     numel = sum(t.numel() for t in b.values())
     assert gap == pytest.approx(sum((e2[n].double() - b[n].double()).abs().sum().item() for n in b) / numel)
+    # summed in float64 over the stored task vectors, like a merge's statistic
+    exact = sum(ties_merger._deltas[n][2].double().abs().sum().item() for n in b) / numel
+    assert gap == pytest.approx(exact, rel=1e-12)
     ties_merger.reset()
     live = ties_merger.live_state_dict()
     assert all(torch.equal(live[n], b[n]) for n in b)
