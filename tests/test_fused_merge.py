@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_models import make_family
+from torch._dynamo.utils import counters
 
 from mmmo.merge import fused
 from mmmo.merge import methods as mm
@@ -142,7 +143,10 @@ def test_merger_with_the_fused_kernel_writes_the_same_model(method: str, family:
     assert not eager.fused and compiled.fused  # tiny models stay eager unless asked
     w = torch.tensor([[0.7, 0.2], [0.0, 0.9], [0.5, 0.5]])
     d = torch.tensor([[0.4, 1.0], [0.6, 0.3], [0.05, 0.8]])
+    graphs = counters["stats"]["unique_graphs"]
     s_eager, s_compiled = eager.apply(w, d), compiled.apply(w, d)
+    # compiled while loading: tensors of every size and rank reuse that graph
+    assert counters["stats"]["unique_graphs"] == graphs
     assert s_compiled == pytest.approx(s_eager, rel=1e-6) and s_eager > 0
     live_eager, live_compiled = eager.live_state_dict(), compiled.live_state_dict()
     for name, t in live_eager.items():

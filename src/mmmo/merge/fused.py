@@ -115,11 +115,13 @@ def consensus_merge(
     if dtype not in FUSED_DTYPES:
         raise ValueError(f"the fused merge runs in {FUSED_DTYPES}, not {dtype}")
     draw_list = list(draws) if draws is not None else [rows[0]] * n  # unread unless sparsification is random
+    # detach(): the same memory without the view's base, which the compiled graph would otherwise be guarded on
+    # (its shape differs from tensor to tensor: a recompile for each)
     args = (
-        out.view(-1),
-        base.reshape(-1),
-        [r.reshape(-1) for r in rows],
-        [d.reshape(-1) for d in draw_list],
+        out.view(-1).detach(),
+        base.reshape(-1).detach(),
+        [r.reshape(-1).detach() for r in rows],
+        [d.reshape(-1).detach() for d in draw_list],
         torch.tensor(limits, dtype=torch.float32 if sparsification == "random" else dtype, device=device),
         torch.tensor(factors, dtype=dtype, device=device),
         torch.tensor(weights, dtype=dtype, device=device),
@@ -131,7 +133,8 @@ def consensus_merge(
         lambda_ != 1,
     )
     try:
-        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+        # Always without autograd: grad mode is part of what a compiled graph is guarded on.
+        with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
             return _compiled()(*args)
     except Exception as exc:  # noqa: BLE001  (no compiler, inductor bug: anything means "run eager")
         _failure = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
@@ -153,7 +156,8 @@ def warm_up(
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(numel, generator=gen).to(device=device, dtype=dtype)
     rows = [(torch.randn(numel, generator=gen) * 0.01).to(device=device, dtype=dtype) for _ in range(n_models)]
-    draws = [torch.rand(numel, generator=gen).to(device) for _ in range(n_models)]
+    # the same arguments a merge passes (draws only for DARE), or the first merge would compile again
+    draws = [torch.rand(numel, generator=gen).to(device) for _ in range(n_models)] if sparsification == "random" else None
     stat = consensus_merge(
         torch.empty_like(base), base, rows, sparsification=sparsification, limits=[0.005] * n_models,
         factors=[0.5] * n_models, weights=[0.5] * n_models, active=[True] * n_models, normalize=normalize,
