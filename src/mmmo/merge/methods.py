@@ -648,8 +648,11 @@ def merge_into(
     chain = dtype in (torch.float32, torch.float64)
 
     def sum_rows(rows: Tensor, out: Tensor) -> None:
-        if not chain or rows.shape[0] == 1:
+        if not chain:
             torch.sum(rows, dim=0, out=out)
+            return
+        if rows.shape[0] == 1:
+            out.copy_(rows[0])  # torch.sum would turn -0 into +0; the chain (and the fused kernel) keep it
             return
         torch.add(rows[0], rows[1], out=out)
         for r in range(2, rows.shape[0]):
