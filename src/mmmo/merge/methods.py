@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -216,18 +216,19 @@ class Workspace:
 
     def get(self, key: str, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """A flat buffer of at least `numel` entries (contents undefined)."""
-        buf = self._bufs.get(key)
-        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
-            buf = torch.empty(max(numel, 1), dtype=dtype, device=device)
-            self._bufs[key] = buf
-        return buf[:numel]
+        return self._buffer(key, numel, dtype, device, torch.empty)
 
     def zeros(self, key: str, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """A flat buffer of `numel` zeros (kept apart from `get`'s buffers, so nothing writes into it)."""
-        buf = self._bufs.get(f"zeros:{key}")
+        return self._buffer(f"zeros:{key}", numel, dtype, device, torch.zeros)
+
+    def _buffer(
+        self, key: str, numel: int, dtype: torch.dtype, device: torch.device, make: Callable[..., Tensor]
+    ) -> Tensor:
+        buf = self._bufs.get(key)
         if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
-            buf = torch.zeros(max(numel, 1), dtype=dtype, device=device)
-            self._bufs[f"zeros:{key}"] = buf
+            buf = make(max(numel, 1), dtype=dtype, device=device)
+            self._bufs[key] = buf
         return buf[:numel]
 
 
