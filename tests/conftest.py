@@ -30,6 +30,23 @@ def one_torch_thread():
         yield
 
 
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Records each call of the fused merge kernel: True where it ran, False where it declined or fell back."""
+    from mmmo.merge import fused
+
+    calls: list[bool] = []
+    real = fused.consensus_merge
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(result is not None)
+        return result
+
+    monkeypatch.setattr(fused, "consensus_merge", spy)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def demo_paths():
     """The demo problem (tiny base + three experts + local tasks), built once and cached across runs."""
@@ -66,3 +83,23 @@ def demo_spec(demo_paths, tmp_path):
         return write_demo_spec(demo_paths, tmp_path, **sections)
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _leaves_nothing_in_the_system_temp(request: pytest.FixtureRequest):
+    """The session must leave no `mmmo-*` or `ray*` entry in the system temp folder: tests use tmp_path (pytest's
+    own pytest-of-* base is fine) and the code removes what it puts there."""
+    import tempfile
+
+    if hasattr(request.config, "workerinput"):  # a pytest-xdist worker: the others may be mid-test
+        yield
+        return
+    tmp = Path(tempfile.gettempdir())
+
+    def entries() -> set[str]:
+        return {p.name for pattern in ("mmmo-*", "ray*") for p in tmp.glob(pattern)}
+
+    before = entries()
+    yield
+    left = sorted(entries() - before)
+    assert not left, f"new in {tmp} after the tests (unless another program made them meanwhile): {left}"

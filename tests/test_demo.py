@@ -23,13 +23,20 @@ from mmmo.errors import MmmoError
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The claims below are about the trained demo, and each is asserted here only. Training is chaotic: another
+# CPU kernel set (AVX-512, AVX2, ARM) or another seed gives different weights, a different draw. So every claim
+# is one that held, with room to spare, on every draw of the calibration (scripts/demo_calibration.py; the
+# draws and their margins are in benchmarks/RESULTS.md), and .ci/run checks them again under a second kernel
+# choice on a freshly built demo.
+
 # Task-arithmetic merge used to show that merging matters: base + Σ TA_WEIGHT·(expert − base).
 TA_WEIGHT = 0.5
-# An expert must beat the base and every other expert on its own task by at least this much exact match
-# (50 examples: 0.25 is 12-13 answers, about three standard errors).
-EXPERT_MARGIN = 0.25
-# The TA merge must beat the base by at least this much on at least two tasks.
+# Every expert masters its own task (lowest over the calibration draws: 0.88) and beats the base there.
+EXPERT_MASTERY = 0.8
+# The TA merge beats the base by at least this much on at least two tasks (every draw had two gains >= 0.14).
 MERGE_MARGIN = 0.1
+# ... and beats every expert, on the mean of the two tasks outside its own, by this much (lowest: 0.15).
+OUTSIDE_MARGIN = 0.08
 
 # A build small enough for the caching tests (a second or two).
 TINY = replace(
@@ -244,6 +251,7 @@ def scores(demo_paths: D.DemoPaths) -> dict[str, dict[str, float]]:
     return table
 
 
+@pytest.mark.slow
 def test_demo_spec_loads(demo_paths: D.DemoPaths) -> None:
     spec = load_spec(demo_paths.config)
     assert Path(spec.base_model) == demo_paths.base
@@ -252,22 +260,34 @@ def test_demo_spec_loads(demo_paths: D.DemoPaths) -> None:
     assert spec.merge.method == "dare_ties"
 
 
-def test_each_expert_wins_its_own_task(scores: dict[str, dict[str, float]]) -> None:
+@pytest.mark.demo
+@pytest.mark.slow
+def test_each_expert_masters_its_own_task(scores: dict[str, dict[str, float]]) -> None:
     for skill in D.SKILLS:
-        others = max(scores[o][skill] for o in D.SKILLS if o != skill)
-        assert scores[skill][skill] >= others + EXPERT_MARGIN, (skill, scores)
-        assert scores[skill][skill] >= scores["base"][skill] + EXPERT_MARGIN, (skill, scores)
+        assert scores[skill][skill] >= EXPERT_MASTERY, (skill, scores)
+        assert scores[skill][skill] > scores["base"][skill], (skill, scores)
 
 
+@pytest.mark.demo
+@pytest.mark.slow
 def test_task_arithmetic_merge_beats_the_base(scores: dict[str, dict[str, float]]) -> None:
     wins = [s for s in D.SKILLS if scores["merge"][s] >= scores["base"][s] + MERGE_MARGIN]
     assert len(wins) >= 2, scores
 
 
-def test_task_arithmetic_merge_beats_every_expert_on_the_mean(scores: dict[str, dict[str, float]]) -> None:
-    """Merging matters: one merge is better on the three tasks together than any single expert."""
+@pytest.mark.demo
+@pytest.mark.slow
+def test_task_arithmetic_merge_beats_each_expert_outside_its_own_task(
+    scores: dict[str, dict[str, float]],
+) -> None:
+    """Merging combines skills: on the two tasks an expert was not trained for, the merge is better than it.
 
-    def mean(name: str) -> float:
-        return sum(scores[name][s] for s in D.SKILLS) / len(D.SKILLS)
-
-    assert mean("merge") > max(mean(s) for s in D.SKILLS), scores
+    (Whether the plain 0.5 merge also beats the best expert on the mean of all three depends on the draw: by
+    0.08-0.15 on 6 of 8 calibration draws, by 0.02 on one, and it lost by 0.08 on the last, where the base had
+    barely learned arithmetic; finding the merge that wins is the search's job. benchmarks/RESULTS.md has every
+    draw.)
+    """
+    for expert in D.SKILLS:
+        outside = [task for task in D.SKILLS if task != expert]
+        gain = sum(scores["merge"][t] - scores[expert][t] for t in outside) / len(outside)
+        assert gain >= OUTSIDE_MARGIN, (expert, gain, scores)

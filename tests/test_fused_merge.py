@@ -22,21 +22,6 @@ needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler fo
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture
-def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Records each call of the fused kernel: True where it ran, False where it declined."""
-    calls: list[bool] = []
-    real = fused.consensus_merge
-
-    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        result = real(*args, **kwargs)
-        calls.append(result is not None)
-        return result
-
-    monkeypatch.setattr(fused, "consensus_merge", spy)
-    return calls
-
-
 def _tensors(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(11)
     base = torch.randn(120, 90, generator=gen).to(dtype)
@@ -170,3 +155,37 @@ def test_merger_keeps_the_eager_path_where_the_kernel_does_not_apply(family: tup
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # only an explicit request warns
         assert not Merger(base, experts, method="task_arithmetic").fused
+
+
+_KERNEL_UNDER_ANOTHER_CAPABILITY = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_fused_merge import _tensors, same_bits
+from mmmo.merge import methods as mm
+base, deltas = _tensors(torch.float32)
+want, got = torch.empty_like(base), torch.empty_like(base)
+mm.merge_into(want, "ties", base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8])
+mm.merge_into(got, "ties", base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8], fused=True)
+print(torch.backends.cpu.get_cpu_capability(), same_bits(got, want))
+"""
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_a_kernel_cached_under_one_cpu_capability_is_not_reused_under_another(tmp_path: Path) -> None:
+    """Inductor's disk cache once handed AVX-512 code to an AVX2 (ATEN_CPU_CAPABILITY) process, which then left
+    half of each tensor unwritten; and under `default` its vectorised code did not compile."""
+    import subprocess
+    import sys
+
+    script = _KERNEL_UNDER_ANOTHER_CAPABILITY.format(tests=str(Path(__file__).parent))
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    seen = []
+    for capability in ("", "avx2", "default"):  # this CPU's own first: its code is what gets cached
+        if capability:
+            env["ATEN_CPU_CAPABILITY"] = capability
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        assert "fused merge kernel unavailable" not in out.stderr, out.stderr
+        seen.append(out.stdout.split())
+    assert [ok for _, ok in seen] == ["True"] * 3, seen
+    assert seen[2][0] == "DEFAULT"

@@ -302,31 +302,37 @@ def test_default_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
 # -------------------------------------------------------------------------------------------- demo
 
 
-def test_demo_experts_are_each_best_on_their_own_task(demo_paths: Any) -> None:
-    """The demo's weights copied one after another into one live model, as the merge engine does."""
+def test_demo_weights_copied_into_one_live_model_score_as_freshly_loaded(demo_paths: Any) -> None:
+    """The demo's weights copied one after another into one live model, as the merge engine does, score
+    exactly as each model loaded on its own. (What they score is a claim about the trained demo, asserted once
+    in test_demo.py.)"""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mmmo.demo import SKILLS, TASK_PREFIX
 
-    live = AutoModelForCausalLM.from_pretrained(demo_paths.base, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(demo_paths.base)
     specs = [objective(s, f"{TASK_PREFIX}{s}", "exact_match", limit=50) for s in SKILLS]
-    objectives = LmEvalObjectives(specs, tasks_dir=str(demo_paths.tasks_dir), batch_size=64)
-    objectives.bind(live, tokenizer, CPU)
-    params = dict(live.named_parameters())
+
+    def bound_to(folder: Path) -> tuple[LmEvalObjectives, dict[str, Any]]:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        objectives = LmEvalObjectives(specs, tasks_dir=str(demo_paths.tasks_dir), batch_size=64)
+        objectives.bind(model, tokenizer, CPU)
+        return objectives, dict(model.named_parameters())
+
+    live, params = bound_to(demo_paths.base)
 
     def score(folder: Path) -> dict[str, float]:
         with torch.no_grad():
             for name, tensor in load_file(folder / "model.safetensors").items():
                 params[name].copy_(tensor)
-        scores = objectives.evaluate()
+        scores = live.evaluate()
         assert {s.n_examples for s in scores.values()} == {50}
         return values(scores)
 
     table = {"base": score(demo_paths.base)} | {s: score(demo_paths.experts[s]) for s in SKILLS}
-    for skill in SKILLS:
-        best = max(row[skill] for row in table.values())
-        assert table[skill][skill] == best, f"{skill} expert is not best on its task: {table}"
-    assert table["arith"]["arith"] > table["base"]["arith"]
+    assert len({tuple(row.values()) for row in table.values()}) > 1  # the copies did change the model
+    for name, folder in [("sort", demo_paths.experts["sort"]), ("arith", demo_paths.experts["arith"])]:
+        fresh, _ = bound_to(folder)
+        assert values(fresh.evaluate()) == table[name], name
     assert score(demo_paths.base) == table["base"]  # nothing of the experts lingers

@@ -9,7 +9,18 @@ import pytest
 
 from mmmo.config import spec_from_dict
 from mmmo.errors import MmmoError
-from mmmo.run_store import Journal, RunStore, TornJournalWarning, changed_fields, fold_events, read_events
+from mmmo.run_store import (
+    EventKind,
+    Journal,
+    RepairReport,
+    RunStore,
+    TornJournalWarning,
+    atomic_write_text,
+    changed_fields,
+    fold_events,
+    read_events,
+    repair_journal,
+)
 from mmmo.trial import Trial
 
 
@@ -67,11 +78,68 @@ def test_torn_last_line_is_skipped_with_warning_and_repaired_before_append(tmp_p
     assert [t.id for t in state.trials] == [0, 2]
 
 
-def test_corrupt_middle_line_is_an_error(tmp_path: Path) -> None:
-    path = tmp_path / "trials.jsonl"
-    path.write_text('{"event": "proposed", "trial": {}}\nnot json\n{"event": "x"}\n')
-    with pytest.raises(MmmoError, match="line 2 is not valid JSON"):
+def _damaged_journal(tmp_path: Path) -> Path:
+    """Trials 0-2 proposed, 0 and 2 done; the line with trial 1's result is damaged (a disk error, a bad edit)."""
+    j = Journal(tmp_path / "trials.jsonl")
+    for i in range(3):
+        j.record_trial(_trial(i))
+    j.record_trial(_trial(0, "done", 0.5))
+    j.record_trial(_trial(1, "done", 0.6))
+    j.record_trial(_trial(2, "done", 0.7))
+    lines = j.path.read_bytes().splitlines(keepends=True)
+    lines[4] = lines[4][:40] + b"\x00\x00garbage" + lines[4][60:]
+    j.path.write_bytes(b"".join(lines))
+    return j.path
+
+
+def test_corrupt_middle_line_is_an_error_that_points_to_repair(tmp_path: Path) -> None:
+    path = _damaged_journal(tmp_path)
+    with pytest.raises(MmmoError, match=r"line 5 is not valid JSON; .*mmmo resume .* --repair"):
         read_events(path)
+
+
+def test_repair_moves_the_damaged_line_aside_and_its_trial_runs_again(tmp_path: Path) -> None:
+    path = _damaged_journal(tmp_path)
+    damaged = path.read_bytes().splitlines()[4]
+    report = repair_journal(path)
+    assert (report.moved, report.kept) == (1, 5)
+    assert report.side_file is not None and report.side_file.parent == tmp_path
+    assert report.side_file.read_bytes() == damaged + b"\n"  # kept as it was, nothing lost
+    state = fold_events(read_events(path))
+    assert [(t.id, t.status) for t in state.trials] == [(0, "done"), (1, "proposed"), (2, "done")]
+    assert repair_journal(path) == RepairReport(0, 5, None)  # a second repair finds nothing
+
+
+def test_unknown_event_kind_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "trials.jsonl"
+    Journal(path).record_trial(_trial(0))
+    with open(path, "a") as fh:
+        fh.write('{"event":"pruned","trial":{"id":0}}\n{"event":"batch_end","batch":0,"hypervolume":0.1}\n')
+    with pytest.raises(MmmoError, match=r"line 2 has an unknown event kind 'pruned'"):
+        read_events(path)
+    with pytest.raises(MmmoError, match="unknown journal event kind 'pruned'"):
+        fold_events([{"event": "pruned"}])
+    with pytest.raises(ValueError, match="'pruned' is not a valid EventKind"):
+        Journal(path).append("pruned")
+    assert {k.value for k in EventKind} == {
+        "proposed", "done", "failed", "attempt_failed", "source", "ref_point", "batch_end"
+    }
+
+
+def test_attempt_failed_keeps_the_trial_pending_with_its_attempt_count(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "trials.jsonl")
+    j.record_trial(_trial(0))
+    j.record_trial(_trial(1))
+    died = _trial(1, "failed")
+    died.attempts, died.error = 1, "worker died: killed"
+    j.append(EventKind.ATTEMPT_FAILED, trial=died.to_json())
+    state = fold_events(read_events(j.path))
+    # pending (a resume retries it), but with its one attempt counted so the pool retries it only once more
+    assert [(t.id, t.status, t.attempts, t.error) for t in state.trials] == [
+        (0, "proposed", 0, None), (1, "proposed", 1, None)
+    ]
+    j.record_trial(_trial(1, "done", 0.4))
+    assert fold_events(read_events(j.path)).trials[1].status == "done"
 
 
 def test_changed_spec_is_refused_naming_fields(tmp_path: Path) -> None:
@@ -96,6 +164,36 @@ def test_fresh_keeps_a_backup(tmp_path: Path) -> None:
     backups = list(tmp_path.glob("run.bak-*"))
     assert len(backups) == 1 and (backups[0] / "trials.jsonl").exists()
     assert not (tmp_path / "run" / "trials.jsonl").exists()
+
+
+def test_a_moved_or_copied_run_folder_opens_where_it_now_is(tmp_path: Path) -> None:
+    import shutil
+
+    store = RunStore(tmp_path / "run")
+    store.open(_spec(tmp_path)).record_trial(_trial(0, "done", 0.5))
+    shutil.copytree(tmp_path / "run", tmp_path / "elsewhere" / "copy")
+    moved = _spec(tmp_path)
+    moved.output.dir = str(tmp_path / "elsewhere" / "copy")
+    RunStore(moved.run_dir).open(moved)  # output.dir differs from the stored spec's: not a change of the run
+    assert RunStore(moved.run_dir).stored_spec().output.dir == str(tmp_path / "elsewhere" / "copy")
+    assert [t.id for t in RunStore(moved.run_dir).load().trials] == [0]
+
+
+def test_a_full_disk_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    target = tmp_path / "pareto.json"
+    target.write_text("old")
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space left on device"):
+        atomic_write_text(target, "new" * 1000)
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pareto.json"]
 
 
 def test_changed_fields_flattens_nested() -> None:

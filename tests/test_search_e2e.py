@@ -49,15 +49,22 @@ def test_search_fills_the_budget_and_journals_every_trial(finished_run) -> None:
     assert state.ref_point is not None and len(state.ref_point) == 4
 
 
-def test_sources_are_scored_once_beside_the_front(finished_run) -> None:
+def test_sources_are_scored_once_beside_the_front(finished_run, demo_paths) -> None:
     _, result = finished_run
     by_name = {s.name: s for s in result.sources}
     assert set(by_name) == {"base", "arith", "reverse", "sort"}
     assert by_name["base"].objectives["sparsity"] == 0.0
-    # each expert is best on its own task among the sources
-    for skill in ("arith", "reverse", "sort"):
-        own = by_name[skill].objectives[skill]
-        assert own == max(s.objectives[skill] for s in result.sources)
+    # Sparsity of a source is −mean |source − base| over the merged parameters, measured here directly. What
+    # the sources score on the tasks is a claim about the trained demo, asserted once in test_demo.py.
+    from safetensors.torch import load_file
+
+    base = load_file(demo_paths.base / "model.safetensors")
+    for skill, folder in demo_paths.experts.items():
+        expert = load_file(folder / "model.safetensors")
+        total = sum(float((expert[k].double() - v.double()).abs().sum()) for k, v in base.items())
+        expected = -total / sum(v.numel() for v in base.values())
+        assert by_name[skill].objectives["sparsity"] == pytest.approx(expected, rel=1e-5)
+        assert all(0.0 <= by_name[skill].objectives[s] <= 1.0 for s in ("arith", "reverse", "sort"))
 
 
 def test_pareto_front_is_exactly_the_non_dominated_trials(finished_run) -> None:

@@ -11,10 +11,21 @@ from typing import Any
 import torch
 
 from mmmo.config import SearchSpec, load_spec
+from mmmo.diskspace import DiskFull, disk_full_as_error
 from mmmo.errors import MmmoError
 from mmmo.progress import SearchProgress
 from mmmo.report import RunSummary, write_summaries
-from mmmo.run_store import Journal, RunState, RunStore, SourceScore
+from mmmo.run_lock import run_lock
+from mmmo.run_store import (
+    JOURNAL,
+    EventKind,
+    Journal,
+    RepairReport,
+    RunState,
+    RunStore,
+    SourceScore,
+    repair_journal,
+)
 from mmmo.search.space import SearchSpace
 from mmmo.trial import Trial
 
@@ -68,7 +79,7 @@ def make_pool(spec: SearchSpec, journal: Journal | None = None) -> Any:
         # trial itself stays pending in the journal, so a resume after a kill retries it too.
         def on_attempt_failed(trial: Trial) -> None:
             if journal is not None:
-                journal.append("attempt_failed", trial=trial.to_json())
+                journal.append(EventKind.ATTEMPT_FAILED, trial=trial.to_json())
 
         return RayPool(spec, on_attempt_failed=on_attempt_failed)
     from mmmo.evaluate import CandidateEvaluator
@@ -103,8 +114,20 @@ def search(
     workers: int | None = None,
     device: str | None = None,
     show_progress: bool = True,
+    library_output: bool = True,
 ) -> SearchResult:
-    """Run (or continue) the search a spec describes; returns the run's trials and Pareto front."""
+    """Run (or continue) the search a spec describes; returns the run's trials and Pareto front.
+
+    `library_output=False` hides the libraries' progress bars (transformers, datasets, lm-eval) for the
+    call's duration, as the CLI does; by default the caller's process is left as it is.
+    """
+    if not library_output:
+        from mmmo.quiet import quiet_libraries
+
+        with quiet_libraries():
+            return search(
+                spec_or_path, fresh=fresh, workers=workers, device=device, show_progress=show_progress
+            )
     spec = _as_spec(spec_or_path)
     if workers is not None:
         spec.evaluation.workers = workers
@@ -112,7 +135,20 @@ def search(
         spec.evaluation.device = device
     store = RunStore(spec.run_dir)
     use_project_cache(Path.cwd())
-    journal = store.open(spec, fresh=fresh)
+    if fresh and store.exists:
+        with run_lock(store.dir, "mmmo search --fresh"):  # nobody may be writing the folder that is moved aside
+            store.move_aside()
+    full = (
+        f"every finished evaluation is saved in {JOURNAL}: free some space, then continue with: "
+        f"mmmo resume {store.dir}"
+    )
+    # One writer per run folder, from reading the journal to the last exported merge.
+    with run_lock(store.dir, "mmmo search"), disk_full_as_error(store.dir, full):
+        return _search_locked(spec, store, show_progress)
+
+
+def _search_locked(spec: SearchSpec, store: RunStore, show_progress: bool) -> SearchResult:
+    journal = store.open(spec)
     state = store.load()
     exported: list[Path] = []
     if _is_complete(spec, state):
@@ -128,11 +164,17 @@ def search(
             _run(spec, space, pool, journal, state, progress)
         state = store.load()
         summary = write_summaries(store.dir, spec, state)
-        if spec.output.export != "none":
-            from mmmo.export import export_trials
+        if spec.output.export != "none" and summary.done:
+            from mmmo.export import export_trials, select_trials
 
-            chosen = summary.pareto if spec.output.export == "pareto" else [summary.best()]
-            exported = export_trials(spec, [t for t in chosen if t is not None], store.dir / "models", pool.merger())
+            chosen = select_trials(summary, pareto=spec.output.export == "pareto", limit=spec.output.export_limit)
+            try:
+                exported = export_trials(spec, chosen, store.dir / "models", pool.merger())
+            except DiskFull as err:
+                raise DiskFull(
+                    f"{err} (the search itself is complete and saved; export later with: mmmo export {store.dir} "
+                    "--out DIR)"
+                ) from err
     finally:
         pool.close()
     return SearchResult(store.dir, spec, state.trials, summary, exported)
@@ -151,7 +193,7 @@ def _score_sources(
         return
     progress.note(f"scoring {len(todo)} source model(s) on the objectives")
     for score in pool.evaluate_sources(todo):
-        journal.append("source", source=score.__dict__)
+        journal.append(EventKind.SOURCE, source=score.__dict__)
         state.sources.append(score)
         progress.source(score)
 
@@ -176,11 +218,11 @@ def _run(
         progress.finished(trial)
 
     def on_batch_end(summary: Any) -> None:
-        journal.append("batch_end", batch=summary.batch, hypervolume=summary.hypervolume)
+        journal.append(EventKind.BATCH_END, batch=summary.batch, hypervolume=summary.hypervolume)
         progress.batch_end(summary)
 
     def on_ref_point(ref: list[float]) -> None:
-        journal.append("ref_point", ref_point=list(ref))
+        journal.append(EventKind.REF_POINT, ref_point=list(ref))
 
     def evaluate(trials: list[Trial]) -> Iterable[Trial]:
         for t in trials:
@@ -211,11 +253,28 @@ def _existing_exports(run_dir: Path) -> list[Path]:
     return sorted(p for p in models.iterdir() if p.is_dir() and not p.name.startswith(".")) if models.is_dir() else []
 
 
-def resume(run_dir: str | Path, **kwargs: Any) -> SearchResult:
-    """Continue a run from the spec stored in its folder."""
-    spec = RunStore(Path(run_dir)).stored_spec()
+def resume(run_dir: str | Path, *, repair: bool = False, **kwargs: Any) -> SearchResult:
+    """Continue a run from the spec stored in its folder, wherever the folder now is (moved or copied).
+
+    `repair=True` first moves unreadable journal lines aside (see `repair`); their trials are evaluated again.
+    """
+    spec = RunStore(Path(run_dir)).stored_spec()  # before locking: the lock would create a missing folder
     spec.output.dir = str(Path(run_dir).resolve())
-    return search(spec, **kwargs)
+    with run_lock(spec.run_dir, "mmmo resume"):
+        if repair:
+            repair_journal(RunStore(spec.run_dir).journal_path)
+        return search(spec, **kwargs)
+
+
+def repair(run_dir: str | Path) -> RepairReport:
+    """Move the journal's unreadable lines to a side file in the run folder, under the run's lock.
+
+    The trials whose events were on those lines are pending (or unknown) afterwards: a resume evaluates them again.
+    """
+    store = RunStore(Path(run_dir))
+    store.stored_spec()  # refuse a folder that is not a run before touching anything
+    with run_lock(store.dir, "mmmo resume --repair"), disk_full_as_error(store.dir, "the journal is unchanged"):
+        return repair_journal(store.journal_path)
 
 
 def load_run(run_dir: str | Path) -> tuple[SearchSpec, RunState, RunSummary]:

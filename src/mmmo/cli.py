@@ -25,24 +25,50 @@ T = TypeVar("T")
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
+def _main(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks on errors, and what --verbose shows.")
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Show the libraries' progress bars and the numerical warnings mmmo expects."
+        ),
+    ] = False,
+) -> None:
+    from mmmo.quiet import quiet_libraries
+
     _state["debug"] = debug
+    # Quiet by default: a command's own lines are what a user reads. Lasts as long as the command runs.
+    ctx.with_resource(quiet_libraries(verbose=debug or verbose))
 
 
 def _guard(fn: Callable[[], T], run_dir_hint: str | None = None) -> T:
-    """Run a command body: user errors become one line on stderr and exit code 2."""
+    """Run a command body: user errors become one line on stderr and exit code 2.
+
+    SIGTERM (Slurm, Kubernetes, `timeout`) unwinds like Ctrl-C: the journal stays whole, Ray is shut down, the run
+    folder's lock and partial exports are released, and the same hint is printed; the exit status is 143.
+    """
+    from mmmo.signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
+
     try:
-        return fn()
+        with sigterm_as_interrupt():
+            return fn()
     except MmmoError as err:
         if _state["debug"]:
             raise
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if _state["debug"]:
             raise
         hint = f"; continue with: mmmo resume {run_dir_hint}" if run_dir_hint else ""
-        err_console.print(f"interrupted: every finished evaluation is saved{hint}", highlight=False)
+        if isinstance(stop, Terminated):
+            saved = ": every finished evaluation is saved" if run_dir_hint else ""
+            err_console.print(f"terminated (SIGTERM){saved}{hint}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_TERMINATED) from None
+        err_console.print(f"interrupted: every finished evaluation is saved{hint}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
 
 
@@ -68,6 +94,14 @@ def _finish_search(result: Any, as_json: bool, quiet: bool) -> None:
         console.print(f"run folder: {result.run_dir}  (report.md, pareto.csv, pareto.png, trials.jsonl)")
         for p in result.exported:
             console.print(f"exported: {p}")
+        front = len(result.summary.pareto)
+        if result.spec.output.export == "pareto" and 0 < len(result.exported) < front:
+            console.print(
+                f"exported the {len(result.exported)} of {front} Pareto trials with the largest hypervolume "
+                f"contribution (output.export_limit); more with: mmmo export {result.run_dir} --pareto --limit "
+                f"{front} --out DIR",
+                highlight=False,
+            )
 
 
 @app.command()
@@ -102,10 +136,23 @@ def search(
 def resume(
     run_dir: RunDirArg, workers: WorkersOpt = None, device: DeviceOpt = None, quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair", help="Move unreadable journal lines to a side file first; their trials are run again."
+        ),
+    ] = False,
 ) -> None:
-    """Continue an interrupted search from the spec stored in its run folder."""
+    """Continue an interrupted search from the spec stored in its run folder (moved or copied folders too)."""
     from mmmo import api
 
+    if repair:
+        report = _guard(lambda: api.repair(run_dir))
+        moved = (
+            f"moved {report.moved} unreadable line(s) to {report.side_file}; their trials are run again"
+            if report.moved else "nothing to repair: every line is readable"
+        )
+        err_console.print(f"repair: {moved}", highlight=False, soft_wrap=True)
     result = _guard(
         lambda: api.resume(run_dir, workers=workers, device=device, show_progress=not (quiet or as_json)),
         run_dir_hint=str(run_dir),
@@ -114,11 +161,20 @@ def resume(
 
 
 @app.command()
-def validate(config: ConfigArg) -> None:
+def validate(
+    config: ConfigArg,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline", "--fields-only",
+            help="Check the fields only: no model paths, hub ids, tensor headers or lm-eval tasks.",
+        ),
+    ] = False,
+) -> None:
     """Check a spec (fields, paths, model headers, tasks) without loading weights."""
     from mmmo.validate import validate_spec_file
 
-    lines = _guard(lambda: validate_spec_file(config))
+    lines = _guard(lambda: validate_spec_file(config, offline=offline))
     for line in lines:
         typer.echo(line)
 
@@ -146,16 +202,24 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Folder for the exported model(s).")],
     trial: Annotated[int | None, typer.Option("--trial", help="Export this trial id.")] = None,
     best: Annotated[str | None, typer.Option("--best", help="Export the best trial on this objective.")] = None,
-    pareto: Annotated[bool, typer.Option("--pareto", help="Export every trial on the Pareto front.")] = False,
+    pareto: Annotated[
+        bool, typer.Option("--pareto", help="Export trials of the Pareto front, largest hypervolume share first.")
+    ] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="With --pareto: at most this many merges.")] = 3,
     device: DeviceOpt = None,
 ) -> None:
-    """Rebuild chosen merges of a run as Hugging Face folders (same seed, same tensors)."""
+    """Rebuild chosen merges of a run as Hugging Face folders (same seed, same tensors).
+
+    Without --trial, --best or --pareto: the best merge (highest mean task score).
+    """
     from mmmo.export import export_from_run
 
-    if sum(x is not None and x is not False for x in (trial, best, pareto)) != 1:
-        err_console.print("error: give exactly one of --trial N, --best OBJECTIVE, --pareto")
+    if sum(x is not None and x is not False for x in (trial, best, pareto)) > 1:
+        err_console.print("error: give at most one of --trial N, --best OBJECTIVE, --pareto")
         raise typer.Exit(2)
-    paths = _guard(lambda: export_from_run(run_dir, out, trial=trial, best=best, pareto=pareto, device=device))
+    paths = _guard(
+        lambda: export_from_run(run_dir, out, trial=trial, best=best, pareto=pareto, limit=limit, device=device)
+    )
     for p in paths:
         typer.echo(f"exported: {p}")
 

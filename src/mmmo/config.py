@@ -147,6 +147,9 @@ class EvaluationSpec(_Strict):
     ray_address: str | None = None
     ray_tmp_dir: str | None = None
     evaluate_sources: bool = True
+    # lm-eval tasks marked unsafe_code (mbpp, humaneval) execute the code the model writes on this machine:
+    # refused unless the spec says so, as lm-eval's own --confirm_run_unsafe_code does.
+    confirm_run_unsafe_code: bool = False
 
     @field_validator("device")
     @classmethod
@@ -158,7 +161,10 @@ class EvaluationSpec(_Strict):
 
 class OutputSpec(_Strict):
     dir: str = ""
-    export: Literal["pareto", "best", "none"] = "pareto"
+    # One merge by default: a 7B merge is about 15 GB, and a front can hold dozens of trials.
+    export: Literal["pareto", "best", "none"] = "best"
+    # With export: pareto, at most this many merges: the largest hypervolume contributions first.
+    export_limit: int = Field(3, ge=1)
 
 
 class SearchSpec(_Strict):
@@ -297,8 +303,12 @@ def spec_from_dict(data: Any, root: Path, check_paths: bool = True) -> SearchSpe
     return spec
 
 
-def load_spec(path: str | Path) -> SearchSpec:
-    """Read and validate a YAML search spec; raises SpecError with a one-line message."""
+def load_spec(path: str | Path, *, check_paths: bool = True) -> SearchSpec:
+    """Read and validate a YAML search spec; raises SpecError with a one-line message.
+
+    With `check_paths=False` only the fields are validated: model paths, hub ids, tasks_dir and output.dir are
+    left as written (nothing on disk or on the hub is looked at).
+    """
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"config file not found: {path}")
@@ -309,7 +319,7 @@ def load_spec(path: str | Path) -> SearchSpec:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
-    return spec_from_dict(data, path.parent.resolve())
+    return spec_from_dict(data, path.parent.resolve(), check_paths=check_paths)
 
 
 def spec_to_dict(spec: SearchSpec) -> dict[str, Any]:

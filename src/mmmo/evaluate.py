@@ -72,7 +72,10 @@ class CandidateEvaluator:
         self.device = resolve_device(device or spec.evaluation.device)
         # Tasks first: an unknown task or metric must fail before any weights are loaded or merged.
         self.objectives = LmEvalObjectives(
-            spec.task_objectives, tasks_dir=spec.tasks_dir, batch_size=spec.evaluation.batch_size
+            spec.task_objectives,
+            tasks_dir=spec.tasks_dir,
+            batch_size=spec.evaluation.batch_size,
+            confirm_run_unsafe_code=spec.evaluation.confirm_run_unsafe_code,
         )
         self.merger = build_merger(spec, self.device)
         self.objectives.bind(self.merger.model, self.merger.tokenizer, self.device)

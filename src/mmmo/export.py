@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from mmmo.config import SearchSpec
+from mmmo.diskspace import check_free_space, disk_full_as_error
 from mmmo.errors import MmmoError
+from mmmo.search.pareto import hypervolume_contributions, infer_ref_point
 from mmmo.search.space import SearchSpace
 from mmmo.trial import Trial
 
@@ -41,6 +44,23 @@ def trial_recipe(spec: SearchSpec, trial: Trial) -> MergeRecipe:
     )
 
 
+def merged_model_bytes(spec: SearchSpec, device: torch.device) -> int:
+    """Bytes one exported merge takes on disk: every tensor of the base in the merge dtype, plus its small files.
+
+    Read from the base's file headers, so it is known before any model is loaded.
+    """
+    from mmmo.evaluate import local_model_folder, merge_dtype
+    from mmmo.merge.merger import open_checkpoint
+    from mmmo.merge.save import AUX_FILES
+
+    base = Path(local_model_folder(spec.base_model))
+    shapes = open_checkpoint(base, allow_pickle=spec.merge.allow_pickle).shapes().values()
+    itemsize = torch.empty((), dtype=merge_dtype(spec, device)).element_size()
+    weights = sum(math.prod(shape) for shape in shapes) * itemsize
+    small = sum((base / f).stat().st_size for f in (*AUX_FILES, "config.json") if (base / f).is_file())
+    return weights + small
+
+
 def export_trials(
     spec: SearchSpec,
     trials: list[Trial],
@@ -50,58 +70,110 @@ def export_trials(
     device: str | None = None,
     overwrite: bool = True,
 ) -> list[Path]:
-    """Write each trial's merge to `out_root/trial-N` (model card and mergekit_config.yml included)."""
+    """Write each trial's merge to `out_root/trial-N` (model card and mergekit_config.yml included).
+
+    Checks free space first (one line, needed against free, before anything is loaded or written). A disk that
+    fills up anyway ends in one line too: the trial being written leaves no folder behind, earlier ones stay.
+    """
     from mmmo.evaluate import build_merger
     from mmmo.merge.save import save_merged
     from mmmo.objectives.device import resolve_device
 
     if not trials:
         return []
+    dev = merger.device if merger is not None else resolve_device(device or spec.evaluation.device)
+    existing = sum(1 for t in trials if (out_root / f"trial-{t.id}").is_dir())
+    # A folder that is replaced is written beside the old one first, so it needs the room too.
+    check_free_space(
+        out_root, len(trials) * merged_model_bytes(spec, dev), f"{len(trials)} merged model(s)",
+        "free some space or export fewer (mmmo export --trial N, or a smaller output.export_limit)"
+        + (f"; {existing} of them already exist there" if existing else ""),
+    )
     if merger is None:
-        merger = build_merger(spec, resolve_device(device or spec.evaluation.device))
+        merger = build_merger(spec, dev)
     out_root.mkdir(parents=True, exist_ok=True)
     paths = []
     for t in trials:
         weights, densities = trial_arrays(spec, t)
         objectives = ", ".join(f"{k} {v:.4g}" for k, v in (t.objectives or {}).items())
-        paths.append(
-            save_merged(
-                merger.merged_state_dict(weights, densities),
-                out_root / f"trial-{t.id}",
-                base_path=merger.base_path,
-                recipe=trial_recipe(spec, t),
-                overwrite=overwrite,
-                note=f"mmmo run {spec.name!r}, trial {t.id} (batch {t.batch}, {t.step}): {objectives}",
+        folder = out_root / f"trial-{t.id}"
+        with disk_full_as_error(
+            folder,
+            "its partial folder was removed"
+            + (f" (exported before it: {', '.join(p.name for p in paths)})" if paths else "")
+            + "; free some space and export again",
+        ):
+            paths.append(
+                save_merged(
+                    merger.merged_state_dict(weights, densities),
+                    folder,
+                    base_path=merger.base_path,
+                    recipe=trial_recipe(spec, t),
+                    overwrite=overwrite,
+                    note=f"mmmo run {spec.name!r}, trial {t.id} (batch {t.batch}, {t.step}): {objectives}",
+                )
             )
-        )
     return paths
 
 
-def select_trials(summary: RunSummary, *, trial: int | None, best: str | None) -> list[Trial]:
-    """The trials an export asks for: one id, the best on one objective, or the whole front."""
+def pareto_by_contribution(summary: RunSummary) -> list[Trial]:
+    """The Pareto front, largest hypervolume contribution first (ties: higher mean task score, then lower id).
+
+    The contribution is the hypervolume the front loses without that trial, above the run's reference point (or,
+    before one was fixed, the one inferred from the done trials).
+    """
+    front = summary.pareto
+    if len(front) <= 1:
+        return list(front)
+    names = summary.objective_names
+    Y = torch.tensor([[t.objectives[n] for n in names] for t in front], dtype=torch.float64)  # type: ignore[index]
+    if summary.ref_point is not None:
+        ref = torch.tensor(summary.ref_point, dtype=torch.float64)
+    else:
+        done = torch.tensor([[t.objectives[n] for n in names] for t in summary.done], dtype=torch.float64)  # type: ignore[index]
+        ref = infer_ref_point(done)
+    contribution = dict(zip((t.id for t in front), hypervolume_contributions(Y, ref)))
+    return sorted(front, key=lambda t: (-contribution[t.id], -summary.mean_task_score(t), t.id))
+
+
+def select_trials(
+    summary: RunSummary, *, trial: int | None = None, best: str | None = None, pareto: bool = False,
+    limit: int | None = None,
+) -> list[Trial]:
+    """The trials an export asks for: one id, the best on one objective, up to `limit` of the front (largest
+    hypervolume contribution first), or by default the best merge (highest mean task score, ties by dominance)."""
     if trial is not None:
         found = [t for t in summary.done if t.id == trial]
         if not found:
             done_ids = [t.id for t in summary.done]
             raise MmmoError(f"trial {trial} is not a finished trial of this run (done: {done_ids})")
         return found
-    if best is not None:
-        if best not in summary.objective_names:
-            raise MmmoError(f"--best {best!r}: not an objective of this run ({', '.join(summary.objective_names)})")
-        chosen = summary.best(best)
-        if chosen is None:
-            raise MmmoError("no finished trial to export")
-        return [chosen]
-    return summary.pareto
+    if pareto:
+        ranked = pareto_by_contribution(summary)
+        return ranked if limit is None else ranked[:limit]
+    if best is not None and best not in summary.objective_names:
+        raise MmmoError(f"--best {best!r}: not an objective of this run ({', '.join(summary.objective_names)})")
+    chosen = summary.best(best)
+    if chosen is None:
+        raise MmmoError("no finished trial to export")
+    return [chosen]
 
 
 def export_from_run(
     run_dir: str | Path, out: str | Path, *, trial: int | None = None, best: str | None = None,
-    pareto: bool = False, device: str | None = None,
+    pareto: bool = False, limit: int | None = None, device: str | None = None,
 ) -> list[Path]:
-    """`mmmo export`: rebuild merges chosen from a run folder into `out`."""
+    """`mmmo export`: rebuild merges chosen from a run folder into `out` (default: the best merge).
+
+    Writing into the run folder itself (e.g. `--out RUN/models`) takes the run's lock, as a search does.
+    """
     from mmmo.api import load_run
+    from mmmo.run_lock import run_lock
 
     spec, _, summary = load_run(run_dir)
-    chosen = select_trials(summary, trial=trial, best=best)
+    chosen = select_trials(summary, trial=trial, best=best, pareto=pareto, limit=limit)
+    run, target = Path(run_dir).resolve(), Path(out).expanduser().resolve()
+    if target == run or run in target.parents:
+        with run_lock(run, "mmmo export"):
+            return export_trials(spec, chosen, Path(out), device=device, overwrite=False)
     return export_trials(spec, chosen, Path(out), device=device, overwrite=False)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from mmmo.config import SearchSpec, spec_from_dict, spec_to_dict
 from mmmo.errors import MmmoError
 from mmmo.run_store import SourceScore
+from mmmo.signals import keep_signal_handlers
 from mmmo.trial import Trial
 
 # Test hook: the worker that picks up this trial id kills its own process once (simulates an OOM kill).
@@ -31,15 +33,41 @@ def _import_ray() -> Any:
     return ray
 
 
-def ray_temp_dir(spec: SearchSpec) -> str:
-    """Ray's temp folder: evaluation.ray_tmp_dir, else under the run folder when its path is short enough."""
+def ray_temp_dir(spec: SearchSpec) -> str | None:
+    """Ray's temp folder: evaluation.ray_tmp_dir, else under the run folder when its path is short enough.
+
+    None when it is not: the pool then gives Ray a private folder in the system temp, removed at close.
+    """
     if spec.evaluation.ray_tmp_dir:
         return str(Path(spec.evaluation.ray_tmp_dir).expanduser().resolve())
     preferred = spec.run_dir / "ray"
-    if len(str(preferred)) <= _MAX_RAY_TMP_LEN:
-        return str(preferred)
-    digest = hashlib.sha1(str(spec.run_dir).encode()).hexdigest()[:10]
-    return str(Path(tempfile.gettempdir()) / f"mmmo-ray-{digest}")
+    return str(preferred) if len(str(preferred)) <= _MAX_RAY_TMP_LEN else None
+
+
+# A Ray that mmmo starts is for this machine only: its GCS, raylet, agents and workers listen on loopback, never on
+# every interface (an unauthenticated Ray that the network reaches runs anyone's code as this user: "ShadowRay").
+# Ray binds its servers to loopback when the node's address is 127.0.0.1, but turns 127.0.0.1 into the machine's
+# network address unless multi-node clusters are off: the switch below, which is Ray's own default on macOS and
+# Windows. Read at ray.init only (the processes it starts get the address as an argument), so it is put back after.
+LOOPBACK = "127.0.0.1"
+_CLUSTERS_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    from ray._private import ray_constants
+
+    old_env, old_flag = os.environ.get(_CLUSTERS_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTERS_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(_CLUSTERS_ENV, None)
+        else:
+            os.environ[_CLUSTERS_ENV] = old_env
 
 
 class _Worker:
@@ -79,10 +107,16 @@ class RayPool:
         self.spec = spec
         self.on_attempt_failed = on_attempt_failed or (lambda t: None)
         self._started_ray = False
-        self._init_ray()
-        self.actors = self._start_actors(spec.evaluation.workers)
-        # Fail at start-up, in this process, if any worker cannot build its merger or tasks.
-        self._pids = self.ray.get([a.pid.remote() for a in self.actors])
+        self._own_tmp: str | None = None
+        self.actors: list[Any] = []
+        try:
+            self._init_ray()
+            self.actors = self._start_actors(spec.evaluation.workers)
+            # Fail at start-up, in this process, if any worker cannot build its merger or tasks.
+            self._pids = self.ray.get([a.pid.remote() for a in self.actors])
+        except BaseException:
+            self.close()  # the caller gets no pool to close: stop the Ray it started and remove its folder
+            raise
 
     def _init_ray(self) -> None:
         ray = self.ray
@@ -90,12 +124,22 @@ class RayPool:
             return
         address = self.spec.evaluation.ray_address
         if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+            with keep_signal_handlers():
+                ray.init(address=address, include_dashboard=False, log_to_driver=True)
         else:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             tmp = ray_temp_dir(self.spec)
-            Path(tmp).mkdir(parents=True, exist_ok=True)
-            ray.init(include_dashboard=False, _temp_dir=tmp, log_to_driver=False, configure_logging=False)
+            if tmp is None:
+                # The run folder's path is too long for Ray's sockets. A folder left in the system temp by each run
+                # would pile up: this one is private and removed at close (evaluation.ray_tmp_dir keeps Ray's logs).
+                tmp = self._own_tmp = tempfile.mkdtemp(prefix="mmmo-ray-")
+            else:
+                Path(tmp).mkdir(parents=True, exist_ok=True)
+            with _loopback_only(), keep_signal_handlers():
+                ray.init(
+                    include_dashboard=False, _temp_dir=tmp, log_to_driver=False, configure_logging=False,
+                    _node_ip_address=LOOPBACK,
+                )
         self._started_ray = True
 
     def _start_actors(self, n: int) -> list[Any]:
@@ -158,3 +202,6 @@ class RayPool:
         self.actors = []
         if self._started_ray and self.ray.is_initialized():
             self.ray.shutdown()
+        if self._own_tmp is not None:
+            shutil.rmtree(self._own_tmp, ignore_errors=True)
+            self._own_tmp = None

@@ -36,12 +36,27 @@ class RunSummary:
         return sum(trial.objectives[n] for n in self.task_names) / len(self.task_names)
 
     def best(self, objective: str | None = None) -> Trial | None:
-        """The done trial with the highest value of `objective` (default: the mean task score)."""
+        """The done trial with the highest value of `objective` (default: the mean task score).
+
+        Ties are broken by dominance: of the tied trials, only one that no other done trial dominates on all
+        objectives can be best (the lowest id of those), so "best" is always on the Pareto front.
+        """
         if not self.done:
             return None
-        if objective is None:
-            return max(self.done, key=self.mean_task_score)
-        return max(self.done, key=lambda t: t.objectives[objective])  # type: ignore[index]
+
+        def key(t: Trial) -> float:
+            return self.mean_task_score(t) if objective is None else t.objectives[objective]  # type: ignore[index]
+
+        # Exact equality: rounding is monotone, so a trial that dominates another never averages an ulp lower.
+        top = max(key(t) for t in self.done)
+        tied = [t for t in self.done if key(t) == top]
+        if len(tied) == 1:
+            return tied[0]
+        # A trial that dominates a tied one scores at least as high on the key, so it is tied too: the tied
+        # trials that none of them dominates are exactly the tied trials on the whole front.
+        Y = torch.tensor([[t.objectives[n] for n in self.objective_names] for t in tied], dtype=torch.float64)  # type: ignore[index]
+        front = [t for t, keep in zip(tied, pareto_mask(Y).tolist()) if keep]
+        return min(front, key=lambda t: t.id)
 
 
 def summarize(spec: SearchSpec, state: RunState) -> RunSummary:

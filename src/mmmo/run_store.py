@@ -7,7 +7,8 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,28 @@ SPEC_FILE = "spec.yaml"
 
 # Fields a resumed run may change: where and how fast it evaluates, what it exports, and how long it runs.
 # Changes that leave every evaluated merge the same (merge.fused gives the same tensors bit for bit).
-RESUMABLE_CHANGES: tuple[str, ...] = ("evaluation.", "output.export", "optimizer.batches", "merge.fused")
+# output.dir is where the folder was when the spec was written: a moved or copied folder is resumed where it
+# now is, so the old path is not a change of the run.
+RESUMABLE_CHANGES: tuple[str, ...] = (
+    "evaluation.", "output.export", "output.dir", "optimizer.batches", "merge.fused",
+)
+
+
+class EventKind(str, Enum):
+    """Every kind of journal line. A line of another kind is an error naming it, never silently skipped."""
+
+    PROPOSED = "proposed"  # a trial the strategy proposed, before it is evaluated
+    DONE = "done"  # a trial evaluated: its objectives
+    FAILED = "failed"  # a trial that failed for good (merge or evaluation error, or its last attempt died)
+    # A worker died under a trial; the trial stays pending and is retried (once) on another worker. Folded as an
+    # attempt count on the pending trial, not as its result: a resume retries it, without a third attempt.
+    ATTEMPT_FAILED = "attempt_failed"
+    SOURCE = "source"  # a source model (base or fine-tuned) scored for reference
+    REF_POINT = "ref_point"  # the hypervolume reference point, fixed after the initial design
+    BATCH_END = "batch_end"  # a batch finished: the hypervolume at its end
+
+
+TRIAL_EVENTS = (EventKind.PROPOSED, EventKind.DONE, EventKind.FAILED)
 
 
 class TornJournalWarning(UserWarning):
@@ -50,20 +72,33 @@ class RunState:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write a file so that readers see the old or the new content, never a part.
+
+    On any failure (a full disk included) the temporary file is removed and the old content stays.
+    """
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    atomic_write_bytes_via(path, write, suffix="")
 
 
-def atomic_write_bytes_via(path: Path, writer: Any) -> None:
-    """Call `writer(tmp_path)` and rename its output onto `path` (for files written by libraries)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
-    writer(tmp)
-    os.replace(tmp, path)
+def atomic_write_bytes_via(path: Path, writer: Any, *, suffix: str | None = None) -> None:
+    """Call `writer(tmp_path)` and rename its output onto `path` (for files written by libraries).
+
+    The temporary file keeps `path`'s suffix (default) so libraries pick the format from it; it is removed if
+    the writer fails.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix if suffix is None else suffix}")
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class Journal:
@@ -92,8 +127,9 @@ class Journal:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def append(self, event: str, **payload: Any) -> None:
-        record = {"event": event, "time": time.time(), **payload}
+    def append(self, event: EventKind | str, **payload: Any) -> None:
+        kind = EventKind(event)  # writing a kind the reader would refuse is a bug here, not in the journal
+        record = {"event": kind.value, "time": time.time(), **payload}
         line = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -106,11 +142,46 @@ class Journal:
             os.close(fd)
 
     def record_trial(self, trial: Trial) -> None:
-        self.append(trial.status, trial=trial.to_json())
+        self.append(EventKind(trial.status), trial=trial.to_json())
+
+
+class JournalLineError(ValueError):
+    """One journal line that cannot be read: not JSON, not an object, an unknown event kind or a bad payload."""
+
+    def __init__(self, message: str, *, not_json: bool = False):
+        super().__init__(message)
+        self.not_json = not_json  # what a write cut short by a kill looks like
+
+
+def parse_event(raw: bytes) -> dict[str, Any]:
+    """One journal line as an event dict whose payload has what its kind needs; JournalLineError otherwise."""
+    try:
+        event = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise JournalLineError("is not valid JSON", not_json=True) from None
+    if not isinstance(event, dict):
+        raise JournalLineError("is not a JSON object")
+    try:
+        kind = EventKind(event.get("event"))
+    except ValueError:
+        known = ", ".join(k.value for k in EventKind)
+        raise JournalLineError(
+            f"has an unknown event kind {event.get('event')!r} (this mmmo knows {known}; "
+            "was the run written by a newer mmmo?)"
+        ) from None
+    try:
+        _fold_one(kind, event, {}, {}, RunState([], [], None, {}))
+    except (KeyError, TypeError, ValueError) as err:
+        raise JournalLineError(f"is a {kind.value!r} event with a bad payload ({type(err).__name__}: {err})") from None
+    return event
+
+
+def _is_blank_after(lines: list[bytes], i: int) -> bool:
+    return all(not rest.strip() for rest in lines[i + 1 :])
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
-    """Parse the journal; a torn last line is skipped with a warning, a corrupt earlier line is an error."""
+    """Parse the journal; a torn last line is skipped with a warning, an unreadable earlier line is an error."""
     if not path.exists():
         return []
     lines = path.read_bytes().split(b"\n")
@@ -119,38 +190,101 @@ def read_events(path: Path) -> list[dict[str, Any]]:
         if not raw.strip():
             continue
         try:
-            events.append(json.loads(raw))
-        except json.JSONDecodeError:
-            is_last = all(not rest.strip() for rest in lines[i + 1 :])
-            if is_last:
+            events.append(parse_event(raw))
+        except JournalLineError as err:
+            if err.not_json and _is_blank_after(lines, i):
                 warnings.warn(
                     f"{path}: ignoring a torn last line (the run was killed while writing it)",
                     TornJournalWarning,
                     stacklevel=2,
                 )
                 continue
-            raise MmmoError(f"{path}: line {i + 1} is not valid JSON; the journal is corrupt") from None
+            raise MmmoError(
+                f"{path}: line {i + 1} {err}; the journal is damaged: `mmmo resume {path.parent} --repair` "
+                "moves unreadable lines aside and re-runs their trials"
+            ) from None
     return events
 
 
+@dataclass
+class RepairReport:
+    """What `repair_journal` did: how many lines it moved aside, and where to."""
+
+    moved: int
+    kept: int
+    side_file: Path | None  # None when nothing was moved
+
+
+def repair_journal(path: Path) -> RepairReport:
+    """Move every unreadable line of the journal to a side file and keep the rest, in order.
+
+    The side file (`trials.damaged-<time>.jsonl` next to the journal) gets the lines as they were, so nothing is
+    lost; the journal is rewritten atomically. Trials whose result was on a moved line fold as pending (or are
+    missing) and are evaluated again by the resumed search.
+    """
+    if not path.exists():
+        return RepairReport(0, 0, None)
+    lines = [ln for ln in path.read_bytes().split(b"\n") if ln.strip()]
+    good: list[bytes] = []
+    bad: list[bytes] = []
+    for raw in lines:
+        try:
+            parse_event(raw)
+            good.append(raw)
+        except JournalLineError:
+            bad.append(raw)
+    if not bad:
+        return RepairReport(0, len(good), None)
+    side = path.with_name(f"{path.stem}.damaged-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
+    # The side file first, fsync'd: a crash between the two writes leaves the lines in both places, never in none.
+    atomic_write_bytes_via(side, lambda tmp: _write_synced(tmp, b"".join(ln + b"\n" for ln in bad)))
+    atomic_write_bytes_via(path, lambda tmp: _write_synced(tmp, b"".join(ln + b"\n" for ln in good)))
+    return RepairReport(len(bad), len(good), side)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fold_one(
+    kind: EventKind, ev: dict[str, Any], trials: dict[int, Trial], sources: dict[str, SourceScore], state: RunState
+) -> None:
+    """Apply one event to the folded state (`state` carries the ref point and hypervolumes)."""
+    if kind in TRIAL_EVENTS:
+        t = Trial.from_json(ev["trial"])
+        if t.status != kind.value:
+            raise ValueError(f"trial status {t.status!r} in a {kind.value!r} event")
+        trials[t.id] = t
+    elif kind is EventKind.ATTEMPT_FAILED:
+        attempt = Trial.from_json(ev["trial"])
+        pending = trials.get(attempt.id)
+        if pending is None or pending.status == EventKind.PROPOSED.value:
+            # Still pending: keep the attempt count so a resume does not retry it more often than the pool would.
+            trials[attempt.id] = replace(pending or attempt, status="proposed", attempts=attempt.attempts, error=None)
+    elif kind is EventKind.SOURCE:
+        s = ev["source"]
+        sources[s["name"]] = SourceScore(**s)
+    elif kind is EventKind.REF_POINT:
+        state.ref_point = [float(v) for v in ev["ref_point"]]
+    elif kind is EventKind.BATCH_END:
+        state.hypervolumes[int(ev["batch"])] = float(ev["hypervolume"])
+
+
 def fold_events(events: list[dict[str, Any]]) -> RunState:
-    """Replay journal events: the last event about a trial id wins."""
+    """Replay journal events: the last event about a trial id wins; an unknown event kind is an error."""
     trials: dict[int, Trial] = {}
     sources: dict[str, SourceScore] = {}
-    ref_point: list[float] | None = None
-    hypervolumes: dict[int, float] = {}
+    acc = RunState([], [], None, {})
     for ev in events:
-        kind = ev.get("event")
-        if kind in ("proposed", "done", "failed"):
-            t = Trial.from_json(ev["trial"])
-            trials[t.id] = t
-        elif kind == "source":
-            s = ev["source"]
-            sources[s["name"]] = SourceScore(**s)
-        elif kind == "ref_point":
-            ref_point = list(ev["ref_point"])
-        elif kind == "batch_end":
-            hypervolumes[int(ev["batch"])] = float(ev["hypervolume"])
+        try:
+            kind = EventKind(ev.get("event"))
+        except ValueError:
+            raise MmmoError(f"unknown journal event kind {ev.get('event')!r}") from None
+        _fold_one(kind, ev, trials, sources, acc)
+    ref_point, hypervolumes = acc.ref_point, acc.hypervolumes
     return RunState(
         trials=[trials[i] for i in sorted(trials)],
         sources=list(sources.values()),
@@ -192,11 +326,19 @@ class RunStore:
         data = yaml.safe_load(self.spec_path.read_text())
         return spec_from_dict(data, self.dir, check_paths=False)
 
+    def move_aside(self) -> Path:
+        """Rename the run folder to `<name>.bak-<time>` (for --fresh); returns the backup's path."""
+        backup = self.dir.with_name(f"{self.dir.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(str(self.dir), str(backup))
+        return backup
+
     def open(self, spec: SearchSpec, *, fresh: bool = False) -> Journal:
-        """Start a run folder or continue one; a changed spec is refused, naming the changed fields."""
+        """Start a run folder or continue one; a changed spec is refused, naming the changed fields.
+
+        The spec is compared without output.dir: the run is wherever its folder now is (moved or copied).
+        """
         if fresh and self.exists:
-            backup = self.dir.with_name(f"{self.dir.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
-            shutil.move(str(self.dir), str(backup))
+            self.move_aside()
         self.dir.mkdir(parents=True, exist_ok=True)
         new = spec_to_dict(spec)
         if self.spec_path.exists():

@@ -82,7 +82,17 @@ def _consensus(
 
 @functools.cache
 def _compiled():  # type: ignore[no-untyped-def]
-    return torch.compile(_consensus, dynamic=True, fullgraph=True)
+    # The vector width of inductor's C++ follows ATen's CPU capability (the ATEN_CPU_CAPABILITY override
+    # included), not only the CPU's. Without it (torch 2.13), code generated for AVX-512 and cached on disk is
+    # reused under avx2 headers and leaves half of each tensor unwritten, and under `default` (no SIMD, old
+    # CPUs) the vectorised code fails to compile. Naming the width also puts it in the cache key.
+    simdlen = _SIMDLEN.get(torch.backends.cpu.get_cpu_capability())
+    options = {"cpp.simdlen": simdlen} if simdlen is not None else None
+    return torch.compile(_consensus, dynamic=True, fullgraph=True, options=options)
+
+
+# ATen CPU capability -> inductor's cpp.simdlen in bits (1: scalar loops); others (ARM, s390x) pick their own.
+_SIMDLEN = {"DEFAULT": 1, "AVX2": 256, "AVX512": 512}
 
 
 def consensus_merge(

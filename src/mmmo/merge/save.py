@@ -106,8 +106,20 @@ def _write_config(base: Path, folder: Path, dtype: torch.dtype | None) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+CARD_DIGITS = 3  # significant digits of the weights and densities a model card shows
+
+
+def _for_people(value: float | list[float] | None) -> str:
+    """A merge parameter as a model card shows it: rounded to CARD_DIGITS significant digits, lists joined."""
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(_for_people(v) for v in value)
+    return f"{value:.{CARD_DIGITS}g}"
+
+
 def model_card(recipe: MergeRecipe | None, name: str, yaml_text: str | None, note: str | None = None) -> str:
-    """README.md: front matter, what was merged and how, and the recipe."""
+    """README.md: front matter, what was merged and how (rounded for reading), and the recipe (full precision)."""
     lines = ["---", "library_name: transformers", "tags:", "- merge", "- mmmo"]
     if recipe is not None and recipe.base_model:
         lines += ["base_model:", f"- {recipe.base_model}"]
@@ -123,8 +135,11 @@ def model_card(recipe: MergeRecipe | None, name: str, yaml_text: str | None, not
             "|---|---|---|",
         ]
         for m in recipe.models:
-            lines.append(f"| `{m.path}` | {m.weight} | {'-' if m.density is None else m.density} |")
-        lines += ["", f"Seed for DARE masks: {recipe.seed}.", ""]
+            lines.append(f"| `{m.path}` | {_for_people(m.weight)} | {_for_people(m.density)} |")
+        lines += ["", f"Seed for DARE masks: {recipe.seed}."]
+        if yaml_text:
+            lines.append("Weights and densities are rounded here; the recipe below has them exactly.")
+        lines.append("")
     if note:
         lines += [note, ""]
     if yaml_text:

@@ -103,11 +103,15 @@ class LmEvalObjectives:
         *,
         tasks_dir: str | None,
         batch_size: int | Literal["auto"] = "auto",
+        confirm_run_unsafe_code: bool = False,
     ) -> None:
         _quiet_lm_eval()
         _cache_prompt_templates()
         self.batch_size = batch_size
         self.tasks_dir = tasks_dir
+        self.confirm_run_unsafe_code = confirm_run_unsafe_code
+        if confirm_run_unsafe_code:
+            _allow_code_eval()
         self._targets: list[_Target] = []
         self._runs: list[_Run] = []
         self._lm: Any = None
@@ -119,10 +123,10 @@ class LmEvalObjectives:
             if spec.type != "lm_eval":
                 continue
             assert spec.task is not None and spec.metric is not None  # guaranteed by ObjectiveSpec
-            limit = _normalize_limit(spec)
+            limit = normalize_limit(spec)
             key = (spec.task, spec.num_fewshot, limit)
             if key not in units:
-                units[key] = _build_unit(spec, limit, catalog)
+                units[key] = _build_unit(spec, limit, catalog, confirm_run_unsafe_code)
             unit = units[key]
             self._targets.append(_Target(spec.name, unit, _resolve_metric(spec, unit)))
         for unit in units.values():
@@ -176,6 +180,8 @@ class LmEvalObjectives:
                         bootstrap_iters=BOOTSTRAP_ITERS,
                         log_samples=_needs_samples(run),
                         cache_requests=False,
+                        # Every unsafe task was refused at build time unless the spec confirmed it.
+                        confirm_run_unsafe_code=self.confirm_run_unsafe_code,
                     )
                     if out is None:  # only on non-zero ranks, which a live single-process model never has
                         raise RuntimeError("lm-eval returned no results")
@@ -372,7 +378,7 @@ def _task_manager(tasks_dir: str | None, *, include_defaults: bool) -> TaskManag
     return TaskManager(include_path=tasks_dir, include_defaults=include_defaults)
 
 
-def _normalize_limit(spec: ObjectiveSpec) -> int | float | None:
+def normalize_limit(spec: ObjectiveSpec) -> int | float | None:
     """An int count, a fraction in (0, 1), or None for every example (a fraction of 1.0 included)."""
     limit = spec.limit
     if limit is None:
@@ -391,7 +397,9 @@ def _normalize_limit(spec: ObjectiveSpec) -> int | float | None:
     )
 
 
-def _build_unit(spec: ObjectiveSpec, limit: float | None, catalog: _Catalog) -> _Unit:
+def _build_unit(
+    spec: ObjectiveSpec, limit: float | None, catalog: _Catalog, confirm_run_unsafe_code: bool
+) -> _Unit:
     """Load the task or group with its dataset, apply num_fewshot and build its requests once."""
     from lm_eval.evaluator_utils import get_sample_size
 
@@ -404,6 +412,10 @@ def _build_unit(spec: ObjectiveSpec, limit: float | None, catalog: _Catalog) -> 
                 f"objective {spec.name!r}: {spec.task!r} is an lm-eval tag (a list of tasks without a "
                 "combined score); name one of its tasks or a group"
             )
+        # Before loading: loading a code task already imports its scorer, which refuses to start without
+        # HF_ALLOW_CODE_EVAL and would bury the real reason in a page of text.
+        if not confirm_run_unsafe_code and _declares_unsafe_code(manager, spec.task):
+            raise MmmoError(_unsafe_code_message(spec, spec.task))
         try:
             loaded = manager.load([spec.task])
             break
@@ -420,6 +432,9 @@ def _build_unit(spec: ObjectiveSpec, limit: float | None, catalog: _Catalog) -> 
     )
     if not unit.tasks:
         raise MmmoError(f"objective {spec.name!r}: lm-eval task {spec.task!r} holds no tasks")
+    unsafe = [name for name, task in unit.tasks.items() if getattr(task, "UNSAFE_CODE", False)]
+    if unsafe and not confirm_run_unsafe_code:  # a group's member, which the index check cannot see
+        raise MmmoError(_unsafe_code_message(spec, unsafe[0]))
     for task in unit.tasks.values():
         _set_fewshot(task, spec.num_fewshot)
         try:
@@ -429,6 +444,29 @@ def _build_unit(spec: ObjectiveSpec, limit: float | None, catalog: _Catalog) -> 
                 f"objective {spec.name!r}: could not build the prompts of {task.task_name!r}: {_one_line(err)}"
             ) from None
     return unit
+
+
+def _declares_unsafe_code(manager: TaskManager, name: str) -> bool:
+    """Whether the task's YAML (as indexed, before anything is imported) sets lm-eval's `unsafe_code`."""
+    entry = manager.task_index.get(name)
+    cfg = getattr(entry, "cfg", None) or {}
+    return bool(cfg.get("unsafe_code", False))
+
+
+def _unsafe_code_message(spec: ObjectiveSpec, task: str) -> str:
+    return (
+        f"objective {spec.name!r}: lm-eval task {task!r} executes the code the model writes (unsafe_code); "
+        "allow it with evaluation.confirm_run_unsafe_code: true, on a machine where that is acceptable"
+    )
+
+
+def _allow_code_eval() -> None:
+    """Let Hugging Face `evaluate`'s code_eval metric run: the spec's confirm_run_unsafe_code is the consent.
+
+    Set in the process that builds the tasks (each Ray worker included), before a code task's scorer is
+    imported, since that import already runs a test program through code_eval.
+    """
+    os.environ["HF_ALLOW_CODE_EVAL"] = "1"
 
 
 def _set_fewshot(task: Task, num_fewshot: int | None) -> None:

@@ -10,7 +10,6 @@ improvement.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
@@ -20,13 +19,15 @@ from botorch.acquisition import AcquisitionFunction
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
 from botorch.acquisition.multi_objective.monte_carlo import qExpectedHypervolumeImprovement
-from botorch.exceptions.warnings import NumericsWarning
+from botorch.exceptions.warnings import BadInitialCandidatesWarning, NumericsWarning
 from botorch.models.model import Model
 from botorch.optim import optimize_acqf
 from botorch.sampling import SobolQMCNormalSampler
 from botorch.utils.multi_objective.box_decompositions.non_dominated import FastNondominatedPartitioning
 from torch import Tensor
 
+from mmmo.quiet import expected_warnings
+from mmmo.search.gp import JITTER_WARNING
 from mmmo.search.pareto import infer_ref_point
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,13 @@ MC_SAMPLES = 128
 NUM_RESTARTS = 8
 RAW_SAMPLES = 256
 MAXITER = 200
+
+# BoTorch recommends the log variant over qEHVI; qEHVI stays on purpose, for the paper's ablation.
+_LEGACY_EHVI_WARNING = (NumericsWarning, "qExpectedHypervolumeImprovement has known numerical issues")
+# With small budgets the acquisition is often flat (no improvement left near the front): the initial
+# conditions are then drawn at random, and some L-BFGS-B restarts fail and are retried. Nothing to act on.
+_FLAT_ACQUISITION_WARNING = (BadInitialCandidatesWarning, "Unable to find non-zero acquisition function values")
+_RESTART_WARNING = (RuntimeWarning, "Optimization failed")
 
 
 @contextmanager
@@ -90,9 +98,7 @@ def build_acquisition(
         )
     if kind == "qehvi":
         partitioning = FastNondominatedPartitioning(ref_point=ref, Y=posterior_mean(model, X_baseline))
-        with warnings.catch_warnings():
-            # BoTorch recommends the log variant; qEHVI stays on purpose, for the paper's ablation.
-            warnings.simplefilter("ignore", NumericsWarning)
+        with expected_warnings(_LEGACY_EHVI_WARNING):
             return qExpectedHypervolumeImprovement(
                 model, ref_point=ref, partitioning=partitioning, sampler=sampler
             )
@@ -121,9 +127,9 @@ def propose_hvi(
     X_baseline = X_baseline.to(torch.float64)
     d = X_baseline.shape[-1]
     bounds = torch.stack([torch.zeros(d), torch.ones(d)]).to(X_baseline)
-    with seeded(seed, X_baseline.device), warnings.catch_warnings():
-        # Restart/initial-condition warnings are expected with small budgets and say nothing actionable.
-        warnings.simplefilter("ignore")
+    with seeded(seed, X_baseline.device), expected_warnings(
+        JITTER_WARNING, _FLAT_ACQUISITION_WARNING, _RESTART_WARNING
+    ):
         acqf = build_acquisition(
             model,
             X_baseline,

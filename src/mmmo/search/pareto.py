@@ -49,3 +49,18 @@ def infer_ref_point(Y: Tensor, margin: float = REF_POINT_MARGIN) -> Tensor:
     fallback = nadir.abs().clamp_min(1.0)
     span = torch.where(span > 0, span, fallback)
     return nadir - margin * span
+
+
+def hypervolume_contributions(Y: Tensor, ref_point: Tensor | list[float]) -> list[float]:
+    """Per row of `Y [n, m]`: the hypervolume lost if that row alone were removed (exclusive contribution).
+
+    A dominated row, or one of two identical rows, contributes 0: the others still cover its volume.
+    """
+    total = hypervolume(Y, ref_point)
+    keep = torch.ones(Y.shape[0], dtype=torch.bool, device=Y.device)
+    out = []
+    for i in range(Y.shape[0]):
+        keep[i] = False
+        out.append(max(0.0, total - hypervolume(Y[keep], ref_point)))
+        keep[i] = True
+    return out

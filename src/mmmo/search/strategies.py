@@ -7,7 +7,6 @@ Every strategy is stateless: a batch is a pure function of the spec, the history
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from torch.quasirandom import SobolEngine
 
 from mmmo.config import OptimizerSpec
 from mmmo.errors import MmmoError
+from mmmo.quiet import expected_warnings
 from mmmo.search.acquisition import MAXITER, MC_SAMPLES, NUM_RESTARTS, RAW_SAMPLES, propose_hvi
 from mmmo.search.fisher import DEDUPE_TOL, fisher_screen
 from mmmo.search.gp import fit_models
@@ -239,8 +239,9 @@ def _nsga2(
         name: optuna.distributions.FloatDistribution(0.0, 1.0) for name in names
     }
     out: list[Proposal] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # experimental-feature and deprecation chatter
+    # Optuna marks parts of its sampler API experimental from release to release (>= 3.5 is supported);
+    # 5.0 flags none of those used here. Its deprecations stay visible.
+    with expected_warnings((optuna.exceptions.ExperimentalWarning, "")):
         sampler = optuna.samplers.NSGAIISampler(population_size=max(n, 2), seed=seed)
         study = optuna.create_study(directions=["maximize"] * Y_done.shape[-1], sampler=sampler)
         gen_key = sampler._get_generation_key()

@@ -1,0 +1,102 @@
+"""One writer per run folder: a second process is refused in one line naming the holder; a killed holder frees it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import mmmo
+from mmmo.cli import app
+from mmmo.config import spec_from_dict
+from mmmo.run_lock import LOCK_FILE, RunFolderBusy, run_lock
+from mmmo.run_store import RunStore
+from mmmo.trial import Trial
+
+HOLD = """
+import sys, time
+from mmmo.run_lock import run_lock
+with run_lock(sys.argv[1], "mmmo search"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def _run_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """A run folder with a spec and two done trials (no models needed), and the spec file that made it."""
+    import yaml
+
+    data = {
+        "name": "lk", "base_model": "org/base", "models": ["org/a"], "merge": {"method": "ties"},
+        "objectives": [{"name": "a", "task": "t", "metric": "acc"}, {"name": "sp", "type": "sparsity"}],
+        "optimizer": {"initial": 2, "batches": 1, "candidates": 2, "batch_size": 2},
+        "output": {"dir": str(tmp_path / "run"), "export": "none"},
+    }
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    journal = RunStore(tmp_path / "run").open(spec_from_dict(data, tmp_path))
+    for i, v in enumerate((0.4, 0.6)):
+        journal.record_trial(Trial(i, 0, [0.2 + 0.5 * i, 0.5], "sobol", "done", objectives={"a": v, "sp": -v}))
+    return tmp_path / "run", spec_path
+
+
+def _hold(run_dir: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_process_is_refused_naming_the_holder_and_writes_nothing(tmp_path: Path) -> None:
+    run_dir, spec_path = _run_folder(tmp_path)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != LOCK_FILE}
+    holder = _hold(run_dir)
+    try:
+        started = time.time()
+        for args in (["search", str(spec_path), "--quiet"], ["resume", str(run_dir), "--quiet"],
+                     ["resume", str(run_dir), "--repair"], ["export", str(run_dir), "--out", str(run_dir / "m")]):
+            r = CliRunner().invoke(app, args)
+            assert r.exit_code == 2, (args, r.output)
+            lines = r.output.strip().splitlines()
+            assert len(lines) == 1, r.output
+            assert f"is in use by process {holder.pid} (mmmo search, since " in lines[0]
+            since = time.mktime(time.strptime(lines[0].split("since ")[1][:19], "%Y-%m-%d %H:%M:%S"))
+            assert started - 60 < since <= time.time() + 1
+        # nothing in the run folder was written: same files, same bytes
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != LOCK_FILE} == before
+        # reading needs no lock
+        shown = CliRunner().invoke(app, ["show", str(run_dir)])
+        assert shown.exit_code == 0 and "2 done, 0 failed, 0 pending of a budget of 4" in shown.stdout
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
+    run_dir, _ = _run_folder(tmp_path)
+    holder = _hold(run_dir)
+    os.kill(holder.pid, signal.SIGKILL)  # no cleanup runs: the kernel drops the lock with the process
+    holder.wait()
+    assert (run_dir / LOCK_FILE).exists()
+    with run_lock(run_dir, "mmmo search"):
+        pass
+
+
+def test_the_lock_is_reentrant_in_one_process_and_exclusive_across_open_files(tmp_path: Path) -> None:
+    run_dir, spec_path = _run_folder(tmp_path)
+    with run_lock(run_dir, "mmmo resume"), run_lock(run_dir, "mmmo search"):  # resume -> search: one process
+        assert str(os.getpid()) in (run_dir / LOCK_FILE).read_text()
+    assert (run_dir / LOCK_FILE).read_text() == ""  # released: no holder named any more
+    holder = _hold(run_dir)
+    try:
+        # the API refuses before it reads or loads anything
+        with pytest.raises(RunFolderBusy, match=f"process {holder.pid}"):
+            mmmo.search(spec_path, show_progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
