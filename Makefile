@@ -26,7 +26,11 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 	@if $(PY) -m pip download -q --no-deps --no-index -d $(VENV)/.probe "torch==2.13.0" >/dev/null 2>&1; then \
 		echo "installing the local torch 2.13.0 build"; $(PY) -m pip install -q "torch==2.13.0"; \
 	fi; rm -rf $(VENV)/.probe
-	$(PY) -m pip install -q -c constraints.txt -e ".[ray,bench,dev]"
+	@locked=$$(sed -n 's/.*on Python \([0-9.]*\).*/\1/p' constraints.txt | head -1); \
+	mine=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	if [ "$$locked" = "$$mine" ]; then set -x; $(PY) -m pip install -q -c constraints.txt -e ".[ray,bench,dev]"; \
+	else echo "constraints.txt is locked for Python $$locked, this is $$mine: installing within pyproject's ranges"; \
+		set -x; $(PY) -m pip install -q -e ".[ray,bench,dev]"; fi
 	touch $@
 
 # Re-resolve every dependency to the newest release that pyproject.toml admits, in a throw-away venv, and
@@ -37,10 +41,11 @@ lock:
 	@if .lock-venv/bin/python -m pip download -q --no-deps --no-index -d .lock-venv/.probe "torch==2.13.0" >/dev/null 2>&1; then \
 		.lock-venv/bin/python -m pip install -q "torch==2.13.0"; fi
 	.lock-venv/bin/python -m pip install -q -e ".[ray,bench,dev]"
-	{ echo "# Locked versions that CI tested, for \`make install\` (pip -c): refresh with \`make lock\`."; \
+	.lock-venv/bin/python -m pip freeze --exclude-editable > .lock-venv/freeze.txt
+	{ echo "# Locked versions that CI tested, for \`make install\` (pip -c), on Python $$(.lock-venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'): refresh with \`make lock\`."; \
 	  echo "# torch is not pinned here: the Makefile installs it first (the local CPU build, or the GPU box's own)."; \
-	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v -i -E "^(torch|triton|mmmo)[=@ ]|^nvidia-"; \
-	} > constraints.txt
+	  grep -v -i -E "^(torch|triton|mmmo)[=@ ]|^nvidia-" .lock-venv/freeze.txt; \
+	} > constraints.txt.new && mv constraints.txt.new constraints.txt
 	rm -rf .lock-venv
 
 demo: install
@@ -54,7 +59,8 @@ test: install
 # (avx2 on an AVX-512 CPU, else the plain kernels), on a demo built afresh in a temporary folder.
 test-demo-other-kernel: install
 	@mine=$$($(PY) -c "import torch; print(torch.backends.cpu.get_cpu_capability())"); \
-	if [ "$$mine" = "AVX512" ]; then other=avx2; else other=default; fi; \
+	if [ "$$mine" = "AVX512" ]; then other=avx2; elif [ "$$mine" != "DEFAULT" ]; then other=default; \
+	else echo "skipped: this CPU already runs torch's plain kernels (DEFAULT), there is no second choice here"; exit 0; fi; \
 	dir=$$(mktemp -d "$${TMPDIR:-/tmp}/mmmo-kernel-check-XXXXXX"); \
 	echo "demo claims with ATEN_CPU_CAPABILITY=$$other (this CPU: $$mine), demo built afresh in $$dir"; \
 	ATEN_CPU_CAPABILITY=$$other MMMO_DEMO_DIR=$$dir/demo $(VENV)/bin/pytest -q -m demo -p no:cacheprovider; \

@@ -100,3 +100,54 @@ def test_the_lock_is_reentrant_in_one_process_and_exclusive_across_open_files(tm
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_file_system_without_locks_runs_unguarded_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lustre without -o flock and some NFS/FUSE mounts answer flock with ENOLCK/ENOSYS: no traceback."""
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="this file system cannot lock files"):
+        with run_lock(tmp_path / "run", "mmmo search") as path:
+            assert path == (tmp_path / "run" / LOCK_FILE).resolve()
+
+    def broken(fd: int, op: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fcntl, "flock", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        with run_lock(tmp_path / "run", "mmmo search"):
+            pass
+
+
+def test_a_full_disk_while_scoring_stops_the_search_instead_of_failing_the_candidate() -> None:
+    """Any other error fails only its candidate; a full disk would fail every later one, so it propagates and the
+    trial stays pending in the journal (a resume after freeing space evaluates it)."""
+    import errno
+
+    from mmmo.evaluate import CandidateEvaluator
+    from mmmo.search.space import SearchSpace
+
+    class Merger:
+        def __init__(self, err: Exception) -> None:
+            self.err = err
+
+        def apply(self, weights: object, densities: object) -> float:
+            raise self.err
+
+    evaluator = object.__new__(CandidateEvaluator)  # the sources and tasks are not needed to reach the merge
+    evaluator.space = SearchSpace(("a",), density_bounds=(0.1, 1.0))
+    evaluator.worker = "local"
+    trial = Trial(id=0, batch=0, x=[0.5, 0.5], step="sobol")
+    evaluator.merger = Merger(RuntimeError("shape mismatch"))
+    failed = evaluator.evaluate(trial)
+    assert failed.status == "failed" and "shape mismatch" in (failed.error or "")
+    evaluator.merger = Merger(OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(OSError, match="No space left"):
+        evaluator.evaluate(trial)

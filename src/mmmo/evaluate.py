@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mmmo.config import SearchSpec, is_hub_id
+from mmmo.diskspace import is_disk_full
 from mmmo.errors import MmmoError
 from mmmo.objectives.device import default_dtype, resolve_device
 from mmmo.objectives.lm_eval import LmEvalObjectives, TaskScore
@@ -106,6 +107,8 @@ class CandidateEvaluator:
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # noqa: BLE001 - any failure of one candidate must not stop the search
+            if is_disk_full(err):  # ... but a full disk would fail every later one: stop, the trial stays pending
+                raise
             return replace(
                 trial,
                 status="failed",
@@ -138,6 +141,8 @@ class CandidateEvaluator:
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # noqa: BLE001
+            if is_disk_full(err):
+                raise
             return SourceScore(name=name, objectives=None, error=_one_line(err))
         return SourceScore(name=name, objectives=objectives, metrics={k: s.metrics for k, s in scores.items()})
 

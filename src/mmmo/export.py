@@ -175,5 +175,5 @@ def export_from_run(
     run, target = Path(run_dir).resolve(), Path(out).expanduser().resolve()
     if target == run or run in target.parents:
         with run_lock(run, "mmmo export"):
-            return export_trials(spec, chosen, Path(out), device=device, overwrite=False)
-    return export_trials(spec, chosen, Path(out), device=device, overwrite=False)
+            return export_trials(spec, chosen, target, device=device, overwrite=False)
+    return export_trials(spec, chosen, target, device=device, overwrite=False)

@@ -7,10 +7,12 @@ only what a refused process reports. Read-only commands (`mmmo show`) take no lo
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +21,8 @@ from pathlib import Path
 from mmmo.errors import MmmoError
 
 LOCK_FILE = "mmmo.lock"
+# flock errors that mean "this file system has no locks", not "someone holds it"
+_NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL}
 
 try:
     import fcntl
@@ -64,6 +68,29 @@ def _read_holder(fd: int) -> LockHolder | None:
         return None  # the holder is between taking the lock and writing its name
 
 
+def _try_lock(fd: int, folder: Path) -> bool:
+    """Take the lock without waiting: True when held, False when the file system has no locks (warned);
+    RunFolderBusy when another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        holder = _read_holder(fd)
+        who = holder.describe() if holder else "another process"
+        raise RunFolderBusy(
+            f"{folder} is in use by {who}; one process writes a run at a time: wait for it to end or stop it "
+            "(`mmmo show` reads the run meanwhile)"
+        ) from None
+    except OSError as err:
+        if err.errno not in _NO_FLOCK:
+            raise
+    # Lustre without -o flock, some NFS/FUSE/SMB mounts: there is no lock to be had.
+    warnings.warn(
+        f"{folder}: this file system cannot lock files; make sure no other process writes this run", stacklevel=4
+    )
+    return False
+
+
 @contextmanager
 def run_lock(run_dir: str | os.PathLike[str], command: str) -> Iterator[Path]:
     """Hold the run folder's exclusive lock for the block; creates the folder. Yields the lock file's path.
@@ -86,15 +113,9 @@ def run_lock(run_dir: str | os.PathLike[str], command: str) -> Iterator[Path]:
     path = folder / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            who = holder.describe() if holder else "another process"
-            raise RunFolderBusy(
-                f"{folder} is in use by {who}; one process writes a run at a time: wait for it to end or stop it "
-                "(`mmmo show` reads the run meanwhile)"
-            ) from None
+        if not _try_lock(fd, folder):
+            yield path  # no locks on this file system: unguarded, as the warning said
+            return
         me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)

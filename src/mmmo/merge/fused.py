@@ -15,6 +15,7 @@ rest of the process with one warning, and the caller runs the eager path.
 from __future__ import annotations
 
 import functools
+import platform
 import warnings
 from collections.abc import Sequence
 
@@ -86,12 +87,13 @@ def _compiled():  # type: ignore[no-untyped-def]
     # included), not only the CPU's. Without it (torch 2.13), code generated for AVX-512 and cached on disk is
     # reused under avx2 headers and leaves half of each tensor unwritten, and under `default` (no SIMD, old
     # CPUs) the vectorised code fails to compile. Naming the width also puts it in the cache key.
-    simdlen = _SIMDLEN.get(torch.backends.cpu.get_cpu_capability())
+    x86 = platform.machine().lower() in ("x86_64", "amd64")  # on ARM, DEFAULT still means NEON for inductor
+    simdlen = _SIMDLEN.get(torch.backends.cpu.get_cpu_capability()) if x86 else None
     options = {"cpp.simdlen": simdlen} if simdlen is not None else None
     return torch.compile(_consensus, dynamic=True, fullgraph=True, options=options)
 
 
-# ATen CPU capability -> inductor's cpp.simdlen in bits (1: scalar loops); others (ARM, s390x) pick their own.
+# x86 ATen CPU capability -> inductor's cpp.simdlen in bits (1: scalar loops); elsewhere inductor picks.
 _SIMDLEN = {"DEFAULT": 1, "AVX2": 256, "AVX512": 512}
 
 
