@@ -125,14 +125,11 @@ def pareto_by_contribution(summary: RunSummary) -> list[Trial]:
     front = summary.pareto
     if len(front) <= 1:
         return list(front)
-    names = summary.objective_names
-    Y = torch.tensor([[t.objectives[n] for n in names] for t in front], dtype=torch.float64)  # type: ignore[index]
     if summary.ref_point is not None:
         ref = torch.tensor(summary.ref_point, dtype=torch.float64)
     else:
-        done = torch.tensor([[t.objectives[n] for n in names] for t in summary.done], dtype=torch.float64)  # type: ignore[index]
-        ref = infer_ref_point(done)
-    contribution = dict(zip((t.id for t in front), hypervolume_contributions(Y, ref)))
+        ref = infer_ref_point(summary.objective_matrix(summary.done))
+    contribution = dict(zip((t.id for t in front), hypervolume_contributions(summary.objective_matrix(front), ref)))
     return sorted(front, key=lambda t: (-contribution[t.id], -summary.mean_task_score(t), t.id))
 
 

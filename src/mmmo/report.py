@@ -35,6 +35,10 @@ class RunSummary:
         assert trial.objectives is not None
         return sum(trial.objectives[n] for n in self.task_names) / len(self.task_names)
 
+    def objective_matrix(self, trials: list[Trial]) -> torch.Tensor:
+        """`[len(trials), n_objectives]` float64: each done trial's objectives in the run's objective order."""
+        return objective_matrix(trials, self.objective_names)
+
     def best(self, objective: str | None = None) -> Trial | None:
         """The done trial with the highest value of `objective` (default: the mean task score).
 
@@ -54,9 +58,13 @@ class RunSummary:
             return tied[0]
         # A trial that dominates a tied one scores at least as high on the key, so it is tied too: the tied
         # trials that none of them dominates are exactly the tied trials on the whole front.
-        Y = torch.tensor([[t.objectives[n] for n in self.objective_names] for t in tied], dtype=torch.float64)  # type: ignore[index]
-        front = [t for t, keep in zip(tied, pareto_mask(Y).tolist()) if keep]
+        front = [t for t, keep in zip(tied, pareto_mask(self.objective_matrix(tied)).tolist()) if keep]
         return min(front, key=lambda t: t.id)
+
+
+def objective_matrix(trials: list[Trial], names: list[str]) -> torch.Tensor:
+    """`[len(trials), len(names)]` float64: the trials' objectives (every trial done) in `names` order."""
+    return torch.tensor([[t.objectives[n] for n in names] for t in trials], dtype=torch.float64)  # type: ignore[index]
 
 
 def summarize(spec: SearchSpec, state: RunState) -> RunSummary:
@@ -64,8 +72,7 @@ def summarize(spec: SearchSpec, state: RunState) -> RunSummary:
     done = [t for t in state.trials if t.status == "done" and t.objectives is not None]
     pareto: list[Trial] = []
     if done:
-        Y = torch.tensor([[t.objectives[n] for n in names] for t in done], dtype=torch.float64)  # type: ignore[index]
-        mask = pareto_mask(Y)
+        mask = pareto_mask(objective_matrix(done, names))
         pareto = [t for t, keep in zip(done, mask.tolist()) if keep]
     return RunSummary(
         objective_names=names,
