@@ -77,13 +77,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     On any failure (a full disk included) the temporary file is removed and the old content stays.
     """
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+    atomic_write_bytes(path, text.encode())
 
-    atomic_write_bytes_via(path, write, suffix="")
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`atomic_write_text` for bytes: fsync'd, then renamed onto `path`; the old content stays on failure."""
+    atomic_write_bytes_via(path, lambda tmp: _write_synced(tmp, data), suffix="")
 
 
 def atomic_write_bytes_via(path: Path, writer: Any, *, suffix: str | None = None) -> None:
@@ -237,8 +236,8 @@ def repair_journal(path: Path) -> RepairReport:
         return RepairReport(0, len(good), None)
     side = path.with_name(f"{path.stem}.damaged-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
     # The side file first, fsync'd: a crash between the two writes leaves the lines in both places, never in none.
-    atomic_write_bytes_via(side, lambda tmp: _write_synced(tmp, b"".join(ln + b"\n" for ln in bad)))
-    atomic_write_bytes_via(path, lambda tmp: _write_synced(tmp, b"".join(ln + b"\n" for ln in good)))
+    atomic_write_bytes(side, b"".join(ln + b"\n" for ln in bad))
+    atomic_write_bytes(path, b"".join(ln + b"\n" for ln in good))
     return RepairReport(len(bad), len(good), side)
 
 
