@@ -39,7 +39,6 @@ SMOLLM2_135M = {
     "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 8192, "rope_theta": 100000.0,
     "rms_norm_eps": 1e-5, "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def find_gguf(cache: Path) -> Path:
@@ -128,7 +127,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable timings under load)")
     ap.add_argument("--fused", choices=("auto", "on", "off"), default="auto",
                     help="the compiled one-pass kernel for ties / dare_ties (auto: the Merger's default)")
-    ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="the merge dtype")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="the merge dtype")
     ap.add_argument("--synthetic", action="store_true",
                     help="a random model of SmolLM2-135M's shape instead of the downloaded one")
     ap.add_argument("--layers", type=int, default=SMOLLM2_135M["num_hidden_layers"],
@@ -139,6 +138,7 @@ def main() -> None:
 
     from mmmo.merge.merger import Merger
     from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
+    from mmmo.objectives.device import default_dtype
 
     base, experts = prepare(args.cache, args.experts, args.scale, args.layers if args.synthetic else None)
     n = len(experts)
@@ -148,12 +148,13 @@ def main() -> None:
     print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} experts={n} "
           f"model={base.name} load={os.getloadavg()[0]:.2f} torch={torch.__version__}")
 
+    dtype = default_dtype(torch.device(args.device), args.dtype)  # the spec's own name -> dtype rule
     results: dict[str, float] = {}
     bw: float | None = None
     for method in ("ties", "dare_ties"):
         t0 = time.perf_counter()
         fused = {"auto": None, "on": True, "off": False}[args.fused]
-        merger = Merger(base, experts, method=method, dtype=DTYPES[args.dtype], device=args.device, fused=fused)
+        merger = Merger(base, experts, method=method, dtype=dtype, device=args.device, fused=fused)
         load_s = time.perf_counter() - t0
         merger.apply(*candidates[0])  # warm-up: workspace buffers
         times = [timed(lambda m=merger, c=c: m.apply(*c), 1)[0] for c in candidates]
