@@ -98,7 +98,11 @@ _DELETE = object()
         (_bad(merge__method="slerp"), "merge.method: got 'slerp'"),
         (_bad(merge__granularity="layers:0"), "merge.granularity: must be 'model' or 'layers:K'"),
         (_bad(merge__fused="sometimes"), "merge.fused: "),
-        (_bad(optimizer__batch_size=20), "optimizer: batch_size (20) cannot exceed candidates (6)"),
+        (
+            _bad(optimizer__batch_size=20, optimizer__weak_to_strong={"enabled": True, "mode": "crossover"}),
+            "optimizer: batch_size (20) cannot exceed candidates (6) with weak_to_strong.mode crossover",
+        ),
+        (_bad(optimizer__weak_to_strong={"mode": "blend"}), "optimizer.weak_to_strong.mode: "),
         (_bad(name=_DELETE), "name: required field is missing"),
         (_bad(tasks_dir="no_such_dir"), "tasks_dir: folder does not exist"),
         (_bad(objectives=[{"name": "a", "task": "x"}]), "objectives.0: objective 'a' needs 'metric'"),

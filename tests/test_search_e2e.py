@@ -34,7 +34,9 @@ def test_search_fills_the_budget_and_journals_every_trial(finished_run) -> None:
     assert [t.id for t in result.trials] == list(range(6))
     assert all(t.status == "done" for t in result.trials)
     assert [t.batch for t in result.trials] == [0, 0, 0, 0, 1, 1]
-    assert {t.step for t in result.trials[:4]} == {"sobol"}
+    # The standard recipe (weight 0.5, density 0.5 for every model) opens the initial design.
+    assert [t.step for t in result.trials[:4]] == ["standard", "sobol", "sobol", "sobol"]
+    assert result.trials[0].params == pytest.approx({n: 0.5 for n in result.trials[0].params})
     events = read_events(result.run_dir / "trials.jsonl")
     kinds = [e["event"] for e in events]
     assert kinds.count("proposed") == 6 and kinds.count("done") == 6 and kinds.count("batch_end") == 2
@@ -45,6 +47,11 @@ def test_search_fills_the_budget_and_journals_every_trial(finished_run) -> None:
         assert t.objectives["sparsity"] < 0.0  # every merge moves away from the base
         assert set(t.params) == {f"{m}.{k}" for m in ("arith", "reverse", "sort") for k in ("weight", "density")}
         assert t.n_examples == {"arith": 10, "reverse": 10, "sort": 10}
+        # lm-eval's standard error of each exact-match score (sample std / sqrt n), sparsity exact.
+        for n in ("arith", "reverse", "sort"):
+            p = t.objectives[n]
+            assert t.stderr[n] == pytest.approx((p * (1 - p) * 10 / 9 / 10) ** 0.5, abs=1e-9)
+        assert t.stderr["sparsity"] == 0.0
         assert t.merge_seconds is not None and t.eval_seconds is not None
     assert state.ref_point is not None and len(state.ref_point) == 4
 
@@ -87,6 +94,10 @@ def test_summary_files_and_export(finished_run) -> None:
     assert (result.run_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (result.run_dir / "report.md").read_text()
     assert "## Source models" in report and "| base |" in report
+    recipe_trial = result.trials[0]
+    gain = result.summary.mean_task_score(result.summary.best()) - result.summary.mean_task_score(recipe_trial)
+    assert f"- standard recipe: trial 0 ({result.summary.mean_task_score(recipe_trial):.4f}); " \
+        f"the best merge is {gain:+.4f} beyond it" in report
     best = result.summary.best()
     assert [p.name for p in result.exported] == [f"trial-{best.id}"]
     folder = result.exported[0]

@@ -168,10 +168,10 @@ def test_failed_trials_stay_out_of_the_gp_and_are_never_reproposed(monkeypatch: 
     fitted: list[torch.Tensor] = []
     real_fit = strategies.fit_models
 
-    def spy(X: torch.Tensor, Y: torch.Tensor):
+    def spy(X: torch.Tensor, Y: torch.Tensor, Yvar: torch.Tensor | None = None):
         assert torch.isfinite(Y).all()
         fitted.append(X.clone())
-        return real_fit(X, Y)
+        return real_fit(X, Y, Yvar)
 
     monkeypatch.setattr(strategies, "fit_models", spy)
     journal, ev = Journal(), Evaluator(fail_above=0.6)

@@ -6,26 +6,20 @@ import sys
 
 import pytest
 import torch
+from search_problems import CHEAP, objectives
 
 from mmmo.config import OptimizerSpec, WeakToStrongSpec
 from mmmo.errors import MmmoError
 from mmmo.search import strategies
 from mmmo.search.acquisition import propose_hvi
 from mmmo.search.gp import fit_models
-from mmmo.search.strategies import AcqBudget, batch_seed, initial_design, propose_batch, sobol_points
+from mmmo.search.strategies import batch_seed, initial_design, propose_batch, sobol_points
 
 T = torch.float64
-CHEAP = AcqBudget(num_restarts=2, raw_samples=32, mc_samples=16, maxiter=20)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def objectives(X: torch.Tensor) -> torch.Tensor:
-    """Two conflicting bumps plus a 'sparsity' column that only depends on x1."""
-    a = -((X[:, 0] - 0.3) ** 2) - (X[:, 1] - 0.7) ** 2
-    b = -((X[:, 0] - 0.7) ** 2) - (X[:, 1] - 0.3) ** 2
-    return torch.stack([a, b, X[:, 1]], -1)
 
 
 def history(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +123,7 @@ def test_mm_mo_with_both_steps_off_keeps_the_first_acquisition_candidates() -> N
     torch.testing.assert_close(torch.tensor([p.x for p in got], dtype=T), cands[:2])
 
 
-def test_weak_to_strong_ranks_on_task_columns_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paper_crossover_ranks_on_task_columns_only(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[torch.Tensor] = []
     real = strategies.weak_to_strong
 
@@ -140,8 +134,9 @@ def test_weak_to_strong_ranks_on_task_columns_only(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(strategies, "weak_to_strong", spy)
     X, Y = history()
     opt = OptimizerSpec(
-        strategy="mm-mo", initial=8, candidates=2, batch_size=2, seed=0, fisher_screening=False
-    )
+        strategy="mm-mo", initial=8, candidates=2, batch_size=2, seed=0, fisher_screening=False,
+        weak_to_strong=WeakToStrongSpec(enabled=True, mode="crossover"),
+    )  # fmt: skip
     got = propose(opt, X, Y)
     assert len(seen) == 1
     torch.testing.assert_close(seen[0], Y[:, [0, 1]])  # the sparsity column (2) is left out

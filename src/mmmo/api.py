@@ -202,6 +202,7 @@ def _run(
     spec: SearchSpec, space: SearchSpace, pool: Any, journal: Journal, state: RunState, progress: SearchProgress
 ) -> None:
     from mmmo.search.loop import run_loop
+    from mmmo.search.space import standard_recipes
     from mmmo.search.strategies import budget_for
 
     def to_params(x: list[float]) -> dict[str, float]:
@@ -218,7 +219,8 @@ def _run(
         progress.finished(trial)
 
     def on_batch_end(summary: Any) -> None:
-        journal.append(EventKind.BATCH_END, batch=summary.batch, hypervolume=summary.hypervolume)
+        timing = {} if summary.propose_seconds is None else {"propose_seconds": round(summary.propose_seconds, 3)}
+        journal.append(EventKind.BATCH_END, batch=summary.batch, hypervolume=summary.hypervolume, **timing)
         progress.batch_end(summary)
 
     def on_ref_point(ref: list[float]) -> None:
@@ -245,6 +247,7 @@ def _run(
         to_params=to_params,
         budget=budget_for(len(spec.objectives)),
         ended_batches=set(state.hypervolumes),
+        initial_points=standard_recipes(space) if spec.optimizer.standard_recipes else None,
     )
 
 

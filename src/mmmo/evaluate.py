@@ -94,6 +94,13 @@ class CandidateEvaluator:
             raise MmmoError(f"non-finite objective value(s): {', '.join(bad)}")
         return ordered, scores
 
+    def _stderr(self, scores: dict[str, TaskScore]) -> dict[str, float]:
+        """Each objective's standard error where known: lm-eval's for tasks, 0.0 for sparsity (exact)."""
+        out = {name: s.stderr for name, s in scores.items() if s.stderr is not None}
+        if self._sparsity_name is not None:
+            out[self._sparsity_name] = 0.0
+        return out
+
     def evaluate(self, trial: Trial) -> Trial:
         """Merge the trial's configuration into the live model and score it; failures are recorded, not raised."""
         weights, densities = self.space.from_unit(torch.tensor(trial.x, dtype=torch.float64))
@@ -125,6 +132,7 @@ class CandidateEvaluator:
             objectives=objectives,
             metrics={name: s.metrics for name, s in scores.items()},
             n_examples={name: s.n_examples for name, s in scores.items()},
+            stderr=self._stderr(scores),
             merge_seconds=t1 - t0,
             eval_seconds=t2 - t1,
             error=None,

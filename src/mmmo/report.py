@@ -214,6 +214,13 @@ def report_markdown(summary: RunSummary, spec: SearchSpec) -> str:
     best = summary.best()
     if best is not None:
         lines.append(f"- best mean task score: trial {best.id} ({summary.mean_task_score(best):.4f})")
+        for t in summary.done:
+            if t.step == "standard":  # the recipe a user would try by hand, evaluated in the initial design
+                gain = summary.mean_task_score(best) - summary.mean_task_score(t)
+                lines.append(
+                    f"- standard recipe: trial {t.id} ({summary.mean_task_score(t):.4f}); "
+                    f"the best merge is {gain:+.4f} beyond it"
+                )
     lines += ["", "## Source models", "", "| model | " + " | ".join(names) + " | mean task |",
               "|---" * (len(names) + 2) + "|"]
     for s in summary.sources:

@@ -21,6 +21,9 @@ class Trial:
     objectives: dict[str, float] | None = None  # every objective, maximised
     metrics: dict[str, Any] = field(default_factory=dict)  # raw lm-eval metrics per task
     n_examples: dict[str, int] = field(default_factory=dict)
+    # Standard error of each objective's value (lm-eval's stderr; 0.0 for exact ones such as sparsity);
+    # an objective left out has unknown noise, which the GPs then infer.
+    stderr: dict[str, float] = field(default_factory=dict)
     merge_seconds: float | None = None
     eval_seconds: float | None = None
     error: str | None = None

@@ -53,6 +53,7 @@ class TaskScore:
     value: float
     metrics: dict[str, float]
     n_examples: int
+    stderr: float | None = None  # lm-eval's standard error of `value`; None where it reported none
 
 
 @dataclass
@@ -210,7 +211,11 @@ def _score(target: _Target, raw: dict[str, Any], n_examples: int) -> TaskScore:
     value = metrics[target.metric_key]
     if not math.isfinite(value):
         raise EvaluationError(f"objective {target.objective!r}: {target.metric_key} is {value}")
-    return TaskScore(value=value, metrics=metrics, n_examples=n_examples)
+    metric, _, filt = target.metric_key.partition(",")
+    stderr = metrics.get(f"{metric}_stderr,{filt}")
+    if stderr is not None and not (math.isfinite(stderr) and stderr >= 0):
+        stderr = None
+    return TaskScore(value=value, metrics=metrics, n_examples=n_examples, stderr=stderr)
 
 
 # ------------------------------------------------------------------------------------ the HF wrapper

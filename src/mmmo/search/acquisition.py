@@ -10,6 +10,7 @@ improvement.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
@@ -27,6 +28,7 @@ from botorch.utils.multi_objective.box_decompositions.non_dominated import FastN
 from torch import Tensor
 
 from mmmo.quiet import expected_warnings
+from mmmo.search.fisher import DEDUPE_TOL
 from mmmo.search.gp import JITTER_WARNING
 from mmmo.search.pareto import infer_ref_point
 
@@ -105,6 +107,96 @@ def build_acquisition(
     raise ValueError(f"unknown acquisition {kind!r} (qlognehvi or qehvi)")
 
 
+def _acquisition_options(seed: int, num_restarts: int, raw_samples: int, maxiter: int) -> dict[str, int]:
+    return {"seed": seed, "batch_limit": num_restarts, "init_batch_limit": raw_samples, "maxiter": maxiter}
+
+
+def _is_novel(X: Tensor, avoid: Tensor, tol: float) -> Tensor:
+    """`[p]` mask of rows of `X [p, d]` farther than `tol` (max-norm) from every row of `avoid [a, d]`."""
+    if avoid.shape[0] == 0:
+        return torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
+    return ((X.unsqueeze(1) - avoid.to(X).unsqueeze(0)).abs().amax(-1) > tol).all(-1)
+
+
+def best_in_pool(acqf: AcquisitionFunction, pool: Tensor, avoid: Tensor, tol: float = DEDUPE_TOL) -> int | None:
+    """Index of the row of `pool [p, d]` with the highest acquisition value (given the acquisition's pending
+    points), among those farther than `tol` from `avoid`; None if none is. Ties go to the lower index."""
+    if pool.shape[0] == 0:
+        return None
+    with torch.no_grad():
+        values = acqf(pool.unsqueeze(1))  # [p]: one q=1 batch per row
+    values = values.masked_fill(~_is_novel(pool, avoid, tol), -math.inf)
+    best = int(torch.argmax(values))
+    return None if math.isinf(float(values[best])) else best
+
+
+def propose_hvi_pooled(
+    model: Model,
+    X_baseline: Tensor,
+    ref_point: Tensor | Sequence[float] | None,
+    n: int,
+    pool: Tensor,
+    *,
+    X_avoid: Tensor | None = None,
+    optimize: bool = True,
+    kind: AcqKind = "qlognehvi",
+    seed: int = 0,
+    num_restarts: int = NUM_RESTARTS,
+    raw_samples: int = RAW_SAMPLES,
+    mc_samples: int = MC_SAMPLES,
+    maxiter: int = MAXITER,
+    Y_baseline: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(At most) `n` points `[k, d]`, and a `[k]` mask of those taken from `pool [p, d]`.
+
+    Sequential greedy over a growing batch: at each step the acquisition's own optimum (found by L-BFGS
+    with the points already chosen as pending, exactly as `propose_hvi` does) competes with the pool's
+    rows not yet taken, and the highest acquisition value wins (ties: the optimum, then the lower row).
+    Pool rows never replace a proposal: they are chosen only where the acquisition values them more.
+    Points within DEDUPE_TOL of `X_avoid` (the evaluated ones) or of an earlier choice are skipped.
+    `optimize=False` leaves the optimum out: a discrete greedy choice from the pool alone, as BoTorch's
+    `optimize_acqf_discrete`.
+    """
+    X_baseline = X_baseline.to(torch.float64)
+    d = X_baseline.shape[-1]
+    bounds = torch.stack([torch.zeros(d), torch.ones(d)]).to(X_baseline)
+    left = pool.to(X_baseline)
+    avoid = X_baseline.new_zeros(0, d) if X_avoid is None else X_avoid.to(X_baseline)
+    chosen: list[Tensor] = []
+    from_pool: list[bool] = []
+    with seeded(seed, X_baseline.device), expected_warnings(
+        JITTER_WARNING, _FLAT_ACQUISITION_WARNING, _RESTART_WARNING
+    ):
+        acqf = build_acquisition(
+            model, X_baseline, ref_point, kind=kind, seed=seed, Y_baseline=Y_baseline, mc_samples=mc_samples
+        )
+        for _ in range(n):
+            acqf.set_X_pending(torch.stack(chosen) if chosen else None)
+            own = avoid[:0]
+            if optimize:
+                x_opt, _ = optimize_acqf(
+                    acqf,
+                    bounds=bounds,
+                    q=1,
+                    num_restarts=num_restarts,
+                    raw_samples=raw_samples,
+                    options=_acquisition_options(seed, num_restarts, raw_samples, maxiter),
+                )
+                own = x_opt.detach().clamp(0.0, 1.0)
+            candidates = torch.cat([own, left])
+            taken = torch.stack(chosen) if chosen else avoid[:0]
+            i = best_in_pool(acqf, candidates, torch.cat([avoid, taken]))
+            if i is None:
+                break
+            chosen.append(candidates[i])
+            in_pool = i - own.shape[0]
+            from_pool.append(in_pool >= 0)
+            if in_pool >= 0:
+                left = torch.cat([left[:in_pool], left[in_pool + 1 :]])
+    X = torch.stack(chosen) if chosen else X_baseline.new_zeros(0, d)
+    return X, torch.tensor(from_pool, dtype=torch.bool)
+
+
 def propose_hvi(
     model: Model,
     X_baseline: Tensor,
@@ -146,12 +238,7 @@ def propose_hvi(
             q=n,
             num_restarts=num_restarts,
             raw_samples=raw_samples,
-            options={
-                "seed": seed,
-                "batch_limit": num_restarts,
-                "init_batch_limit": raw_samples,
-                "maxiter": maxiter,
-            },
+            options=_acquisition_options(seed, num_restarts, raw_samples, maxiter),
             sequential=True,
         )
     return candidates.detach().clamp(0.0, 1.0)

@@ -1,4 +1,4 @@
-"""Independent GP surrogates, one per objective, on the unit cube."""
+"""Independent GP surrogates, one per objective, on the unit cube, with known or inferred observation noise."""
 
 from __future__ import annotations
 
@@ -29,41 +29,74 @@ _CONSTANT_OUTCOME_WARNING = (InputDataWarning, r"Data \(outcome observations\) i
 _FIT_RETRY_WARNING = (OptimizationWarning, "Optimization failed")
 
 
-def _gp(x: Tensor, y: Tensor) -> SingleTaskGP:
+# An exact observation (variance 0) still gets this fraction of the outcome's sample variance as noise: the
+# kernel matrix must stay invertible, and botorch's own floor for inferred noise is 1e-4 of it.
+EXACT_NOISE_FRACTION = 1e-5
+
+
+def known_variance(y: Tensor, yvar: Tensor) -> Tensor:
+    """`yvar [n, 1]` floored at EXACT_NOISE_FRACTION x the sample variance of `y [n, 1]` (or of 1, if constant)."""
+    scale = y.var() if y.shape[0] > 1 and float(y.var()) > 0 else torch.ones((), dtype=y.dtype, device=y.device)
+    return yvar.clamp_min(float(EXACT_NOISE_FRACTION * scale))
+
+
+def _gp(x: Tensor, y: Tensor, yvar: Tensor | None) -> SingleTaskGP:
     d = x.shape[-1]
     bounds = torch.stack([torch.zeros(d), torch.ones(d)]).to(x)
     with expected_warnings(_CONSTANT_OUTCOME_WARNING):
         return SingleTaskGP(
             x,
             y,
+            train_Yvar=None if yvar is None else known_variance(y, yvar),
             input_transform=Normalize(d=d, bounds=bounds),
             outcome_transform=Standardize(m=1),
         )
 
 
-def _fit_one(x: Tensor, y: Tensor, index: int) -> SingleTaskGP:
-    gp = _gp(x, y)
+def _fit_one(x: Tensor, y: Tensor, yvar: Tensor | None, index: int) -> SingleTaskGP:
+    gp = _gp(x, y, yvar)
     mll = ExactMarginalLogLikelihood(gp.likelihood, gp)
     try:
         with expected_warnings(JITTER_WARNING, _FIT_RETRY_WARNING):
             fit_gpytorch_mll(mll)
     except Exception as err:  # noqa: BLE001 - any fit failure falls back to the prior hyperparameters
         log.warning("GP fit for objective %d failed (%s); using prior hyperparameters", index, err)
-        gp = _gp(x, y)
+        gp = _gp(x, y, yvar)
     gp.eval()
     return gp
 
 
-def fit_models(X: Tensor, Y: Tensor) -> ModelListGP:
+def fit_models(X: Tensor, Y: Tensor, Yvar: Tensor | None = None) -> ModelListGP:
     """One `SingleTaskGP` per column of `Y [n, m]` on inputs `X [n, d]` in the unit cube (float64).
 
+    `Yvar [n, m]` holds known observation variances in raw units (NaN: unknown). An objective whose
+    every variance is known gets exactly that noise (0 meaning exact); any other infers one noise level.
     Outcomes are standardised by an outcome transform, so posteriors come back in raw units.
     Failed trials must already be excluded; a fit that fails keeps the prior hyperparameters.
     """
     if X.dim() != 2 or Y.dim() != 2 or X.shape[0] != Y.shape[0]:
         raise ValueError(f"X {list(X.shape)} and Y {list(Y.shape)} must be [n, d] and [n, m]")
+    if Yvar is not None and Yvar.shape != Y.shape:
+        raise ValueError(f"Yvar {list(Yvar.shape)} must have the shape of Y {list(Y.shape)}")
     if X.shape[0] < 1:
         raise ValueError("cannot fit a GP without observations")
     X = X.to(torch.float64)
     Y = Y.to(X)
-    return ModelListGP(*[_fit_one(X, Y[:, i : i + 1], i) for i in range(Y.shape[-1])])
+    models = []
+    for i in range(Y.shape[-1]):
+        yvar = None if Yvar is None else Yvar[:, i : i + 1].to(X)
+        if yvar is not None and not bool(torch.isfinite(yvar).all()):
+            yvar = None
+        models.append(_fit_one(X, Y[:, i : i + 1], yvar, i))
+    return ModelListGP(*models)
+
+
+def observation_variance(stderr: Tensor, n_examples: Tensor) -> Tensor:
+    """Known noise variances `[n, m]` from standard errors and example counts (NaN where unknown).
+
+    A score of 0 or 1 on n examples has a reported stderr of 0, yet the next n examples could disagree:
+    the variance is floored at 1 / (n + 2)^2, the Laplace-smoothed binomial variance at those extremes.
+    An example count of 0 means an exact objective (sparsity): its variance stays as given.
+    """
+    floor = torch.where(n_examples > 0, 1.0 / (n_examples + 2.0) ** 2, torch.zeros_like(n_examples))
+    return torch.maximum(stderr**2, floor.to(stderr))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ from torch import Tensor
 
 from mmmo.config import OptimizerSpec
 from mmmo.errors import MmmoError
+from mmmo.search.gp import observation_variance
 from mmmo.search.pareto import hypervolume, infer_ref_point, pareto_mask
 from mmmo.search.strategies import AcqBudget, propose_batch
 from mmmo.trial import Trial
@@ -26,6 +28,7 @@ class BatchSummary:
     hypervolume: float  # w.r.t. the run's fixed reference point, over every done trial so far
     pareto_ids: list[int]
     best_per_objective: dict[str, tuple[int, float]]  # objective -> (trial id, value)
+    propose_seconds: float | None = None  # time this call spent proposing the batch (None: proposed earlier)
 
 
 @dataclass
@@ -58,6 +61,18 @@ def done_arrays(
         dtype=torch.float64,
     ).reshape(-1, len(objective_names))
     return X, Y, usable
+
+
+def done_variances(usable: Sequence[Trial], objective_names: Sequence[str]) -> Tensor:
+    """Known observation variances `[n, m]` of `usable` trials from their stderrs (NaN where unknown)."""
+    m = len(objective_names)
+    stderr = torch.tensor(
+        [[float(t.stderr.get(n, math.nan)) for n in objective_names] for t in usable], dtype=torch.float64
+    ).reshape(-1, m)
+    n_examples = torch.tensor(
+        [[float(t.n_examples.get(n, 0)) for n in objective_names] for t in usable], dtype=torch.float64
+    ).reshape(-1, m)
+    return observation_variance(stderr, n_examples)
 
 
 def summarize(
@@ -117,6 +132,7 @@ def run_loop(
     budget: AcqBudget | None = None,
     device: torch.device | str | None = None,
     ended_batches: Collection[int] | None = None,
+    initial_points: Tensor | None = None,
 ) -> LoopResult:
     """Run (or resume) batches 0..opt.batches over the history `trials`.
 
@@ -128,6 +144,8 @@ def run_loop(
     The reporting reference point is `ref_point`, else inferred once from the first done trials (batch 0
     normally) and handed to `on_ref_point`. `budget` (acquisition effort) defaults to
     `mmmo.search.strategies.DEFAULT_BUDGET`; `device` is where the GP work runs (default CPU).
+    The acquisition uses that same reference point from batch 1 on. `initial_points` (unit cube, e.g. the
+    standard recipes) open the initial design.
     """
     unknown = [n for n in task_objective_names if n not in objective_names]
     if unknown:
@@ -144,21 +162,27 @@ def run_loop(
     for b in range(opt.batches + 1):
         batch_trials = [t for t in history if t.batch == b]
         worked = False
+        propose_seconds = None
         if not batch_trials:
             X_done, Y_done, usable = done_arrays(history, objective_names, dim)
             X_seen = torch.tensor([t.x for t in history], dtype=torch.float64).reshape(-1, dim)
+            started = time.perf_counter()
             proposals = propose_batch(
                 opt,
                 X_done=X_done,
                 Y_done=Y_done,
+                Yvar_done=done_variances(usable, objective_names),
                 X_all_seen=X_seen,
                 task_columns=task_columns,
                 batch_index=b,
                 dim=dim,
+                ref_point=ref,
                 done_batches=[t.batch for t in usable],
+                initial_points=initial_points,
                 budget=budget,
                 device=device,
             )
+            propose_seconds = time.perf_counter() - started
             next_id = max((t.id for t in history), default=-1) + 1
             batch_trials = [
                 Trial(
@@ -193,6 +217,7 @@ def run_loop(
                 ref = infer_ref_point(Y_first).tolist()
                 on_ref_point(list(ref))
         summary = summarize(history, b, objective_names, dim, ref)
+        summary.propose_seconds = propose_seconds
         hypervolumes.append(summary.hypervolume)
         # A batch can be complete with its end unrecorded: killed after its last evaluation.
         if worked or (ended_batches is not None and b not in ended_batches):

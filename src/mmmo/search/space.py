@@ -118,3 +118,19 @@ class SearchSpace:
         """One unit-cube point as `{dimension name: real value}`."""
         real = self.to_real(x)
         return {n: float(v) for n, v in zip(self.names, real.tolist())}
+
+
+# The recipe a user tries by hand: mergekit's documented ties / dare_ties examples use weight 0.5 and
+# density 0.5 for every model; linear and task_arithmetic take the same equal weights.
+STANDARD_WEIGHT = 0.5
+STANDARD_DENSITY = 0.5
+
+
+def standard_recipes(space: SearchSpace) -> Tensor:
+    """The standard recipes as unit-cube points `[k, dim]` (k = 1 today): every weight STANDARD_WEIGHT and
+    every density STANDARD_DENSITY, in every layer group, each clamped into the space's bounds."""
+    n_w = space.n_models * space.layer_groups
+    real = [min(max(STANDARD_WEIGHT, space.weight_bounds[0]), space.weight_bounds[1])] * n_w
+    if space.density_bounds is not None:
+        real += [min(max(STANDARD_DENSITY, space.density_bounds[0]), space.density_bounds[1])] * n_w
+    return space.to_unit(torch.tensor([real], dtype=torch.float64))

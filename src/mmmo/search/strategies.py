@@ -12,16 +12,25 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from botorch.models import ModelListGP
 from torch import Tensor
 from torch.quasirandom import SobolEngine
 
 from mmmo.config import OptimizerSpec
 from mmmo.errors import MmmoError
 from mmmo.quiet import expected_warnings
-from mmmo.search.acquisition import MAXITER, MC_SAMPLES, NUM_RESTARTS, RAW_SAMPLES, propose_hvi
+from mmmo.search.acquisition import (
+    MAXITER,
+    MC_SAMPLES,
+    NUM_RESTARTS,
+    RAW_SAMPLES,
+    propose_hvi,
+    propose_hvi_pooled,
+    resolve_ref_point,
+)
 from mmmo.search.fisher import DEDUPE_TOL, fisher_screen
 from mmmo.search.gp import fit_models
-from mmmo.search.weak_to_strong import weak_to_strong
+from mmmo.search.weak_to_strong import de_offspring, weak_to_strong
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +84,13 @@ def sobol_points(n: int, dim: int, seed: int, skip: int = 0) -> Tensor:
     return engine.draw(n, dtype=torch.float64)
 
 
-def initial_design(n: int, dim: int, seed: int) -> Tensor:
-    """The initial design `[n, dim]`: the first `n` points of a seeded scrambled Sobol sequence."""
-    return sobol_points(n, dim, seed)
+def initial_design(n: int, dim: int, seed: int, recipes: Tensor | None = None) -> Tensor:
+    """The initial design `[n, dim]`: the `recipes [k, dim]` (at most `n`), then the first `n - k` points of
+    a seeded scrambled Sobol sequence."""
+    if recipes is None or recipes.shape[0] == 0:
+        return sobol_points(n, dim, seed)
+    recipes = recipes.to(torch.float64).reshape(-1, dim)[:n]
+    return torch.cat([recipes, sobol_points(n - recipes.shape[0], dim, seed)])
 
 
 def novel_indices(X: Tensor, X_seen: Tensor, tol: float = DEDUPE_TOL) -> list[int]:
@@ -122,17 +135,21 @@ def propose_batch(
     task_columns: list[int],
     batch_index: int,
     dim: int,
+    Yvar_done: Tensor | None = None,
     ref_point: Sequence[float] | None = None,
     done_batches: Sequence[int] | None = None,
+    initial_points: Tensor | None = None,
     budget: AcqBudget | None = None,
     device: torch.device | str | None = None,
 ) -> list[Proposal]:
-    """The next batch: `opt.initial` Sobol points for batch 0, else `opt.batch_size` points from `opt.strategy`.
+    """The next batch: `opt.initial` points for batch 0, else `opt.batch_size` points from `opt.strategy`.
 
-    `X_done`/`Y_done` hold only successful trials (all objectives, maximised); `X_all_seen` holds every
-    point ever proposed, failed ones included, none of which is proposed again. `ref_point` (raw units)
-    defaults to `opt.ref_point`, else it is inferred from `Y_done` for the acquisition. `done_batches`
+    `X_done`/`Y_done` hold only successful trials (all objectives, maximised); `Yvar_done` their known
+    observation variances (NaN: unknown; used only with `opt.known_noise`). `X_all_seen` holds every
+    point ever proposed, failed ones included, none of which is proposed again. `ref_point` (raw units;
+    the run's fixed one) defaults to `opt.ref_point`, else it is inferred from `Y_done`. `done_batches`
     (the batch of each done trial) sets NSGA-II's generations; None assumes full batches in order.
+    `initial_points` (unit cube, e.g. the standard recipes) open the initial design, tagged "standard".
     `budget` defaults to the module's DEFAULT_BUDGET, read at call time.
     """
     budget = budget if budget is not None else DEFAULT_BUDGET
@@ -146,8 +163,9 @@ def propose_batch(
         raise MmmoError(f"ref_point has {len(ref)} values but there are {Y_done.shape[-1]} objectives")
 
     if batch_index == 0:
-        X0 = initial_design(opt.initial, dim, opt.seed)
-        got = _novel(X0, ["sobol"] * X0.shape[0], X_seen, opt.initial)
+        n_std = 0 if initial_points is None else min(initial_points.shape[0], opt.initial)
+        X0 = initial_design(opt.initial, dim, opt.seed, initial_points)
+        got = _novel(X0, ["standard"] * n_std + ["sobol"] * (X0.shape[0] - n_std), X_seen, opt.initial)
         return _top_up(got, opt.initial, dim, X_seen, seed)
 
     n = opt.batch_size
@@ -160,67 +178,92 @@ def propose_batch(
     elif X_done.shape[0] < MIN_DONE_FOR_GP:
         log.info("batch %d: only %d successful trials, proposing Sobol points", batch_index, X_done.shape[0])
         got = []
-    elif opt.strategy == "qnehvi":
-        model = fit_models(X_done, Y_done)
-        X = _acquire(model, X_done, Y_done, ref, n, opt, seed, budget)
-        got = _novel(X, ["acquisition"] * n, X_seen, n)
-    elif opt.strategy == "mm-mo":
-        got = _mm_mo(opt, X_done, Y_done, X_seen, task_columns, ref, seed, budget)
+    elif opt.strategy in ("qnehvi", "mm-mo"):
+        Yvar = Yvar_done.to(Y_done) if opt.known_noise and Yvar_done is not None else None
+        inp = BatchInputs(opt, fit_models(X_done, Y_done, Yvar), X_done, Y_done, X_seen, task_columns, ref, seed, budget)
+        got = _qnehvi(inp) if opt.strategy == "qnehvi" else _mm_mo(inp)
     else:
         raise MmmoError(f"unknown optimizer strategy {opt.strategy!r}")
     return _top_up(got, n, dim, X_seen, seed)
 
 
-def _acquire(
-    model: object,
-    X_done: Tensor,
-    Y_done: Tensor,
-    ref: Sequence[float] | None,
-    n: int,
-    opt: OptimizerSpec,
-    seed: int,
-    budget: AcqBudget,
-) -> Tensor:
-    return propose_hvi(
-        model,  # type: ignore[arg-type]
-        X_done,
-        ref,
-        n,
-        kind=opt.acquisition,
-        seed=seed,
-        num_restarts=budget.num_restarts,
-        raw_samples=budget.raw_samples,
-        mc_samples=budget.mc_samples,
-        maxiter=budget.maxiter,
-        Y_baseline=Y_done,
-    )
+@dataclass(frozen=True)
+class BatchInputs:
+    """What one Bayesian-optimisation batch is proposed from: the spec, the fitted GPs and the history.
+
+    `X_done [n, d]`/`Y_done [n, m]` are the successful trials, `X_seen [s, d]` every point ever proposed;
+    `ref` is the run's reference point in raw units (None: inferred from `Y_done`).
+    """
+
+    opt: OptimizerSpec
+    model: ModelListGP
+    X_done: Tensor
+    Y_done: Tensor
+    X_seen: Tensor
+    task_columns: list[int]
+    ref: Sequence[float] | None
+    seed: int
+    budget: AcqBudget
 
 
-def _mm_mo(
-    opt: OptimizerSpec,
-    X_done: Tensor,
-    Y_done: Tensor,
-    X_seen: Tensor,
-    task_columns: list[int],
-    ref: Sequence[float] | None,
-    seed: int,
-    budget: AcqBudget,
-) -> list[Proposal]:
-    """Steps 1-4: fit, propose `candidates` by HVI, weak-to-strong crossover, Fisher screen to `batch_size`."""
-    model = fit_models(X_done, Y_done)
-    X = _acquire(model, X_done, Y_done, ref, opt.candidates, opt, seed, budget)
-    steps = ["acquisition"] * X.shape[0]
+def _acquire(inp: BatchInputs, n: int, pool: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """`n` points by hypervolume improvement, and a `[k]` mask of those taken from `pool` (see
+    `propose_hvi_pooled`); without a pool, exactly `propose_hvi`'s sequential greedy batch."""
+    b = inp.budget
+    effort = {
+        "kind": inp.opt.acquisition,
+        "seed": inp.seed,
+        "num_restarts": b.num_restarts,
+        "raw_samples": b.raw_samples,
+        "mc_samples": b.mc_samples,
+        "maxiter": b.maxiter,
+        "Y_baseline": inp.Y_done,
+    }
+    if pool is None or pool.shape[0] == 0:
+        X = propose_hvi(inp.model, inp.X_done, inp.ref, n, **effort)  # type: ignore[arg-type]
+        return X, torch.zeros(X.shape[0], dtype=torch.bool)
+    return propose_hvi_pooled(inp.model, inp.X_done, inp.ref, n, pool, X_avoid=inp.X_seen, **effort)  # type: ignore[arg-type]
+
+
+def _qnehvi(inp: BatchInputs) -> list[Proposal]:
+    X, _ = _acquire(inp, inp.opt.batch_size)
+    return _novel(X, ["acquisition"] * X.shape[0], inp.X_seen, inp.opt.batch_size)
+
+
+def _mm_mo(inp: BatchInputs) -> list[Proposal]:
+    """The MM-MO batch: weak-to-strong offspring join the acquisition's pool, Fisher screening keeps the most
+    informative of them; in `crossover` mode, the paper's steps 2-4 instead. Without offspring: qnehvi's batch."""
+    opt, X_done, Y_done = inp.opt, inp.X_done, inp.Y_done
     w2s = opt.weak_to_strong
-    if w2s.enabled and X_done.shape[0] >= MIN_DONE_FOR_W2S:
-        cols = task_columns or list(range(Y_done.shape[-1]))
-        generator = torch.Generator().manual_seed(seed)
-        X, from_mutant = weak_to_strong(
-            X, X_done, Y_done[:, cols], top_k=w2s.top_k, f=w2s.f, cr=w2s.cr, generator=generator
-        )
-        steps = ["weak_to_strong" if m else "acquisition" for m in from_mutant.tolist()]
+    if not w2s.enabled or X_done.shape[0] < MIN_DONE_FOR_W2S:
+        return _qnehvi(inp)
+    if w2s.mode == "crossover":
+        return _mm_mo_crossover(inp)
+    n = opt.batch_size
+    ref = resolve_ref_point(inp.model, X_done, inp.ref, Y_done)
+    generator = torch.Generator().manual_seed(inp.seed)
+    children = de_offspring(X_done, Y_done, ref, n=w2s.offspring, top_k=w2s.top_k, f=w2s.f, generator=generator)
+    offspring = children[novel_indices(children.cpu(), inp.X_seen)]
+    if opt.fisher_screening and offspring.shape[0] > n:
+        offspring = offspring[fisher_screen(inp.model, offspring, n, inp.X_seen.to(offspring))]
+    X, from_pool = _acquire(inp, n, offspring)
+    steps = ["weak_to_strong" if pooled else "acquisition" for pooled in from_pool.tolist()]
+    return _novel(X, steps, inp.X_seen, n)
+
+
+def _mm_mo_crossover(inp: BatchInputs) -> list[Proposal]:
+    """The paper's steps 2-4: propose `candidates` by HVI, cross DE mutants into them, Fisher screen to `batch_size`."""
+    opt, w2s = inp.opt, inp.opt.weak_to_strong
+    X, _ = _acquire(inp, opt.candidates)
+    cols = inp.task_columns or list(range(inp.Y_done.shape[-1]))
+    generator = torch.Generator().manual_seed(inp.seed)
+    X, from_mutant = weak_to_strong(
+        X, inp.X_done, inp.Y_done[:, cols], top_k=w2s.top_k, f=w2s.f, cr=w2s.cr, generator=generator
+    )
+    steps = ["weak_to_strong" if m else "acquisition" for m in from_mutant.tolist()]
     if not opt.fisher_screening:
-        return _novel(X, steps, X_seen, opt.batch_size)
-    keep = fisher_screen(model, X, opt.batch_size, X_seen.to(X)).tolist()
+        return _novel(X, steps, inp.X_seen, opt.batch_size)
+    keep = fisher_screen(inp.model, X, opt.batch_size, inp.X_seen.to(X)).tolist()
     return [Proposal(X[i].tolist(), steps[i]) for i in keep]
 
 

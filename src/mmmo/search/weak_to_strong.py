@@ -1,10 +1,18 @@
-"""Weak-to-strong step (step 3 of the MM-MO batch): DE/rand/1 mutants of the best configurations, crossed
-into the acquisition's proposals so that strong evaluated merges pull weak proposals towards them."""
+"""Weak-to-strong step (step 3 of the MM-MO batch): DE/rand/1 offspring of the best configurations.
+
+Two uses: `de_offspring` (the default) builds children of the configurations that rank best on every
+objective, to join the acquisition's pool; `weak_to_strong` is the paper's crossover of such mutants into the
+acquisition's proposals, kept for the faithful ablation.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
+
+from mmmo.search.pareto import hypervolume_contributions, pareto_mask
 
 
 def standardised_score(Y: Tensor) -> Tensor:
@@ -74,3 +82,52 @@ def weak_to_strong(
     out = binomial_crossover(proposals, mutant, mask)
     from_mutant = (mask & (mutant != proposals)).any(-1)
     return out, from_mutant
+
+
+def nondominated_ranks(Y: Tensor) -> Tensor:
+    """`[n]` front number of each row of `Y [n, m]` (0: non-dominated; 1: non-dominated once front 0 is gone; ...)."""
+    rank = torch.full((Y.shape[0],), -1, dtype=torch.long, device=Y.device)
+    left = torch.arange(Y.shape[0], device=Y.device)
+    front = 0
+    while left.numel():
+        on_front = pareto_mask(Y[left])
+        rank[left[on_front]] = front
+        left = left[~on_front]
+        front += 1
+    return rank
+
+
+def rank_configs(Y: Tensor, ref_point: Tensor | Sequence[float]) -> Tensor:
+    """Indices of the rows of `Y [n, m]` best first: by front, then by hypervolume contribution within it.
+
+    Every objective counts (a sparse merge on the front ranks with an accurate one); within a front, the
+    rows that add most hypervolume against `ref_point` come first, ties broken by lower index.
+    """
+    ranks = nondominated_ranks(Y)
+    contribution = torch.zeros(Y.shape[0], dtype=torch.float64)
+    for front in ranks.unique().tolist():
+        idx = (ranks == front).nonzero().flatten()
+        contribution[idx.cpu()] = torch.tensor(hypervolume_contributions(Y[idx], ref_point), dtype=torch.float64)
+    order = sorted(range(Y.shape[0]), key=lambda i: (int(ranks[i]), -float(contribution[i]), i))
+    return torch.tensor(order, dtype=torch.long, device=Y.device)
+
+
+def de_offspring(
+    X_done: Tensor,
+    Y_done: Tensor,
+    ref_point: Tensor | Sequence[float],
+    *,
+    n: int,
+    top_k: int,
+    f: float,
+    generator: torch.Generator,
+) -> Tensor:
+    """`[n, d]` DE/rand/1 children of three distinct configurations among the `top_k` best by `rank_configs`.
+
+    Empty (`[0, d]`) with fewer than 3 evaluated configurations.
+    """
+    if X_done.shape[0] < 3 or n == 0:
+        return X_done.new_zeros(0, X_done.shape[-1])
+    best = X_done[rank_configs(Y_done, ref_point)[: max(top_k, 3)]]
+    idx = distinct_triples(best.shape[0], n, generator).to(best.device)
+    return de_rand_1(best[idx[:, 0]], best[idx[:, 1]], best[idx[:, 2]], f)
