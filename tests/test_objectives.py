@@ -64,14 +64,17 @@ def test_in_place_weight_changes_change_the_scores(tasks_dir: str, live: tuple[A
     )
     right = objectives.evaluate()
     assert right == {
-        "gen": TaskScore(1.0, {"exact_match,none": 1.0, "exact_match_stderr,none": 0.0}, 6),
-        "mc": TaskScore(1.0, {"acc,none": 1.0, "acc_stderr,none": 0.0}, 6),
+        "gen": TaskScore(1.0, {"exact_match,none": 1.0, "exact_match_stderr,none": 0.0}, 6, stderr=0.0),
+        "mc": TaskScore(1.0, {"acc,none": 1.0, "acc_stderr,none": 0.0}, 6, stderr=0.0),
     }
     fx.set_bigram(model, tokenizer, HALF_WRONG)
     half = objectives.evaluate()
     assert values(half) == {"gen": 0.5, "mc": 0.5}
     assert half["gen"].metrics["exact_match_stderr,none"] == pytest.approx(STDERR_HALF_OF_6)
     assert half["mc"].metrics["acc_stderr,none"] == pytest.approx(STDERR_HALF_OF_6)
+    # The score's own standard error (what the search's GPs take as noise) is the metric's stderr.
+    assert half["gen"].stderr == half["gen"].metrics["exact_match_stderr,none"]
+    assert half["mc"].stderr == half["mc"].metrics["acc_stderr,none"]
     fx.set_bigram(model, tokenizer, {letter: "1" for letter in fx.LETTERS})  # only "a" right
     assert values(objectives.evaluate()) == {"gen": pytest.approx(1 / 6), "mc": pytest.approx(1 / 6)}
     fx.set_bigram(model, tokenizer, fx.RIGHT)

@@ -275,3 +275,10 @@ def test_standard_recipes_open_the_initial_design() -> None:
     assert [p.step for p in got] == ["standard", "sobol", "sobol", "sobol"]
     assert got[0].x == [0.5, 0.25]
     torch.testing.assert_close(torch.tensor([p.x for p in got[1:]], dtype=T), initial_design(3, 2, 3))
+
+
+def test_rank_configs_with_a_limit_is_the_head_of_the_full_order() -> None:
+    Y = torch.tensor([[1.0, 0.05], [0.05, 1.0], [0.6, 0.6], [0.3, 0.3], [0.9, 0.04], [0.1, 0.1]], dtype=T)
+    full = rank_configs(Y, [0.0, 0.0]).tolist()
+    assert full == [2, 0, 1, 3, 4, 5]
+    assert rank_configs(Y, [0.0, 0.0], limit=4).tolist() == full[:4]

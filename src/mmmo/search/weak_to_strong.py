@@ -97,19 +97,22 @@ def nondominated_ranks(Y: Tensor) -> Tensor:
     return rank
 
 
-def rank_configs(Y: Tensor, ref_point: Tensor | Sequence[float]) -> Tensor:
+def rank_configs(Y: Tensor, ref_point: Tensor | Sequence[float], limit: int | None = None) -> Tensor:
     """Indices of the rows of `Y [n, m]` best first: by front, then by hypervolume contribution within it.
 
     Every objective counts (a sparse merge on the front ranks with an accurate one); within a front, the
-    rows that add most hypervolume against `ref_point` come first, ties broken by lower index.
+    rows that add most hypervolume against `ref_point` come first, ties broken by lower index. With `limit`,
+    only the first `limit` indices (the fronts after them cost no hypervolume computation).
     """
     ranks = nondominated_ranks(Y)
-    contribution = torch.zeros(Y.shape[0], dtype=torch.float64)
-    for front in ranks.unique().tolist():
-        idx = (ranks == front).nonzero().flatten()
-        contribution[idx.cpu()] = torch.tensor(hypervolume_contributions(Y[idx], ref_point), dtype=torch.float64)
-    order = sorted(range(Y.shape[0]), key=lambda i: (int(ranks[i]), -float(contribution[i]), i))
-    return torch.tensor(order, dtype=torch.long, device=Y.device)
+    order: list[int] = []
+    for front in range(int(ranks.max()) + 1 if ranks.numel() else 0):
+        if limit is not None and len(order) >= limit:
+            break
+        idx = (ranks == front).nonzero().flatten().tolist()
+        contribution = hypervolume_contributions(Y[idx], ref_point)
+        order += [i for _, i in sorted(zip((-c for c in contribution), idx))]
+    return torch.tensor(order[:limit], dtype=torch.long, device=Y.device)
 
 
 def de_offspring(
@@ -128,6 +131,6 @@ def de_offspring(
     """
     if X_done.shape[0] < 3 or n == 0:
         return X_done.new_zeros(0, X_done.shape[-1])
-    best = X_done[rank_configs(Y_done, ref_point)[: max(top_k, 3)]]
+    best = X_done[rank_configs(Y_done, ref_point, limit=max(top_k, 3))]
     idx = distinct_triples(best.shape[0], n, generator).to(best.device)
     return de_rand_1(best[idx[:, 0]], best[idx[:, 1]], best[idx[:, 2]], f)
