@@ -28,7 +28,7 @@ from botorch.utils.multi_objective.box_decompositions.non_dominated import FastN
 from torch import Tensor
 
 from mmmo.quiet import expected_warnings
-from mmmo.search.fisher import DEDUPE_TOL
+from mmmo.search.fisher import DEDUPE_TOL, far_from
 from mmmo.search.gp import JITTER_WARNING
 from mmmo.search.pareto import infer_ref_point
 
@@ -111,13 +111,6 @@ def _acquisition_options(seed: int, num_restarts: int, raw_samples: int, maxiter
     return {"seed": seed, "batch_limit": num_restarts, "init_batch_limit": raw_samples, "maxiter": maxiter}
 
 
-def _is_novel(X: Tensor, avoid: Tensor, tol: float) -> Tensor:
-    """`[p]` mask of rows of `X [p, d]` farther than `tol` (max-norm) from every row of `avoid [a, d]`."""
-    if avoid.shape[0] == 0:
-        return torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
-    return ((X.unsqueeze(1) - avoid.to(X).unsqueeze(0)).abs().amax(-1) > tol).all(-1)
-
-
 def best_in_pool(acqf: AcquisitionFunction, pool: Tensor, avoid: Tensor, tol: float = DEDUPE_TOL) -> int | None:
     """Index of the row of `pool [p, d]` with the highest acquisition value (given the acquisition's pending
     points), among those farther than `tol` from `avoid`; None if none is. Ties go to the lower index."""
@@ -125,7 +118,7 @@ def best_in_pool(acqf: AcquisitionFunction, pool: Tensor, avoid: Tensor, tol: fl
         return None
     with torch.no_grad():
         values = acqf(pool.unsqueeze(1))  # [p]: one q=1 batch per row
-    values = values.masked_fill(~_is_novel(pool, avoid, tol), -math.inf)
+    values = values.masked_fill(~far_from(pool, avoid, tol), -math.inf)
     best = int(torch.argmax(values))
     return None if math.isinf(float(values[best])) else best
 

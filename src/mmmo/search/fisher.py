@@ -35,10 +35,11 @@ def fisher_scores(model: Model, X: Tensor, *, standardized: bool = True) -> Tens
     return total
 
 
-def _far_from(x: Tensor, others: Tensor, tol: float) -> bool:
-    if others.shape[0] == 0:
-        return True
-    return bool(((others - x).abs().amax(-1) > tol).all())
+def far_from(X: Tensor, avoid: Tensor, tol: float = DEDUPE_TOL) -> Tensor:
+    """`[p]` mask of the rows of `X [p, d]` farther than `tol` (max-norm) from every row of `avoid [a, d]`."""
+    if avoid.shape[0] == 0:
+        return torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
+    return ((X.unsqueeze(1) - avoid.to(X).unsqueeze(0)).abs().amax(-1) > tol).all(-1)
 
 
 def fisher_screen(
@@ -63,6 +64,6 @@ def screen_by_score(
     for i in order.tolist():
         if len(kept) == k:
             break
-        if _far_from(X[i], seen, tol) and _far_from(X[i], X[kept], tol):
+        if bool(far_from(X[i : i + 1], torch.cat([seen, X[kept]]), tol)[0]):
             kept.append(i)
     return torch.tensor(kept, dtype=torch.long, device=X.device)

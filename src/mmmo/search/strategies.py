@@ -28,7 +28,7 @@ from mmmo.search.acquisition import (
     propose_hvi_pooled,
     resolve_ref_point,
 )
-from mmmo.search.fisher import DEDUPE_TOL, fisher_screen
+from mmmo.search.fisher import DEDUPE_TOL, far_from, fisher_screen
 from mmmo.search.gp import fit_models
 from mmmo.search.weak_to_strong import de_offspring, weak_to_strong
 
@@ -98,7 +98,7 @@ def novel_indices(X: Tensor, X_seen: Tensor, tol: float = DEDUPE_TOL) -> list[in
     kept: list[int] = []
     avoid = X_seen.to(X)
     for i in range(X.shape[0]):
-        if avoid.shape[0] == 0 or bool(((avoid - X[i]).abs().amax(-1) > tol).all()):
+        if bool(far_from(X[i : i + 1], avoid, tol)[0]):
             kept.append(i)
             avoid = torch.cat([avoid, X[i : i + 1]])
     return kept
