@@ -113,8 +113,8 @@ def bandwidth_pass(merger) -> None:
     """The least any merge must do: read base and every task vector once, write the parameters."""
     with torch.no_grad():
         for name in merger.names:
-            base, deltas = merger._fetch(name)
-            torch.add(base, deltas.sum(dim=0), out=merger._params[name].data)
+            base, deltas = merger.task_vectors.fetch(name)
+            torch.add(base, deltas.sum(dim=0), out=merger.live_tensor(name))
 
 
 def main() -> None:

@@ -29,10 +29,10 @@ from search_quality import DEMO_OBJECTIVES as OBJECTIVES  # noqa: E402
 from search_quality import DEMO_TASKS as TASKS  # noqa: E402
 
 from mmmo.config import OptimizerSpec  # noqa: E402
-from mmmo.search.acquisition import propose_hvi  # noqa: E402
+from mmmo.search.acquisition import budget_for, propose_hvi  # noqa: E402
 from mmmo.search.fisher import fisher_screen  # noqa: E402
 from mmmo.search.gp import fit_models  # noqa: E402
-from mmmo.search.strategies import batch_seed, budget_for, sobol_points  # noqa: E402
+from mmmo.search.strategies import batch_seed, sobol_points  # noqa: E402
 from mmmo.search.weak_to_strong import weak_to_strong  # noqa: E402
 
 
@@ -49,8 +49,7 @@ def step_times(X: torch.Tensor, Y: torch.Tensor, task_cols: list[int], seed: int
     s = batch_seed(seed, 1)
     model, t_fit = timed(lambda: fit_models(X, Y))
     cand, t_acq = timed(lambda: propose_hvi(model, X, None, opt.candidates, kind=opt.acquisition, seed=s,
-                                            num_restarts=budget.num_restarts, raw_samples=budget.raw_samples,
-                                            mc_samples=budget.mc_samples, maxiter=budget.maxiter, Y_baseline=Y))
+                                            budget=budget, Y_baseline=Y))
     w = opt.weak_to_strong
     gen = torch.Generator().manual_seed(s)
     (cand2, _), t_w2s = timed(lambda: weak_to_strong(cand, X, Y[:, task_cols], top_k=w.top_k, f=w.f, cr=w.cr,
@@ -97,7 +96,8 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     logging.getLogger("mmmo").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    # gpytorch still scripts a few functions at import; mmmo hides the numerical warnings it expects itself.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script(_method)?` is deprecated", category=DeprecationWarning)
     task_cols = [OBJECTIVES.index(n) for n in TASKS]
 
     if not a.skip_demo:

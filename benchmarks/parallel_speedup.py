@@ -41,10 +41,11 @@ def main() -> None:
     import yaml
 
     import mmmo
-    from mmmo.demo import ensure_demo, search_spec_for
+    from mmmo.demo import build_demo
     from mmmo.run_store import fold_events, read_events
+    from mmmo.testing import search_spec_for
 
-    demo = ensure_demo(args.demo_dir)
+    demo = build_demo(args.demo_dir)
     opt = {"initial": 8, "batches": 2, "candidates": 8, "batch_size": 4}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

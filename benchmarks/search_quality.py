@@ -72,9 +72,10 @@ def table_path(layer_groups: int) -> Path:
 def demo_search_spec(demo_dir: Path, limit: int, layer_groups: int = 1) -> Any:
     """The demo's search spec (3 experts, dare_ties weight + density, 3 tasks + sparsity) on CPU."""
     from mmmo.config import spec_from_dict
-    from mmmo.demo import ensure_demo, search_spec_for
+    from mmmo.demo import build_demo
+    from mmmo.testing import search_spec_for
 
-    demo = ensure_demo(demo_dir)
+    demo = build_demo(demo_dir)
     merge = {"granularity": f"layers:{layer_groups}"} if layer_groups > 1 else {}
     data = search_spec_for(
         demo,
@@ -96,7 +97,7 @@ def demo_space(layer_groups: int) -> Any:
 
 
 def _demo_digest() -> str:
-    """The digest of the demo calibration the table is built from (`ensure_demo` builds the default one)."""
+    """The digest of the demo calibration the table is built from (`build_demo` builds the default one)."""
     from mmmo.demo import DEFAULT_PARAMS
 
     return DEFAULT_PARAMS.digest()
@@ -374,10 +375,12 @@ class Recorder:
 # ------------------------------------------------------------------------------------------------ strategies
 
 # OptimizerSpec overrides of the strategies run through `run_loop` ("_objectives": optimise only those).
-ALL_STEPS = {"weak_to_strong": {"enabled": True, "mode": "pool"}, "fisher_screening": True, "known_noise": True}
+# The ablation of weak-to-strong, Fisher screening and known noise ran with the fitted prior mean (BoTorch's).
+ALL_STEPS = {"weak_to_strong": {"enabled": True, "mode": "pool"}, "fisher_screening": True, "known_noise": True,
+             "prior_mean": "fitted"}
 LOOP_STRATEGIES: dict[str, dict[str, Any]] = {
     "mm-mo": {},  # the library's defaults
-    "qnehvi": {"strategy": "qnehvi"},
+    "qnehvi": {"strategy": "qnehvi", "prior_mean": "fitted"},  # BoTorch's qLogNEHVI on BoTorch's default GPs
     "random": {"strategy": "random"},
     "nsga2": {"strategy": "nsga2"},
     # The ablation, relative to mm-mo with every step on (pool weak-to-strong, Fisher screening, known noise),
@@ -387,12 +390,14 @@ LOOP_STRATEGIES: dict[str, dict[str, Any]] = {
     "all steps -fisher": {**ALL_STEPS, "fisher_screening": False},
     "all steps -noise": {**ALL_STEPS, "known_noise": False},
     "mm-mo crossover": {**ALL_STEPS, "weak_to_strong": {"enabled": True, "mode": "crossover"}},
-    "mm-mo -w2s -fisher": {"weak_to_strong": {"enabled": False}, "fisher_screening": False},  # = qnehvi
+    "mm-mo -w2s -fisher -prior": {"weak_to_strong": {"enabled": False}, "fisher_screening": False,
+                                  "prior_mean": "fitted"},  # = qnehvi
+    "mm-mo worst prior": {"prior_mean": "worst"},  # the prior pinned in every batch, not only where it matters
     "mm-mo -sparsity": {"_objectives": DEMO_TASKS},  # demo problems only; not in the default set
 }
 ALL_STRATEGIES = ["mm-mo", "qnehvi", "random", "nsga2", "cma-es", "standard recipe", "authors' code",
                   "mm-mo all steps", "all steps -w2s", "all steps -fisher", "all steps -noise", "mm-mo crossover",
-                  "mm-mo -w2s -fisher", "mm-mo -sparsity"]
+                  "mm-mo -w2s -fisher -prior", "mm-mo worst prior", "mm-mo -sparsity"]
 DEFAULT_STRATEGIES = [s for s in ALL_STRATEGIES if s != "mm-mo -sparsity"]
 DEMO_ONLY = {"standard recipe", "mm-mo -sparsity"}
 
@@ -430,8 +435,8 @@ def spec_id(name: str, problem: Problem, budget: Budget, seed: int) -> str | Non
 
 def run_loop_strategy(name: str, problem: Problem, budget: Budget, seed: int, rec: Recorder) -> dict[str, Any]:
     """One run of a `run_loop` strategy."""
-    from mmmo.search.loop import run_loop
-    from mmmo.search.strategies import budget_for
+    from mmmo.search.acquisition import budget_for
+    from mmmo.search.loop import BatchSummary, LoopOptions, NullObserver, run_loop
     from mmmo.trial import Trial
 
     opt, objective_names = loop_spec(name, problem, budget, seed)
@@ -458,14 +463,16 @@ def run_loop_strategy(name: str, problem: Problem, budget: Budget, seed: int, re
                                stderr=stderr, n_examples=n_examples))
         return out
 
-    def on_batch_end(summary: Any) -> None:
-        if getattr(summary, "propose_seconds", None) is not None:
-            propose.append(summary.propose_seconds)
+    class ProposeTimes(NullObserver):
+        def on_batch_end(self, summary: BatchSummary) -> None:
+            if summary.propose_seconds is not None:
+                propose.append(summary.propose_seconds)
 
-    run_loop([], dim=problem.dim, objective_names=objective_names,
-             task_objective_names=[n for n in objective_names if n in problem.tasks], opt=opt, evaluate=evaluate,
-             on_batch_end=on_batch_end, ref_point=[problem.ref_point[c] for c in cols],
-             budget=budget_for(len(objective_names)), initial_points=recipes)
+    options = LoopOptions(opt=opt, dim=problem.dim, objective_names=objective_names,
+                          task_objective_names=[n for n in objective_names if n in problem.tasks],
+                          ref_point=[problem.ref_point[c] for c in cols], budget=budget_for(len(objective_names)),
+                          initial_points=recipes)
+    run_loop([], options, evaluate, ProposeTimes())
     return {"propose_seconds": propose, "steps": steps}
 
 
@@ -494,7 +501,7 @@ def run_cma(problem: Problem, budget: Budget, seed: int, rec: Recorder) -> dict[
                                                            "seed": seed + 1, "verbose": -9})
     for _ in range(budget.batches):
         cand = es.ask()
-        Y = rec(torch.tensor(cand, dtype=torch.float64))[0].tolist()
+        Y = rec(torch.stack([torch.as_tensor(c, dtype=torch.float64) for c in cand]))[0].tolist()
         es.tell(cand, [-score(y) for y in Y])
     return {}
 
@@ -766,7 +773,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     import warnings
 
     logging.getLogger("mmmo").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    # gpytorch still scripts a few functions at import; mmmo hides the numerical warnings it expects itself.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script(_method)?` is deprecated", category=DeprecationWarning)
 
     strategies = [s.strip() for s in a.strategies.split(",") if s.strip()]
     unknown = [s for s in strategies if s not in ALL_STRATEGIES]

@@ -58,7 +58,8 @@ def write_spec(demo: Path, spec_path: Path, run_dir: Path, device: str) -> None:
     """The demo search, shortened (6 Sobol points + 2 BO batches of 3) and merged in bfloat16 on `device`."""
     import yaml
 
-    from mmmo.demo import DemoPaths, search_spec_for
+    from mmmo.demo import DemoPaths
+    from mmmo.testing import search_spec_for
 
     spec = search_spec_for(
         DemoPaths.under(demo),

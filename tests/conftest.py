@@ -50,34 +50,15 @@ def kernel_calls(monkeypatch):
 @pytest.fixture(scope="session")
 def demo_paths():
     """The demo problem (tiny base + three experts + local tasks), built once and cached across runs."""
-    from mmmo.demo import ensure_demo
+    from mmmo.demo import build_demo
 
-    return ensure_demo(Path(os.environ.get("MMMO_DEMO_DIR", CACHE / "demo-test")))
-
-
-def write_demo_spec(demo, folder: Path, *, limit: int = 10, **sections: dict) -> Path:
-    """A small, fast search spec over the demo models (few examples per task, a short budget) in `folder`."""
-    import yaml
-
-    from mmmo.demo import search_spec_for
-
-    small = {
-        "optimizer": {"initial": 4, "batches": 1, "candidates": 4, "batch_size": 2, "seed": 0},
-        "evaluation": {"device": "cpu", "batch_size": 16, "evaluate_sources": False},
-        "output": {"dir": str(folder / "run"), "export": "none"},
-    }
-    for key, patch in sections.items():  # the caller's sections patch the small ones
-        small[key] = {**small[key], **patch} if isinstance(patch, dict) and key in small else patch
-    data = search_spec_for(demo, limit=limit, **small)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "spec.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return build_demo(Path(os.environ.get("MMMO_DEMO_DIR", CACHE / "demo-test")))
 
 
 @pytest.fixture
 def demo_spec(demo_paths, tmp_path):
     """Factory: `demo_spec(**sections)` writes a small demo search spec into tmp_path and returns its path."""
+    from demo_specs import write_demo_spec
 
     def make(**sections: dict) -> Path:
         return write_demo_spec(demo_paths, tmp_path, **sections)

@@ -127,3 +127,18 @@ def write_tasks(root: Path) -> Path:
     ]:
         (tasks / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return tasks
+
+
+def count_batch_size_probes(monkeypatch: Any) -> list[int]:
+    """Spy on lm-eval's automatic batch-size probe (HFLM's own private method): the sizes it found, in order."""
+    from lm_eval.models.huggingface import HFLM
+
+    probes: list[int] = []
+    probe = HFLM._detect_batch_size
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> int:
+        probes.append(size := probe(self, *args, **kwargs))
+        return size
+
+    monkeypatch.setattr(HFLM, "_detect_batch_size", counted)
+    return probes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mmmo.search.strategies import AcqBudget
+from mmmo.search.acquisition import AcqBudget
 
 CHEAP = AcqBudget(num_restarts=2, raw_samples=32, mc_samples=16, maxiter=20)
 

@@ -22,8 +22,11 @@ import torch
 from tiny_models import make_family
 
 from mmmo.merge import fused
-from mmmo.merge import methods as mm
+from mmmo.merge.fast_merge import merge_into
 from mmmo.merge.merger import Merger
+from mmmo.merge.plan import MergePlan
+from mmmo.merge.sparsify import dare_generator
+from mmmo.merge.tables import Precomputed, dare_tables, sorted_magnitudes
 
 pytestmark = [
     pytest.mark.cuda,
@@ -85,7 +88,7 @@ def test_tables_generators_and_streaming_agree_on_cuda(method: str, family: tupl
     plain = Merger(base, experts, method=method, layer_groups=2, seed=3, device=cuda(), precompute=False)
     streamed = Merger(base, experts, method=method, layer_groups=2, seed=3, device=cuda(), max_resident_bytes=0)
     assert tables.precomputed and not plain.precomputed and not streamed.resident
-    assert streamed._deltas[streamed.names[0]].is_pinned()
+    assert streamed.task_vectors.stored(streamed.names[0])[1].is_pinned()
     stats = [m.apply(W, D) for m in (tables, plain, streamed)]
     assert stats[1] == pytest.approx(stats[0], rel=1e-12) and stats[2] == pytest.approx(stats[0], rel=1e-12)
     live = [m.live_state_dict() for m in (tables, plain, streamed)]
@@ -112,7 +115,7 @@ def test_bf16_scores_on_cuda_match_cpu_float32(demo_paths, tmp_path: Path) -> No
     CPU and in bfloat16 on CUDA (ties: no random draws, so only the dtype and the device differ)."""
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bfloat16")
-    from conftest import write_demo_spec
+    from demo_specs import write_demo_spec
 
     from mmmo.config import load_spec
     from mmmo.evaluate import CandidateEvaluator
@@ -168,20 +171,21 @@ def _fused_against_eager(method: str) -> tuple[int, int, float]:
     """Every case, with and without tables: asserts the stated tolerance; returns (bit-exact tensors, tensors,
     largest difference in ulp of the eager value)."""
     base, deltas = _random_case(cuda())
-    gens = lambda: [mm.dare_generator(3, i, "t", cuda()) for i in range(3)]  # noqa: E731
-    values, positions = mm.sorted_magnitudes(deltas)
-    u, u_sorted, prefix = mm.dare_tables(deltas, gens())
-    tables = mm.Precomputed(values, positions, u, u_sorted, prefix)
-    default_normalize = mm.method_info(method).default_normalize
+    gens = lambda: [dare_generator(3, i, "t", cuda()) for i in range(3)]  # noqa: E731
+    values, positions = sorted_magnitudes(deltas)
+    u, u_sorted, prefix = dare_tables(deltas, gens())
+    tables = Precomputed(values, positions, u, u_sorted, prefix)
+    default_normalize = MergePlan.of(method).normalize
     exact = total = 0
     worst = 0.0
     for w, d, normalize, lambda_ in CASES:
         norm = (not default_normalize) if normalize == "other" else None
+        eager = MergePlan.of(method, normalize=norm, lambda_=lambda_)
+        compiled = MergePlan.of(method, normalize=norm, lambda_=lambda_, fused=True)
         for pre in (tables, None):
             want, got = torch.empty_like(base), torch.empty_like(base)
-            kw = dict(normalize=norm, lambda_=lambda_, precomputed=pre)
-            s_want = mm.merge_into(want, method, base, deltas, w, d, generators=gens(), **kw)
-            s_got = mm.merge_into(got, method, base, deltas, w, d, generators=gens(), fused=True, **kw)
+            s_want = merge_into(want, eager, base, deltas, w, d, generators=gens(), tables=pre)
+            s_got = merge_into(got, compiled, base, deltas, w, d, generators=gens(), tables=pre)
             torch.testing.assert_close(got, want, **F32, msg=lambda m, c=(w, d, normalize, lambda_): f"{c}: {m}")
             assert s_got.item() == pytest.approx(s_want.item(), rel=1e-6)
             total += 1
@@ -196,7 +200,7 @@ def test_fused_kernel_on_cuda_matches_eager(method: str, kernel_calls: list[bool
     """As mmmo compiles it (inductor's defaults): within F32 of eager; how many tensors are bit for bit is
     reported as a warning, since Triton's multiply-add contraction may move last bits."""
     exact, total, worst = _fused_against_eager(method)
-    assert kernel_calls and all(kernel_calls), f"the fused kernel did not run on CUDA: {fused._failure}"
+    assert kernel_calls and all(kernel_calls), f"the fused kernel did not run on CUDA: {fused.STATE.failure}"
     if exact < total:
         warnings.warn(f"fused {method} on CUDA: {exact}/{total} tensors bit for bit with eager, the rest within "
                       f"{worst:.1f} ulp", stacklevel=1)
@@ -212,14 +216,14 @@ def test_fused_kernel_on_cuda_is_bit_for_bit_without_contraction(
     import torch._inductor.config as inductor_config
 
     torch._dynamo.reset()  # compiled graphs are cached per function: drop those made with the default setting
-    compiled = torch.compile(fused._consensus, dynamic=True, fullgraph=True)
-    monkeypatch.setattr(fused, "_compiled", lambda: compiled)
+    compiled = torch.compile(fused.consensus_kernel, dynamic=True, fullgraph=True)
+    monkeypatch.setattr(fused, "compiled_kernel", lambda: compiled)
     try:
         with inductor_config.patch(emulate_precision_casts=True):
             exact, total, worst = _fused_against_eager(method)
     finally:
         torch._dynamo.reset()  # and drop these, so later tests compile with the default again
-    assert kernel_calls and all(kernel_calls), f"the fused kernel did not run on CUDA: {fused._failure}"
+    assert kernel_calls and all(kernel_calls), f"the fused kernel did not run on CUDA: {fused.STATE.failure}"
     assert exact == total, f"{exact}/{total} tensors bit for bit, the rest within {worst:.1f} ulp"
 
 
@@ -229,7 +233,7 @@ def test_merger_with_the_fused_kernel_on_cuda(method: str, family: tuple[Path, l
     eager = Merger(base, experts, method=method, layer_groups=2, seed=1, device=cuda())
     compiled = Merger(base, experts, method=method, layer_groups=2, seed=1, device=cuda(), fused=True)
     assert not eager.fused, "the fused kernel is opt-in on CUDA"
-    assert compiled.fused, f"the fused kernel did not compile on CUDA: {fused._failure}"
+    assert compiled.fused, f"the fused kernel did not compile on CUDA: {fused.STATE.failure}"
     s_eager, s_compiled = eager.apply(W, D), compiled.apply(W, D)
     assert s_compiled == pytest.approx(s_eager, rel=1e-6) and s_eager > 0
     want, got = eager.live_state_dict(), compiled.live_state_dict()

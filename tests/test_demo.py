@@ -19,6 +19,7 @@ import yaml
 
 from mmmo import demo as D
 from mmmo.config import load_spec, spec_from_dict
+from mmmo.demo import build as demo_build
 from mmmo.errors import MmmoError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +77,7 @@ def test_heldout_is_deterministic_distinct_and_never_trained_on() -> None:
         assert held == D.heldout_examples(skill, params)
         assert len({p for p, _ in held}) == params.eval_examples
     heldout = {p for s in D.SKILLS for p, _ in D.heldout_examples(s, params)}
-    drawn = D._Sampler({s: 1.0 for s in D.SKILLS}, heldout, "t", params.word_len).draw(20000)
+    drawn = D.SkillSampler({s: 1.0 for s in D.SKILLS}, heldout, "t", params.word_len).draw(20000)
     # Unfiltered, about 20000/3·50/900 ≈ 370 arithmetic draws alone would hit a held-out prompt.
     assert not {p for p, _ in drawn} & heldout
 
@@ -92,7 +93,7 @@ def test_tokenizer_is_character_level_with_bos() -> None:
 
 def test_encode_batch_masks_everything_but_the_answer() -> None:
     vocab = D.make_tokenizer().get_vocab()
-    ids, mask, labels = D._encode_batch([("cp a=", "a"), ("add 1+1=", "2")], vocab, "cpu")
+    ids, mask, labels = D.encode_batch([("cp a=", "a"), ("add 1+1=", "2")], vocab, "cpu")
     assert ids.shape == labels.shape == mask.shape == (2, 1 + 8 + 2)
     assert mask.sum(1).tolist() == [1 + 5 + 2, 1 + 8 + 2]
     assert labels[0].tolist()[6:8] == [vocab["a"], vocab["\n"]]
@@ -156,24 +157,24 @@ def test_interrupted_build_leaves_nothing_that_looks_complete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tmp_path / "demo"
-    real_save = D._save
+    real_save = D.save_model
 
     def save_then_die(model: Any, tokenizer: Any, path: Path) -> None:
         real_save(model, tokenizer, path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(D, "_save", save_then_die)
+    monkeypatch.setattr(demo_build, "save_model", save_then_die)  # where the build looks it up
     with pytest.raises(KeyboardInterrupt):
         D.build_demo(root, params=TINY, workers=1)
     assert not root.exists()
     assert list(tmp_path.iterdir()) == []  # the temp folder is gone too
     (tmp_path / ".demo.building-123-abcd" / "base").mkdir(parents=True)  # as a killed build leaves it
 
-    monkeypatch.setattr(D, "_save", real_save)
+    monkeypatch.setattr(demo_build, "save_model", real_save)
     log: list[str] = []
     D.build_demo(root, params=TINY, progress=log.append, workers=1)
     assert any("training the base" in m for m in log)
-    assert D._stamp_ok(root, TINY)
+    assert D.is_complete_build(root, TINY)
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]
 
 
@@ -181,9 +182,9 @@ def test_half_written_folder_is_rebuilt_and_foreign_folder_refused(tmp_path: Pat
     root = tmp_path / "demo"
     D.build_demo(root, params=TINY, workers=1)
     (root / "experts" / "sort" / "model.safetensors").unlink()  # a damaged build
-    assert not D._stamp_ok(root, TINY)
+    assert not D.is_complete_build(root, TINY)
     D.build_demo(root, params=TINY, workers=1)
-    assert D._stamp_ok(root, TINY)
+    assert D.is_complete_build(root, TINY)
 
     foreign = tmp_path / "mine"
     foreign.mkdir()

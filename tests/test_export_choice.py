@@ -11,7 +11,7 @@ import torch
 from mmmo.config import spec_from_dict
 from mmmo.diskspace import DiskFull, check_free_space, human_bytes, is_disk_full
 from mmmo.export import pareto_by_contribution, select_trials
-from mmmo.report import report_markdown, summarize
+from mmmo.report import report_markdown, summarize_run
 from mmmo.run_store import RunState
 from mmmo.search.pareto import hypervolume, hypervolume_contributions
 from mmmo.trial import Trial
@@ -37,7 +37,7 @@ def test_a_tie_on_mean_task_score_goes_to_the_trial_that_is_not_dominated(tmp_pa
     # The run: trials 0 and 9 both average 0.9625 on the tasks; 9 is sparser, so 0 is dominated.
     trials = [_done(0, 0.95, 0.975, -0.020), _done(3, 0.90, 0.90, -0.001)]
     trials += [_done(i, 0.5, 0.6, -0.03) for i in (1, 2, 4, 5, 6, 7, 8)] + [_done(9, 0.95, 0.975, -0.012)]
-    summary = summarize(_spec(tmp_path), RunState(trials, [], [0.0, 0.0, -0.05], {}))
+    summary = summarize_run(_spec(tmp_path), RunState(trials, [], [0.0, 0.0, -0.05], {}))
     assert summary.mean_task_score(trials[0]) == summary.mean_task_score(trials[-1]) == pytest.approx(0.9625)
     assert {t.id for t in summary.pareto} == {3, 9}  # 0 is dominated by 9 (same tasks, worse sparsity)
     assert summary.best().id == 9
@@ -49,7 +49,7 @@ def test_a_tie_on_mean_task_score_goes_to_the_trial_that_is_not_dominated(tmp_pa
 
 def test_a_tie_between_two_front_trials_goes_to_the_lower_id(tmp_path: Path) -> None:
     trials = [_done(4, 0.8, 0.6, -0.02), _done(2, 0.6, 0.8, -0.02), _done(7, 0.9, 0.1, -0.001)]
-    summary = summarize(_spec(tmp_path), RunState(trials, [], None, {}))
+    summary = summarize_run(_spec(tmp_path), RunState(trials, [], None, {}))
     assert summary.best().id == 2
 
 
@@ -64,7 +64,7 @@ def test_the_pareto_export_is_capped_largest_contribution_first(tmp_path: Path) 
     spec = _spec(tmp_path, tasks=1)  # objectives t0 and sparsity: a 2-D front
     trials = [_done(0, 0.1, -0.2), _done(1, 0.4, -0.7), _done(2, 0.2, -0.4), _done(3, 0.3, -0.5)]
     trials.append(_done(4, 0.15, -0.9))  # dominated
-    summary = summarize(spec, RunState(trials, [], [0.0, -1.0], {}))
+    summary = summarize_run(spec, RunState(trials, [], [0.0, -1.0], {}))
     assert {t.id for t in summary.pareto} == {0, 1, 2, 3}
     # above (0, -1): 0 adds (0.1-0)*(0.8-0.6)=0.02, 2 adds (0.2-0.1)*(0.6-0.5)=0.01, 3 adds 0.1*0.2=0.02,
     # 1 adds (0.4-0.3)*0.3=0.03; 0 and 3 tie on 0.02 and 3 has the higher task score

@@ -13,13 +13,17 @@ from tiny_models import make_family
 from torch._dynamo.utils import counters
 
 from mmmo.merge import fused
-from mmmo.merge import methods as mm
+from mmmo.merge.fast_merge import merge_into
 from mmmo.merge.merger import Merger
+from mmmo.merge.plan import MergePlan
+from mmmo.merge.sparsify import dare_generator
+from mmmo.merge.tables import Precomputed, dare_tables, sorted_magnitudes
 
 # Inductor compiles C++ on CPU; without a compiler the kernel is off (tested below by simulating its failure).
 HAS_COMPILER = any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++"))
 needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler for torch.compile")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+TIES, FUSED_TIES = MergePlan.of("ties"), MergePlan.of("ties", fused=True)
 
 
 def _tensors(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +39,7 @@ def _tensors(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal bit patterns (torch.equal would take -0 for +0)."""
-    ints = {torch.float32: torch.int32, torch.float64: torch.int64}[a.dtype]
+    ints = {torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}[a.dtype]
     return a.dtype == b.dtype and torch.equal(a.view(ints), b.view(ints))
 
 
@@ -54,20 +58,21 @@ CASES = [
 def test_fused_kernel_gives_the_eager_merge_bit_for_bit(method: str, kernel_calls: list[bool]) -> None:
     base, deltas = _tensors(torch.float32)
     original = deltas.clone()
-    gens = lambda: [mm.dare_generator(3, i, "t") for i in range(3)]  # noqa: E731
-    values, positions = mm.sorted_magnitudes(deltas)
-    u, u_sorted, prefix = mm.dare_tables(deltas, gens())
-    tables = mm.Precomputed(values, positions, u, u_sorted, prefix)
-    default_normalize = mm.method_info(method).default_normalize
+    gens = lambda: [dare_generator(3, i, "t") for i in range(3)]  # noqa: E731
+    values, positions = sorted_magnitudes(deltas)
+    u, u_sorted, prefix = dare_tables(deltas, gens())
+    tables = Precomputed(values, positions, u, u_sorted, prefix)
+    default_normalize = MergePlan.of(method).normalize
     runs = 0
     for w, d, normalize, lambda_ in CASES:
         norm = (not default_normalize) if normalize == "other" else None
+        eager = MergePlan.of(method, normalize=norm, lambda_=lambda_)
+        compiled = MergePlan.of(method, normalize=norm, lambda_=lambda_, fused=True)
         # tables: lookups and known tie positions; no tables: selection (ties located by the kernel's caller)
         for pre in (tables, None):
             want, got = torch.empty_like(base), torch.empty_like(base)
-            kw = dict(normalize=norm, lambda_=lambda_, precomputed=pre)
-            stat_want = mm.merge_into(want, method, base, deltas, w, d, generators=gens(), **kw)
-            stat_got = mm.merge_into(got, method, base, deltas, w, d, generators=gens(), fused=True, **kw)
+            stat_want = merge_into(want, eager, base, deltas, w, d, generators=gens(), tables=pre)
+            stat_got = merge_into(got, compiled, base, deltas, w, d, generators=gens(), tables=pre)
             runs += 1
             assert same_bits(got, want), (w, d, normalize, lambda_, pre is None)
             assert torch.equal(deltas, original)  # dropped ties were restored
@@ -82,20 +87,29 @@ def test_fused_kernel_in_float64_and_with_one_model(kernel_calls: list[bool]) ->
     for rows in (deltas, deltas[1:2]):
         n = rows.shape[0]
         want, got = torch.empty_like(base), torch.empty_like(base)
-        mm.merge_into(want, "ties", base, rows, [0.7] * n, [0.4] * n)
-        mm.merge_into(got, "ties", base, rows, [0.7] * n, [0.4] * n, fused=True)
+        merge_into(want, TIES, base, rows, [0.7] * n, [0.4] * n)
+        merge_into(got, FUSED_TIES, base, rows, [0.7] * n, [0.4] * n)
         assert same_bits(got, want)
     assert kernel_calls == [True, True]
 
 
 def test_cases_the_kernel_does_not_take_run_eagerly(kernel_calls: list[bool]) -> None:
     base, deltas = _tensors(torch.float32)
-    out = torch.empty_like(base)
     # a negative weight under normalize needs the general divisor; half types need eager's per-op rounding;
     # methods without sign election have no kernel
-    mm.merge_into(out, "ties", base, deltas, [0.6, -0.25, 0.9], [0.3, 0.5, 0.8], fused=True)
-    mm.merge_into(out.bfloat16(), "ties", base.bfloat16(), deltas.bfloat16(), [0.6] * 3, [0.3] * 3, fused=True)
-    mm.merge_into(out, "dare_linear", base, deltas, [0.6] * 3, [0.3] * 3, fused=True)
+    cases = [
+        ("ties", base, deltas, [0.6, -0.25, 0.9], [0.3, 0.5, 0.8]),
+        ("ties", base.bfloat16(), deltas.bfloat16(), [0.6] * 3, [0.3] * 3),
+        ("dare_linear", base, deltas, [0.6] * 3, [0.3] * 3),
+    ]
+    for method, b, d, weights, densities in cases:
+        asked, eager = torch.empty_like(b), torch.empty_like(b)
+        merge_into(asked, MergePlan.of(method, fused=True), b, d, weights, densities,
+                   generators=[dare_generator(7, i, "w") for i in range(3)])  # fmt: skip
+        merge_into(eager, MergePlan.of(method), b, d, weights, densities,
+                   generators=[dare_generator(7, i, "w") for i in range(3)])  # fmt: skip
+        assert same_bits(asked, eager), method  # the eager merge itself, not something else that skipped the kernel
+        assert not torch.equal(asked, b)  # and it did merge
     assert kernel_calls == []
 
 
@@ -103,22 +117,24 @@ def test_a_failing_compiler_falls_back_to_eager_once(monkeypatch: pytest.MonkeyP
     def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("no C++ compiler found\nlong traceback")
 
-    monkeypatch.setattr(fused, "_failure", None)
-    monkeypatch.setattr(fused, "_compiled", lambda: broken)
+    monkeypatch.setattr(fused.STATE, "failure", None)
+    monkeypatch.setattr(fused, "compiled_kernel", lambda: broken)
     base, deltas = _tensors(torch.float32)
     original = deltas.clone()
-    values, positions = mm.sorted_magnitudes(deltas)
-    tables = mm.Precomputed(sorted_mag=values, sorted_pos=positions)
+    values, positions = sorted_magnitudes(deltas)
+    tables = Precomputed(sorted_mag=values, sorted_pos=positions)
     want, got = torch.empty_like(base), torch.empty_like(base)
-    mm.merge_into(want, "ties", base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8], precomputed=tables)
-    with pytest.warns(UserWarning, match="fused merge kernel unavailable.*RuntimeError: no C\\+\\+ compiler found$"):
-        mm.merge_into(got, "ties", base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8], precomputed=tables, fused=True)
+    merge_into(want, TIES, base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8], tables=tables)
+    # the whole error in one line (errors.one_line), newlines folded into spaces
+    said = "fused merge kernel unavailable.*RuntimeError: no C\\+\\+ compiler found long traceback$"
+    with pytest.warns(UserWarning, match=said):
+        merge_into(got, FUSED_TIES, base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8], tables=tables)
     assert torch.equal(got, want)
     assert torch.equal(deltas, original)  # the ties zeroed for the kernel are back
     assert not fused.available()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once per process, not per tensor
-        mm.merge_into(got, "ties", base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8], fused=True)
+        merge_into(got, FUSED_TIES, base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8])
     assert torch.equal(got, want)
 
 
@@ -161,11 +177,12 @@ _KERNEL_UNDER_ANOTHER_CAPABILITY = """
 import sys, torch
 sys.path.insert(0, {tests!r})
 from test_fused_merge import _tensors, same_bits
-from mmmo.merge import methods as mm
+from mmmo.merge.fast_merge import merge_into
+from mmmo.merge.plan import MergePlan
 base, deltas = _tensors(torch.float32)
 want, got = torch.empty_like(base), torch.empty_like(base)
-mm.merge_into(want, "ties", base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8])
-mm.merge_into(got, "ties", base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8], fused=True)
+merge_into(want, MergePlan.of("ties"), base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8])
+merge_into(got, MergePlan.of("ties", fused=True), base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8])
 print(torch.backends.cpu.get_cpu_capability(), same_bits(got, want))
 """
 

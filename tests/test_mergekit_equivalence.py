@@ -19,9 +19,10 @@ pytest.importorskip("mergekit")
 
 from tiny_models import make_family, read_weights
 
-from mmmo.merge import methods as mm
 from mmmo.merge.merger import Merger
-from mmmo.merge.recipe import MergeRecipe, run_recipe, to_mergekit_yaml
+from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
+from mmmo.merge.recipe_run import run_recipe
+from mmmo.merge.sparsify import bernoulli_mask, dare_generator
 
 W = torch.tensor([[0.6, 0.3], [0.3, 0.9], [0.5, 0.2]], dtype=torch.float64)
 D = torch.tensor([[0.4, 0.7], [0.6, 0.2], [0.3, 0.5]], dtype=torch.float64)
@@ -101,7 +102,7 @@ def mmmo_masks_in_mergekit(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
         state["i"] += 1
         if density >= 1:
             return tensor
-        keep = mm.bernoulli_mask(tensor.shape, density, mm.dare_generator(seed, i, state["name"]))
+        keep = bernoulli_mask(tensor.shape, density, dare_generator(seed, i, state["name"]))
         return mk_sparsify.rescaled_masked_tensor(tensor, keep.to(tensor.dtype), rescale_norm)
 
     monkeypatch.setattr(gta.GeneralizedTaskArithmeticMerge, "merge_group", merge_group)

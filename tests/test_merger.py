@@ -12,10 +12,14 @@ import yaml
 from tiny_models import make_base, make_expert, make_family, read_weights
 
 from mmmo.errors import MmmoError
-from mmmo.merge import methods as mm
-from mmmo.merge.merger import Merger, layer_group_of
-from mmmo.merge.recipe import MergeRecipe, load_mergekit_recipe, run_recipe, to_mergekit_yaml
+from mmmo.merge.fast_merge import merge_tensor
+from mmmo.merge.layers import layer_group_of
+from mmmo.merge.merger import Merger, MergerOptions
+from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
+from mmmo.merge.recipe_reader import load_mergekit_recipe
+from mmmo.merge.recipe_run import run_recipe
 from mmmo.merge.save import save_merged
+from mmmo.merge.sparsify import dare_generator
 
 W3 = torch.tensor([0.7, 0.4, 0.9], dtype=torch.float64)
 D3 = torch.tensor([0.5, 0.3, 0.8], dtype=torch.float64)
@@ -46,8 +50,8 @@ def _expected(method: str, base: Path, experts: list[Path], w: torch.Tensor, d: 
     out = {}
     for name, t in b.items():
         deltas = torch.stack([e[name] - t for e in ex]).to(dtype)
-        gens = [mm.dare_generator(seed, i, name) for i in range(len(ex))]
-        out[name] = mm.merge_tensor(method, t.to(dtype), deltas, w, d, generators=gens)
+        gens = [dare_generator(seed, i, name) for i in range(len(ex))]
+        out[name] = merge_tensor(method, t.to(dtype), deltas, w, d, generators=gens)
     return out
 
 
@@ -182,11 +186,25 @@ def test_apply_source_and_reset(family: tuple[Path, list[Path]], ties_merger: Me
     numel = sum(t.numel() for t in b.values())
     assert gap == pytest.approx(sum((e2[n].double() - b[n].double()).abs().sum().item() for n in b) / numel)
     # summed in float64 over the stored task vectors, like a merge's statistic
-    exact = sum(ties_merger._deltas[n][2].double().abs().sum().item() for n in b) / numel
+    exact = sum(ties_merger.task_vectors.stored(n)[1][2].double().abs().sum().item() for n in b) / numel
     assert gap == pytest.approx(exact, rel=1e-12)
     ties_merger.reset()
     live = ties_merger.live_state_dict()
     assert all(torch.equal(live[n], b[n]) for n in b)
+
+
+def test_options_come_as_a_record_or_as_its_fields(family: tuple[Path, list[Path]]) -> None:
+    base, experts = family
+    options = MergerOptions(method="ties", layer_groups=2, seed=1)
+    by_record, by_fields = Merger(base, experts, options), Merger(base, experts, method="ties", layer_groups=2, seed=1)
+    assert by_record.options == by_fields.options and by_record.plan == by_fields.plan
+    assert by_record.apply(W3, D3) == by_fields.apply(W3, D3)
+    with pytest.raises(TypeError, match="not both"):
+        Merger(base, experts, options, seed=2)
+    with pytest.raises(MmmoError, match="layer_groups must be >= 1"):
+        MergerOptions(method="ties", layer_groups=0)
+    with pytest.raises(MmmoError, match="floating-point"):
+        MergerOptions(method="ties", dtype=torch.int32)
 
 
 def test_bfloat16_merge_runs_in_bfloat16(family: tuple[Path, list[Path]]) -> None:
@@ -258,7 +276,7 @@ def test_saved_folder_loads_and_generates(family: tuple[Path, list[Path]], ties_
     base, experts = family
     ties_merger.apply(W3, D3)
     recipe = MergeRecipe.from_arrays(base, experts, "ties", W3, D3, dtype="float32")
-    out = save_merged(ties_merger, tmp_path / "out", base_path=base, recipe=recipe, max_shard_bytes=8_000)
+    out = save_merged(ties_merger.live_state_dict(), tmp_path / "out", base_path=base, recipe=recipe, max_shard_bytes=8_000)
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors.index.json", "tokenizer.json", "README.md",
             "mergekit_config.yml"} <= names
@@ -284,8 +302,8 @@ def test_save_refuses_non_empty_folder_and_is_atomic(family: tuple[Path, list[Pa
     out.mkdir()
     (out / "keep.txt").write_text("x")
     with pytest.raises(MmmoError, match="not empty"):
-        save_merged(ties_merger, out, base_path=base)
-    save_merged(ties_merger, out, base_path=base, overwrite=True)
+        save_merged(ties_merger.live_state_dict(), out, base_path=base)
+    save_merged(ties_merger.live_state_dict(), out, base_path=base, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
 
     def boom(*a: object, **k: object) -> None:
@@ -293,9 +311,9 @@ def test_save_refuses_non_empty_folder_and_is_atomic(family: tuple[Path, list[Pa
 
     monkeypatch.setattr(save_mod, "write_weights", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        save_merged(ties_merger, tmp_path / "fresh", base_path=base)
+        save_merged(ties_merger.live_state_dict(), tmp_path / "fresh", base_path=base)
     with pytest.raises(RuntimeError, match="disk full"):
-        save_merged(ties_merger, out, base_path=base, overwrite=True)
+        save_merged(ties_merger.live_state_dict(), out, base_path=base, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing half-written
     assert (out / "model.safetensors").is_file()  # the old folder survives a failed overwrite
 

@@ -105,7 +105,7 @@ def test_the_wrapper_holds_the_live_model_without_copying_moving_or_casting(
     model.to(torch.bfloat16)
     before = {n: (p.data_ptr(), p.dtype, p.device) for n, p in model.named_parameters()}
     objectives = bound([objective("mc", fx.MC_TASK, "acc")], tasks_dir, live)
-    assert objectives._lm.model is model
+    assert objectives.lm.model is model
     assert values(objectives.evaluate()) == {"mc": 1.0}
     assert {n: (p.data_ptr(), p.dtype, p.device) for n, p in model.named_parameters()} == before
 
@@ -232,25 +232,17 @@ def test_a_failing_forward_is_an_evaluation_error_and_the_next_candidate_still_s
 
 def test_auto_batch_size_on_cpu(tasks_dir: str, live: tuple[Any, Any]) -> None:
     objectives = bound([objective("gen", fx.GEN_TASK, "exact_match")], tasks_dir, live, batch_size="auto")
-    assert objectives._lm.batch_size == 32
+    assert objectives.lm.batch_size == 32
     assert values(objectives.evaluate()) == {"gen": 1.0}
 
 
 def test_auto_batch_size_is_probed_once_per_request_type(
     tasks_dir: str, live: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    from lm_eval.models.huggingface import HFLM
 
     # lm-eval's probe (it halves the batch on CUDA OOM) normally runs only on CUDA; force it on CPU.
     monkeypatch.setattr(lm_eval_objectives, "NON_CUDA_AUTO_BATCH", "auto")
-    probes: list[int] = []
-    probe = HFLM._detect_batch_size
-
-    def counted(self: Any, *args: Any, **kwargs: Any) -> int:
-        probes.append(size := probe(self, *args, **kwargs))
-        return size
-
-    monkeypatch.setattr(HFLM, "_detect_batch_size", counted)
+    probes = fx.count_batch_size_probes(monkeypatch)
     specs = [objective("gen", fx.GEN_TASK, "exact_match"), objective("mc", fx.MC_TASK, "acc")]
     objectives = bound(specs, tasks_dir, live, batch_size="auto")
     assert values(objectives.evaluate()) == {"gen": 1.0, "mc": 1.0}
@@ -294,9 +286,9 @@ def test_default_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
     assert default_dtype(CPU, None) == torch.float32
     assert default_dtype(CPU, "bfloat16") == torch.bfloat16
     assert default_dtype(CPU, "float16") == torch.float16
-    monkeypatch.setattr(device_mod, "_native_bf16", lambda: True)
+    monkeypatch.setattr(device_mod, "has_native_bf16", lambda: True)
     assert default_dtype(torch.device("cuda", 0), None) == torch.bfloat16
-    monkeypatch.setattr(device_mod, "_native_bf16", lambda: False)
+    monkeypatch.setattr(device_mod, "has_native_bf16", lambda: False)
     assert default_dtype(torch.device("cuda", 0), None) == torch.float16
     with pytest.raises(MmmoError, match="^unknown dtype 'fp8': use one of float32, bfloat16, float16$"):
         default_dtype(CPU, "fp8")

@@ -9,8 +9,9 @@ import pytest
 
 import mmmo
 from mmmo.config import load_spec
-from mmmo.parallel import ray_temp_dir
+from mmmo.parallel import RayPool, ray_temp_dir
 from mmmo.run_store import fold_events, read_events
+from mmmo.testing import worker_killed_on_trial
 
 pytest.importorskip("ray")
 
@@ -27,7 +28,7 @@ def _by_id(run_dir: Path) -> dict[int, tuple[list[float], dict[str, float] | Non
 
 
 def test_two_workers_give_the_same_journal_as_one(demo_paths, tmp_path: Path) -> None:
-    from conftest import write_demo_spec
+    from demo_specs import write_demo_spec
 
     before = _ray_temp_folders()
     one = mmmo.search(write_demo_spec(demo_paths, tmp_path / "one", optimizer=OPT), show_progress=False)
@@ -48,11 +49,11 @@ def test_two_workers_give_the_same_journal_as_one(demo_paths, tmp_path: Path) ->
 def test_a_killed_worker_fails_only_its_candidate_which_is_retried(
     demo_paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conftest import write_demo_spec
+    from demo_specs import write_demo_spec
 
     marker = tmp_path / "killed-once"
-    # Ray actors inherit the driver's environment: the worker that picks trial 1 kills itself once.
-    monkeypatch.setenv("MMMO_FAULT_KILL_ON_TRIAL", f"1:{marker}")
+    # The worker that picks trial 1 kills itself, once.
+    monkeypatch.setattr(RayPool, "worker_class", worker_killed_on_trial(1, marker))
     result = mmmo.search(
         write_demo_spec(demo_paths, tmp_path, optimizer=OPT, evaluation={"workers": 2}), show_progress=False
     )
@@ -75,9 +76,7 @@ def test_a_local_ray_listens_on_loopback_only(demo_paths, tmp_path: Path) -> Non
     import signal
 
     import psutil
-    from conftest import write_demo_spec
-
-    from mmmo.parallel import RayPool
+    from demo_specs import write_demo_spec
 
     spec = load_spec(write_demo_spec(demo_paths, tmp_path, optimizer=OPT, evaluation={"workers": 2}))
     handler = signal.getsignal(signal.SIGTERM)

@@ -147,7 +147,7 @@ def test_search_api_hides_library_bars_only_when_asked(monkeypatch: pytest.Monke
         drawn.append(bool(out.getvalue()))
         raise MmmoError("stop here")
 
-    monkeypatch.setattr(api, "_as_spec", draw_a_bar_and_stop)
+    monkeypatch.setattr(api, "load_spec", draw_a_bar_and_stop)
     for library_output in (True, False):
         with pytest.raises(MmmoError):
             api.search("spec.yaml", library_output=library_output)

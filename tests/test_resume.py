@@ -45,7 +45,7 @@ def _wait_for_done(journal: Path, n: int, proc: subprocess.Popen, timeout: float
 def test_sigkill_then_resume_reaches_the_same_result_as_an_uninterrupted_run(
     demo_paths, demo_spec, tmp_path: Path
 ) -> None:
-    from conftest import write_demo_spec
+    from demo_specs import write_demo_spec
 
     spec_path = demo_spec(optimizer=OPT)
     run_dir = tmp_path / "run"

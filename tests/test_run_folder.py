@@ -83,7 +83,7 @@ def test_a_second_search_is_refused_and_sigterm_ends_the_first_cleanly(demo_spec
 @pytest.fixture(scope="module")
 def finished_run(demo_paths, tmp_path_factory) -> Path:
     """A finished 6-trial demo run (no export), shared read-only: tests copy it before changing anything."""
-    from conftest import write_demo_spec
+    from demo_specs import write_demo_spec
 
     folder = tmp_path_factory.mktemp("run-folder")
     return mmmo.search(write_demo_spec(demo_paths, folder), show_progress=False).run_dir
@@ -187,10 +187,9 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_no_folder(
 def test_export_checks_free_space_before_loading_anything(
     finished_run: Path, demo_paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mmmo.evaluate
-    from mmmo import diskspace
+    from mmmo import diskspace, export
 
-    monkeypatch.setattr(mmmo.evaluate, "build_merger", lambda *a: pytest.fail("loaded models on a full disk"))
+    monkeypatch.setattr(export, "build_merger", lambda *a: pytest.fail("loaded models on a full disk"))
     monkeypatch.setattr(diskspace.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     r = CliRunner().invoke(app, ["export", str(finished_run), "--pareto", "--limit", "2", "--out", str(tmp_path / "o")])
     assert r.exit_code == 2

@@ -9,12 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmmo.search.acquisition import build_acquisition, propose_hvi
+from mmmo.search.acquisition import AcqBudget, build_acquisition, propose_hvi
 from mmmo.search.gp import fit_models
 from mmmo.search.pareto import infer_ref_point
 
 T = torch.float64
-CHEAP = {"num_restarts": 2, "raw_samples": 64, "mc_samples": 32, "maxiter": 50}
+CHEAP = AcqBudget(num_restarts=2, raw_samples=64, mc_samples=32, maxiter=50)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -68,7 +68,7 @@ def test_proposals_are_spread_beyond_the_data_and_shift_invariant(
     X, Y_unit = data
     props = []
     for Y in (Y_unit * 1000 + 500, Y_unit * 1000 - 5000):
-        props.append(propose_hvi(fit_models(X, Y), X, None, 3, seed=0, Y_baseline=Y, **CHEAP))
+        props.append(propose_hvi(fit_models(X, Y), X, None, 3, seed=0, Y_baseline=Y, budget=CHEAP))
     P = props[0]
     assert P.shape == (3, 2)
     assert ((P >= 0) & (P <= 1)).all()
@@ -78,12 +78,24 @@ def test_proposals_are_spread_beyond_the_data_and_shift_invariant(
     torch.testing.assert_close(props[1], P)
 
 
+def _random_batches(n: int, q: int, d: int, seed: int = 0) -> torch.Tensor:
+    """`n` batches `[n, q, d]` of uniform points in the unit cube, seeded."""
+    return torch.rand(n, q, d, generator=torch.Generator().manual_seed(seed), dtype=T)
+
+
 def test_qehvi_and_single_objective_proposals(data: tuple[torch.Tensor, torch.Tensor]) -> None:
     X, Y_unit = data
     Y = Y_unit * 1000 + 500
-    P = propose_hvi(fit_models(X, Y), X, None, 2, kind="qehvi", seed=1, Y_baseline=Y, **CHEAP)
+    model = fit_models(X, Y)
+    P = propose_hvi(model, X, None, 2, kind="qehvi", seed=1, Y_baseline=Y, budget=CHEAP)
     assert P.shape == (2, 2) and ((P >= 0) & (P <= 1)).all()
-    P1 = propose_hvi(fit_models(X, Y[:, :1]), X, None, 2, seed=1, **CHEAP)  # qLogNEI fallback
+    # The proposed batch is worth more, by the very acquisition it maximised, than any of 20 random batches.
+    acqf = build_acquisition(model, X, None, kind="qehvi", seed=1, Y_baseline=Y, mc_samples=CHEAP.mc_samples)
+    with torch.no_grad():
+        proposed = acqf(P.unsqueeze(0)).item()
+        random = acqf(_random_batches(20, *P.shape))
+    assert proposed > random.max().item()
+    P1 = propose_hvi(fit_models(X, Y[:, :1]), X, None, 2, seed=1, budget=CHEAP)  # qLogNEI fallback
     assert P1.shape == (2, 2) and ((P1 >= 0) & (P1 <= 1)).all()
     assert P1[:, 1].max() > 0.6  # the single objective also grows with x1
 

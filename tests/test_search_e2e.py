@@ -19,7 +19,7 @@ from mmmo.search.pareto import pareto_mask
 
 @pytest.fixture(scope="module")
 def finished_run(demo_paths, tmp_path_factory):
-    from conftest import write_demo_spec
+    from demo_specs import write_demo_spec
 
     folder = tmp_path_factory.mktemp("e2e")
     spec_path = write_demo_spec(
@@ -88,12 +88,17 @@ def test_pareto_front_is_exactly_the_non_dominated_trials(finished_run) -> None:
 
 
 def test_summary_files_and_export(finished_run) -> None:
-    _, result = finished_run
-    for name in ("pareto.png", "hypervolume.png", "report.md", "spec.yaml"):
-        assert (result.run_dir / name).stat().st_size > 0
-    assert (result.run_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    spec_path, result = finished_run
+    for name in ("pareto.png", "hypervolume.png"):
+        assert (result.run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    as_run = mmmo.load_spec(result.run_dir / "spec.yaml")
+    assert as_run.optimizer == mmmo.load_spec(spec_path).optimizer and as_run.model_names == ["arith", "reverse", "sort"]
     report = (result.run_dir / "report.md").read_text()
     assert "## Source models" in report and "| base |" in report
+    hv = [e["hypervolume"] for e in read_events(result.run_dir / "trials.jsonl") if e["event"] == "batch_end"]
+    assert f"- hypervolume after batch 1: {hv[-1]:.6g}" in report
+    front_rows = [line for line in report.split("## Pareto front")[1].splitlines() if line.startswith("| ")][1:]  # below the header
+    assert sorted(int(r.split("|")[1]) for r in front_rows) == sorted(t.id for t in result.pareto)
     recipe_trial = result.trials[0]
     gain = result.summary.mean_task_score(result.summary.best()) - result.summary.mean_task_score(recipe_trial)
     assert f"- standard recipe: trial 0 ({result.summary.mean_task_score(recipe_trial):.4f}); " \

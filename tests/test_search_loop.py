@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from collections import Counter
 from collections.abc import Iterable
@@ -13,9 +14,9 @@ import torch
 from mmmo.config import OptimizerSpec
 from mmmo.errors import MmmoError
 from mmmo.search import strategies
-from mmmo.search.loop import BatchSummary, run_loop
+from mmmo.search.acquisition import AcqBudget
+from mmmo.search.loop import BatchSummary, LoopOptions, NullObserver, run_loop
 from mmmo.search.pareto import hypervolume, infer_ref_point
-from mmmo.search.strategies import AcqBudget
 from mmmo.trial import Trial
 
 T = torch.float64
@@ -55,7 +56,7 @@ class Evaluator:
             yield done
 
 
-class Journal:
+class Journal(NullObserver):
     """What a caller would persist: trials by id (JSON round trip), the ref point, summaries, events."""
 
     def __init__(self) -> None:
@@ -64,39 +65,37 @@ class Journal:
         self.summaries: list[BatchSummary] = []
         self.events: list[tuple[str, int]] = []
 
-    def proposed(self, trials: list[Trial]) -> None:
+    def on_proposed(self, trials: list[Trial]) -> None:
         for t in trials:
             self.trials[t.id] = t.to_json()
             self.events.append(("proposed", t.id))
 
-    def finished(self, t: Trial) -> None:
+    def on_finished(self, t: Trial) -> None:
         self.trials[t.id] = t.to_json()
         self.events.append(("finished", t.id))
 
-    def set_ref(self, ref: list[float]) -> None:
+    def on_ref_point(self, ref: list[float]) -> None:
         assert self.ref_point is None, "the reference point is inferred once"
         self.ref_point = ref
+
+    def on_batch_end(self, summary: BatchSummary) -> None:
+        self.summaries.append(summary)
 
     def history(self) -> list[Trial]:
         return [Trial.from_json(copy.deepcopy(d)) for d in self.trials.values()]
 
 
 def run(opt: OptimizerSpec, journal: Journal, evaluate: Evaluator, trials: list[Trial] | None = None):
-    return run_loop(
-        trials if trials is not None else journal.history(),
+    options = LoopOptions(
+        opt=opt,
         dim=2,
         objective_names=NAMES,
         task_objective_names=TASKS,
-        opt=opt,
-        evaluate=evaluate,
-        on_proposed=journal.proposed,
-        on_finished=journal.finished,
-        on_batch_end=journal.summaries.append,
         ref_point=journal.ref_point,
-        on_ref_point=journal.set_ref,
         to_params=lambda x: {"a.weight": x[0], "b.weight": x[1]},
         budget=CHEAP,
     )
+    return run_loop(trials if trials is not None else journal.history(), options, evaluate, journal)
 
 
 OPT = OptimizerSpec(strategy="mm-mo", initial=4, batches=3, candidates=4, batch_size=2, seed=5)
@@ -168,10 +167,10 @@ def test_failed_trials_stay_out_of_the_gp_and_are_never_reproposed(monkeypatch: 
     fitted: list[torch.Tensor] = []
     real_fit = strategies.fit_models
 
-    def spy(X: torch.Tensor, Y: torch.Tensor, Yvar: torch.Tensor | None = None):
+    def spy(X: torch.Tensor, Y: torch.Tensor, Yvar: torch.Tensor | None = None, prior_mean: str = "auto"):
         assert torch.isfinite(Y).all()
         fitted.append(X.clone())
-        return real_fit(X, Y, Yvar)
+        return real_fit(X, Y, Yvar, prior_mean)
 
     monkeypatch.setattr(strategies, "fit_models", spy)
     journal, ev = Journal(), Evaluator(fail_above=0.6)
@@ -214,6 +213,19 @@ def test_evaluator_contract_violations_are_reported() -> None:
 
     with pytest.raises(MmmoError, match="trial 0 finished without objective"):
         run(opt, Journal(), no_objectives)  # type: ignore[arg-type]
+
+
+def test_loop_options_are_checked_once_and_never_change() -> None:
+    with pytest.raises(MmmoError, match="task objective"):
+        LoopOptions(opt=OPT, dim=2, objective_names=NAMES, task_objective_names=["left", "up"])
+    with pytest.raises(MmmoError, match="ref_point has 1 values but there are 2 objectives"):
+        LoopOptions(opt=OPT, dim=2, objective_names=NAMES, task_objective_names=TASKS, ref_point=[0.0])
+    names = list(NAMES)
+    options = LoopOptions(opt=OPT, dim=2, objective_names=names, task_objective_names=TASKS, ended_batches=[0])
+    names.append("up")  # the caller's list is not the options' own
+    assert options.objective_names == ("left", "right") and options.ended_batches == frozenset({0})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.dim = 3  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("strategy", ["random", "nsga2"])

@@ -11,10 +11,11 @@ from gpytorch.likelihoods import FixedNoiseGaussianLikelihood, GaussianLikelihoo
 from search_problems import CHEAP, objectives
 
 from mmmo.config import OptimizerSpec, WeakToStrongSpec
+from mmmo.quiet import expected_warnings
 from mmmo.search import strategies
-from mmmo.search.acquisition import build_acquisition, propose_hvi, propose_hvi_pooled
-from mmmo.search.gp import EXACT_NOISE_FRACTION, fit_models, observation_variance
-from mmmo.search.loop import done_variances, run_loop
+from mmmo.search.acquisition import AcqBudget, build_acquisition, propose_hvi, propose_hvi_pooled
+from mmmo.search.gp import EXACT_NOISE_FRACTION, JITTER_WARNING, fit_models, observation_variance
+from mmmo.search.loop import LoopOptions, NullObserver, done_variances, run_loop
 from mmmo.search.space import SearchSpace, standard_recipes
 from mmmo.search.strategies import initial_design, propose_batch
 from mmmo.search.weak_to_strong import de_offspring, nondominated_ranks, rank_configs
@@ -68,14 +69,14 @@ def test_a_pool_alone_is_chosen_in_greedy_acquisition_order(fitted) -> None:
     X, Y, model = fitted
     pool = torch.tensor([[0.3, 0.7], [0.7, 0.3], [0.5, 0.5], [0.31, 0.69], [0.0, 0.0], [0.5, 0.9]], dtype=T)
     got, from_pool = propose_hvi_pooled(model, X, None, 3, pool, X_avoid=X, optimize=False, seed=0, Y_baseline=Y,
-                                        mc_samples=64)  # fmt: skip
+                                        budget=AcqBudget(mc_samples=64))  # fmt: skip
     assert from_pool.tolist() == [True] * 3
     # By hand: at each step the pool row with the highest value given the rows already picked as pending.
     acqf = build_acquisition(model, X, None, Y_baseline=Y, mc_samples=64, seed=0)
     picked: list[int] = []
     for _ in range(3):
         acqf.set_X_pending(pool[picked] if picked else None)
-        with torch.no_grad():
+        with torch.no_grad(), expected_warnings(JITTER_WARNING):  # as inside propose_hvi_pooled
             values = acqf(pool.unsqueeze(1))
         values[picked] = -float("inf")
         picked.append(int(values.argmax()))
@@ -86,14 +87,15 @@ def test_a_pool_alone_is_chosen_in_greedy_acquisition_order(fitted) -> None:
 def test_pool_rows_next_to_evaluated_points_are_skipped(fitted) -> None:
     X, Y, model = fitted
     pool = torch.cat([X[:3], torch.tensor([[0.5, 0.5]], dtype=T)])
-    got, _ = propose_hvi_pooled(model, X, None, 3, pool, X_avoid=X, optimize=False, Y_baseline=Y, mc_samples=16)
+    got, _ = propose_hvi_pooled(model, X, None, 3, pool, X_avoid=X, optimize=False, Y_baseline=Y,
+                                budget=AcqBudget(mc_samples=16))
     torch.testing.assert_close(got, pool[3:])
 
 
 def test_offspring_never_replace_a_proposal(fitted) -> None:
     """Pool rows the acquisition values less than its own optimum change nothing: the batch is propose_hvi's."""
     X, Y, model = fitted
-    kw = dict(seed=5, Y_baseline=Y, num_restarts=2, raw_samples=32, mc_samples=16, maxiter=20)
+    kw = dict(seed=5, Y_baseline=Y, budget=CHEAP)
     plain = propose_hvi(model, X, None, 3, **kw)
     poor = X[:4] + 1e-3  # next to evaluated points: (almost) no improvement to expect there
     pooled, from_pool = propose_hvi_pooled(model, X, None, 3, poor, X_avoid=X, **kw)
@@ -103,7 +105,7 @@ def test_offspring_never_replace_a_proposal(fitted) -> None:
 
 def test_a_better_offspring_is_taken_and_counted_once(fitted) -> None:
     X, Y, model = fitted
-    kw = dict(seed=5, Y_baseline=Y, num_restarts=2, raw_samples=32, mc_samples=16, maxiter=20)
+    kw = dict(seed=5, Y_baseline=Y, budget=CHEAP)
     plain = propose_hvi(model, X, None, 2, **kw)
     # The acquisition's own first choice offered as an offspring, twice: it ties, and the tie goes to the
     # proposal; the copies are then duplicates of a chosen point and are never taken.
@@ -113,7 +115,7 @@ def test_a_better_offspring_is_taken_and_counted_once(fitted) -> None:
     assert from_pool.tolist() == [False, False]
     # With an optimizer too weak to find much (one start among 2 random points, 1 iteration), the grid's
     # best point, offered in the pool, has the higher acquisition value and is taken.
-    weak = dict(seed=5, Y_baseline=Y, num_restarts=1, raw_samples=2, mc_samples=16, maxiter=1)
+    weak = dict(seed=5, Y_baseline=Y, budget=AcqBudget(num_restarts=1, raw_samples=2, mc_samples=16, maxiter=1))
     own = propose_hvi(model, X, None, 1, **weak)
     acqf = build_acquisition(model, X, None, Y_baseline=Y, mc_samples=16, seed=5)
     grid = torch.cartesian_prod(torch.linspace(0, 1, 41, dtype=T), torch.linspace(0, 1, 41, dtype=T))
@@ -193,13 +195,15 @@ def test_known_noise_reaches_the_gps_and_unknown_is_inferred(fitted) -> None:
     torch.testing.assert_close(gp2.likelihood.noise, torch.full((8,), EXACT_NOISE_FRACTION, dtype=T))
 
 
-def test_the_loop_hands_stderrs_to_the_gps(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_loop_hands_stderrs_and_the_prior_mean_to_the_gps(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[torch.Tensor | None] = []
+    priors: list[str] = []
     real = strategies.fit_models
 
-    def spy(X: torch.Tensor, Y: torch.Tensor, Yvar: torch.Tensor | None = None):
+    def spy(X: torch.Tensor, Y: torch.Tensor, Yvar: torch.Tensor | None = None, prior_mean: str = "unset"):
         seen.append(None if Yvar is None else Yvar.clone())
-        return real(X, Y, Yvar)
+        priors.append(prior_mean)
+        return real(X, Y, Yvar, prior_mean)
 
     monkeypatch.setattr(strategies, "fit_models", spy)
 
@@ -210,16 +214,17 @@ def test_the_loop_hands_stderrs_to_the_gps(monkeypatch: pytest.MonkeyPatch) -> N
             t.stderr, t.n_examples = {"a": 0.05, "c": 0.0}, {"a": 50}
             yield t
 
-    common = dict(dim=2, objective_names=["a", "b", "c"], task_objective_names=["a", "b"], evaluate=evaluate,
-                  budget=CHEAP)  # fmt: skip
-    run_loop([], opt=OptimizerSpec(strategy="qnehvi", initial=6, batches=1, batch_size=2, candidates=2), **common)
+    common = dict(dim=2, objective_names=["a", "b", "c"], task_objective_names=["a", "b"], budget=CHEAP)
+    opt = OptimizerSpec(strategy="qnehvi", initial=6, batches=1, batch_size=2, candidates=2)
+    run_loop([], LoopOptions(opt=opt, **common), evaluate)
     var = seen[-1]
     assert var is not None and var.shape == (6, 3)
     assert torch.allclose(var[:, 0], torch.full((6,), 0.0025, dtype=T))
     assert bool(torch.isnan(var[:, 1]).all()) and bool((var[:, 2] == 0).all())
-    run_loop([], opt=OptimizerSpec(strategy="qnehvi", initial=6, batches=1, batch_size=2, candidates=2,
-                                   known_noise=False), **common)  # fmt: skip
+    run_loop([], LoopOptions(opt=opt.model_copy(update={"known_noise": False, "prior_mean": "fitted"}), **common),
+             evaluate)
     assert seen[-1] is None
+    assert priors == ["auto", "fitted"]  # the spec's prior mean, the default first
 
 
 def test_done_variances_of_old_trials_without_stderr_are_unknown() -> None:
@@ -241,6 +246,10 @@ def test_acquisition_and_report_use_the_run_reference_point(monkeypatch: pytest.
     monkeypatch.setattr(strategies, "propose_hvi", spy)
     recorded: list[list[float]] = []
 
+    class RefPoints(NullObserver):
+        def on_ref_point(self, ref_point: list[float]) -> None:
+            recorded.append(ref_point)
+
     def evaluate(trials: list[Trial]) -> Iterable[Trial]:
         for t in trials:
             y = objectives(torch.tensor([t.x], dtype=T))[0].tolist()
@@ -248,8 +257,8 @@ def test_acquisition_and_report_use_the_run_reference_point(monkeypatch: pytest.
             yield t
 
     opt = OptimizerSpec(strategy="qnehvi", initial=6, batches=2, batch_size=2, candidates=2)
-    result = run_loop([], dim=2, objective_names=["a", "b"], task_objective_names=["a", "b"], opt=opt,
-                      evaluate=evaluate, on_ref_point=recorded.append, budget=CHEAP)  # fmt: skip
+    options = LoopOptions(opt=opt, dim=2, objective_names=["a", "b"], task_objective_names=["a", "b"], budget=CHEAP)
+    result = run_loop([], options, evaluate, RefPoints())
     assert len(recorded) == 1 and result.ref_point == recorded[0]
     assert refs == [recorded[0], recorded[0]]  # both BO batches, not re-inferred from the growing history
 

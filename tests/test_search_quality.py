@@ -15,8 +15,8 @@ import torch
 from botorch.test_functions.multi_objective import BraninCurrin
 
 from mmmo.config import OptimizerSpec
-from mmmo.search.loop import run_loop
-from mmmo.search.strategies import AcqBudget
+from mmmo.search.acquisition import AcqBudget
+from mmmo.search.loop import LoopOptions, run_loop
 from mmmo.trial import Trial
 
 QUALITY_BUDGET = AcqBudget(num_restarts=2, raw_samples=64, mc_samples=32, maxiter=30)
@@ -38,16 +38,15 @@ def evaluate(pending: list[Trial]) -> Iterable[Trial]:
 
 def final_hypervolume(strategy: str, seed: int) -> float:
     opt = OptimizerSpec(strategy=strategy, initial=10, batches=4, candidates=10, batch_size=5, seed=seed)
-    result = run_loop(
-        [],
+    options = LoopOptions(
+        opt=opt,
         dim=2,
         objective_names=["branin", "currin"],
         task_objective_names=["branin", "currin"],
-        opt=opt,
-        evaluate=evaluate,
         ref_point=PROBLEM.ref_point.tolist(),  # (-18, -6): the same fixed point for every run
         budget=QUALITY_BUDGET,
     )
+    result = run_loop([], options, evaluate)
     assert len(result.trials) == 30
     return result.hypervolumes[-1]
 

@@ -115,11 +115,7 @@ def test_mm_mo_with_both_steps_off_keeps_the_first_acquisition_candidates() -> N
     )  # fmt: skip
     got = propose(opt, X, Y)
     assert [p.step for p in got] == ["acquisition"] * 2
-    cands = propose_hvi(
-        fit_models(X, Y), X, None, 5, seed=batch_seed(3, 1), Y_baseline=Y,
-        num_restarts=CHEAP.num_restarts, raw_samples=CHEAP.raw_samples, mc_samples=CHEAP.mc_samples,
-        maxiter=CHEAP.maxiter,
-    )  # fmt: skip
+    cands = propose_hvi(fit_models(X, Y), X, None, 5, seed=batch_seed(3, 1), Y_baseline=Y, budget=CHEAP)
     torch.testing.assert_close(torch.tensor([p.x for p in got], dtype=T), cands[:2])
 
 

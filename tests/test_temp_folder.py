@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mmmo import demo
+from mmmo import demo, parallel
 from mmmo.config import spec_from_dict
 from mmmo.parallel import RayPool, ray_temp_dir
 
@@ -31,7 +31,7 @@ def test_demo_lock_excludes_and_leaves_no_file(system_tmp: Path, tmp_path: Path)
         nonlocal inside, most
         for _ in range(5):
             # flock locks belong to open file descriptions: threads contend as processes would
-            with demo._exclusive(tmp_path / "demo"):
+            with demo.build_lock(tmp_path / "demo"):
                 with lock:
                     inside += 1
                     most = max(most, inside)
@@ -102,7 +102,7 @@ def test_ray_gets_a_private_temp_folder_for_a_long_run_path_and_it_is_removed(
     spec = _spec(tmp_path / ("x" * 80) / "run")
     assert ray_temp_dir(spec) is None  # too long for Ray's socket paths
     fake = FakeRay(fail_start)
-    monkeypatch.setattr("mmmo.parallel._import_ray", lambda: fake)
+    monkeypatch.setattr(parallel, "import_ray", lambda: fake)
     if fail_start:
         with pytest.raises(RuntimeError, match="could not load"):
             RayPool(spec)

@@ -1,19 +1,19 @@
-"""The Python API the CLI calls: `search`, `resume`, `show`, `export`."""
+"""The Python API the CLI calls: `search`, `resume`, `repair`."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mmmo.config import SearchSpec, load_spec
 from mmmo.diskspace import DiskFull, disk_full_as_error
-from mmmo.errors import MmmoError
+from mmmo.environment import use_project_cache
+from mmmo.export import export_trials, select_trials
+from mmmo.pool import EvaluatorPool, make_pool
 from mmmo.progress import SearchProgress
+from mmmo.quiet import quiet_libraries
 from mmmo.report import RunSummary, write_summaries
 from mmmo.run_lock import run_lock
 from mmmo.run_store import (
@@ -26,7 +26,9 @@ from mmmo.run_store import (
     SourceScore,
     repair_journal,
 )
-from mmmo.search.space import SearchSpace
+from mmmo.search.acquisition import budget_for
+from mmmo.search.loop import BatchSummary, LoopOptions, run_loop
+from mmmo.search.space import SearchSpace, standard_recipes
 from mmmo.trial import Trial
 
 
@@ -49,18 +51,16 @@ class SearchResult:
         return self.summary.sources
 
 
-def use_project_cache(root: Path) -> None:
-    """Keep Hugging Face / datasets caches in a project folder and never reach for the hub unless asked."""
-    from mmmo.demo import use_project_cache as point_hf_home
-
-    point_hf_home(root / ".cache")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def _as_spec(spec_or_path: SearchSpec | str | Path) -> SearchSpec:
-    return spec_or_path if isinstance(spec_or_path, SearchSpec) else load_spec(spec_or_path)
+def _spec_to_run(
+    spec_or_path: SearchSpec | str | Path, workers: int | None, device: str | None
+) -> SearchSpec:
+    """The spec this search runs: a copy (the caller's spec is never changed) with the overrides applied."""
+    spec = spec_or_path.model_copy(deep=True) if isinstance(spec_or_path, SearchSpec) else load_spec(spec_or_path)
+    if workers is not None:
+        spec.evaluation.workers = workers
+    if device is not None:
+        spec.evaluation.device = device
+    return spec
 
 
 def _is_complete(spec: SearchSpec, state: RunState) -> bool:
@@ -70,41 +70,36 @@ def _is_complete(spec: SearchSpec, state: RunState) -> bool:
     return not pending and len(finished) >= spec.optimizer.budget and last_batch_done
 
 
-def make_pool(spec: SearchSpec, journal: Journal | None = None) -> Any:
-    """One evaluator in this process, or a Ray pool when `evaluation.workers` > 1."""
-    if spec.evaluation.workers > 1:
-        from mmmo.parallel import RayPool
+class SearchRecorder:
+    """Journals what the search does, before anything else sees it, and shows it on the progress display.
 
-        # A worker death is journaled as a failed attempt before the candidate is retried elsewhere; the
-        # trial itself stays pending in the journal, so a resume after a kill retries it too.
-        def on_attempt_failed(trial: Trial) -> None:
-            if journal is not None:
-                journal.append(EventKind.ATTEMPT_FAILED, trial=trial.to_json())
+    A `LoopObserver` for the loop; `on_attempt_failed` is the Ray pool's hook for a worker that died under a trial.
+    """
 
-        return RayPool(spec, on_attempt_failed=on_attempt_failed)
-    from mmmo.evaluate import CandidateEvaluator
+    def __init__(self, journal: Journal, progress: SearchProgress):
+        self.journal = journal
+        self.progress = progress
 
-    return LocalPool(CandidateEvaluator(spec))
-
-
-class LocalPool:
-    """Evaluate candidates one after the other with a single resident evaluator."""
-
-    def __init__(self, evaluator: Any):
-        self.evaluator = evaluator
-
-    def evaluate(self, trials: list[Trial]) -> Iterator[Trial]:
+    def on_proposed(self, trials: list[Trial]) -> None:
         for t in trials:
-            yield self.evaluator.evaluate(t)
+            self.journal.record_trial(t)
 
-    def evaluate_sources(self, indices: Iterable[int | None]) -> list[SourceScore]:
-        return [self.evaluator.evaluate_source(i) for i in indices]
+    def on_finished(self, trial: Trial) -> None:
+        self.journal.record_trial(trial)
+        self.progress.finished(trial)
 
-    def merger(self) -> Any:
-        return self.evaluator.merger
+    def on_ref_point(self, ref_point: list[float]) -> None:
+        self.journal.append(EventKind.REF_POINT, ref_point=list(ref_point))
 
-    def close(self) -> None:
-        pass
+    def on_batch_end(self, summary: BatchSummary) -> None:
+        timing = {} if summary.propose_seconds is None else {"propose_seconds": round(summary.propose_seconds, 3)}
+        self.journal.append(EventKind.BATCH_END, batch=summary.batch, hypervolume=summary.hypervolume, **timing)
+        self.progress.batch_end(summary)
+
+    def on_attempt_failed(self, trial: Trial) -> None:
+        # Journaled as a failed attempt before the candidate is retried elsewhere; the trial itself stays pending
+        # in the journal, so a resume after a kill retries it too.
+        self.journal.append(EventKind.ATTEMPT_FAILED, trial=trial.to_json())
 
 
 def search(
@@ -122,17 +117,11 @@ def search(
     call's duration, as the CLI does; by default the caller's process is left as it is.
     """
     if not library_output:
-        from mmmo.quiet import quiet_libraries
-
         with quiet_libraries():
             return search(
                 spec_or_path, fresh=fresh, workers=workers, device=device, show_progress=show_progress
             )
-    spec = _as_spec(spec_or_path)
-    if workers is not None:
-        spec.evaluation.workers = workers
-    if device is not None:
-        spec.evaluation.device = device
+    spec = _spec_to_run(spec_or_path, workers, device)
     store = RunStore(spec.run_dir)
     use_project_cache(Path.cwd())
     if fresh and store.exists:
@@ -157,19 +146,18 @@ def _search_locked(spec: SearchSpec, store: RunStore, show_progress: bool) -> Se
 
     space = SearchSpace.from_spec(spec)
     progress = SearchProgress(spec, enabled=show_progress)
-    pool = make_pool(spec, journal)
+    recorder = SearchRecorder(journal, progress)
+    pool = make_pool(spec, on_attempt_failed=recorder.on_attempt_failed)
     try:
         with progress:
-            _score_sources(spec, pool, journal, state, progress)
-            _run(spec, space, pool, journal, state, progress)
+            _score_sources(spec, pool, recorder, state)
+            _run(spec, space, pool, recorder, state)
         state = store.load()
         summary = write_summaries(store.dir, spec, state)
         if spec.output.export != "none" and summary.done:
-            from mmmo.export import export_trials, select_trials
-
             chosen = select_trials(summary, pareto=spec.output.export == "pareto", limit=spec.output.export_limit)
             try:
-                exported = export_trials(spec, chosen, store.dir / "models", pool.merger())
+                exported = export_trials(spec, chosen, store.dir / "models", pool.local_merger())
             except DiskFull as err:
                 raise DiskFull(
                     f"{err} (the search itself is complete and saved; export later with: mmmo export {store.dir} "
@@ -180,9 +168,7 @@ def _search_locked(spec: SearchSpec, store: RunStore, show_progress: bool) -> Se
     return SearchResult(store.dir, spec, state.trials, summary, exported)
 
 
-def _score_sources(
-    spec: SearchSpec, pool: Any, journal: Journal, state: RunState, progress: SearchProgress
-) -> None:
+def _score_sources(spec: SearchSpec, pool: EvaluatorPool, recorder: SearchRecorder, state: RunState) -> None:
     if not spec.evaluation.evaluate_sources:
         return
     have = {s.name for s in state.sources}
@@ -191,64 +177,35 @@ def _score_sources(
     todo = [i for i, n in zip(wanted, names) if n not in have]
     if not todo:
         return
-    progress.note(f"scoring {len(todo)} source model(s) on the objectives")
+    recorder.progress.note(f"scoring {len(todo)} source model(s) on the objectives")
     for score in pool.evaluate_sources(todo):
-        journal.append(EventKind.SOURCE, source=score.__dict__)
+        recorder.journal.append(EventKind.SOURCE, source=score.__dict__)
         state.sources.append(score)
-        progress.source(score)
+        recorder.progress.source(score)
 
 
 def _run(
-    spec: SearchSpec, space: SearchSpace, pool: Any, journal: Journal, state: RunState, progress: SearchProgress
+    spec: SearchSpec, space: SearchSpace, pool: EvaluatorPool, recorder: SearchRecorder, state: RunState
 ) -> None:
-    from mmmo.search.loop import run_loop
-    from mmmo.search.space import standard_recipes
-    from mmmo.search.strategies import budget_for
-
-    def to_params(x: list[float]) -> dict[str, float]:
-        return space.named(torch.tensor(x, dtype=torch.float64))
-
-    def on_proposed(trials: list[Trial]) -> None:
-        for t in trials:
-            if not t.params:
-                t.params = to_params(t.x)
-            journal.record_trial(t)
-
-    def on_finished(trial: Trial) -> None:
-        journal.record_trial(trial)
-        progress.finished(trial)
-
-    def on_batch_end(summary: Any) -> None:
-        timing = {} if summary.propose_seconds is None else {"propose_seconds": round(summary.propose_seconds, 3)}
-        journal.append(EventKind.BATCH_END, batch=summary.batch, hypervolume=summary.hypervolume, **timing)
-        progress.batch_end(summary)
-
-    def on_ref_point(ref: list[float]) -> None:
-        journal.append(EventKind.REF_POINT, ref_point=list(ref))
-
-    def evaluate(trials: list[Trial]) -> Iterable[Trial]:
-        for t in trials:
-            progress.started(t)
-        return pool.evaluate(trials)
-
-    progress.resume_from(state.trials)
-    run_loop(
-        state.trials,
+    options = LoopOptions(
+        opt=spec.optimizer,
         dim=space.dim,
         objective_names=[o.name for o in spec.objectives],
         task_objective_names=[o.name for o in spec.task_objectives],
-        opt=spec.optimizer,
-        evaluate=evaluate,
-        on_proposed=on_proposed,
-        on_finished=on_finished,
-        on_batch_end=on_batch_end,
         ref_point=spec.optimizer.ref_point or state.ref_point,
-        on_ref_point=on_ref_point,
-        to_params=to_params,
         budget=budget_for(len(spec.objectives)),
         ended_batches=set(state.hypervolumes),
         initial_points=standard_recipes(space) if spec.optimizer.standard_recipes else None,
+        to_params=space.named,
     )
+
+    def evaluate(trials: list[Trial]) -> Iterable[Trial]:
+        for t in trials:
+            recorder.progress.started(t)
+        return pool.evaluate(trials)
+
+    recorder.progress.resume_from(state.trials)
+    run_loop(state.trials, options, evaluate, recorder)
 
 
 def _existing_exports(run_dir: Path) -> list[Path]:
@@ -278,15 +235,3 @@ def repair(run_dir: str | Path) -> RepairReport:
     store.stored_spec()  # refuse a folder that is not a run before touching anything
     with run_lock(store.dir, "mmmo resume --repair"), disk_full_as_error(store.dir, "the journal is unchanged"):
         return repair_journal(store.journal_path)
-
-
-def load_run(run_dir: str | Path) -> tuple[SearchSpec, RunState, RunSummary]:
-    """Read a run folder without touching models: its spec, journal state and summary."""
-    from mmmo.report import summarize
-
-    store = RunStore(Path(run_dir))
-    spec = store.stored_spec()
-    if not store.journal_path.exists():
-        raise MmmoError(f"{run_dir}: no trials.jsonl; nothing has run yet")
-    state = store.load()
-    return spec, state, summarize(spec, state)

@@ -182,8 +182,7 @@ def validate(
 @app.command()
 def show(run_dir: RunDirArg, as_json: JsonOpt = False) -> None:
     """Show a run's Pareto front with each trial's objectives and parameters."""
-    from mmmo.api import load_run
-    from mmmo.report import pareto_json, pareto_table
+    from mmmo.report import load_run, pareto_json, pareto_table
 
     spec, state, summary = _guard(lambda: load_run(run_dir))
     if as_json:
@@ -234,7 +233,7 @@ def merge(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
 ) -> None:
     """Run one merge from a mergekit YAML recipe and save it."""
-    from mmmo.merge.recipe import run_recipe
+    from mmmo.merge.recipe_run import run_recipe
 
     path = _guard(
         lambda: run_recipe(recipe, out_dir, seed=seed, allow_pickle=allow_pickle, device=device, overwrite=overwrite)
@@ -248,8 +247,8 @@ def demo(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if cached.")] = False,
 ) -> None:
     """Build the CPU demo: a tiny base model, three experts, local lm-eval tasks and demo.yaml."""
-    from mmmo.api import use_project_cache
     from mmmo.demo import build_demo
+    from mmmo.environment import use_project_cache
 
     use_project_cache(Path.cwd())
     paths = _guard(lambda: build_demo(dir, force=force, progress=lambda m: err_console.print(f"[dim]{m}[/dim]")))

@@ -9,10 +9,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mmmo.errors import SpecError
+from mmmo.errors import SpecError, one_line
+from mmmo.merge.registry import DENSITY_METHODS, MethodName, method_info
 
-MergeMethodName = Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
-DENSITY_METHODS: frozenset[str] = frozenset({"ties", "dare_ties", "dare_linear"})
 DEFAULT_DENSITY_BOUNDS: tuple[float, float] = (0.1, 1.0)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -36,7 +35,7 @@ class ModelRef(_Strict):
 
 
 class MergeSpec(_Strict):
-    method: MergeMethodName = "dare_ties"
+    method: MethodName = "dare_ties"
     dtype: Literal["float32", "bfloat16", "float16"] | None = None  # None: bfloat16 on cuda, float32 on cpu
     granularity: str = "model"
     seed: int = 0
@@ -63,13 +62,15 @@ class MergeSpec(_Strict):
 
     @property
     def has_density(self) -> bool:
-        return self.method in DENSITY_METHODS
+        return method_info(self.method).uses_density
 
 
 Bounds = tuple[float, float]
 
 
-class SearchSpace(_Strict):
+class SearchSpaceSpec(_Strict):
+    """The bounds searched, in real units: every model's weight, and its density for methods that have one."""
+
     weight: Bounds = (0.0, 1.0)
     density: Bounds | None = None
 
@@ -137,6 +138,10 @@ class OptimizerSpec(_Strict):
     # Each task score's lm-eval standard error is the GP's known observation noise (sparsity is exact);
     # False infers one noise level per objective from the data.
     known_noise: bool = True
+    # Each GP's prior mean, what it predicts far from the data: "worst" pins it at the worst observation of its
+    # objective, "fitted" is BoTorch's fitted constant, "auto" pins it with 3 or more objectives (where a fitted
+    # mean makes unexplored corners look like progress: see search.gp.resolve_prior_mean).
+    prior_mean: Literal["auto", "worst", "fitted"] = "auto"
     # The initial design opens with the recipe a user would try by hand (equal weights, the usual density).
     standard_recipes: bool = True
     ref_point: list[float] | None = None
@@ -193,7 +198,7 @@ class SearchSpec(_Strict):
     base_model: str
     models: list[ModelRef]
     merge: MergeSpec = MergeSpec()
-    search_space: SearchSpace = SearchSpace()
+    search_space: SearchSpaceSpec = SearchSpaceSpec()
     objectives: list[ObjectiveSpec]
     tasks_dir: str | None = None
     optimizer: OptimizerSpec = OptimizerSpec()
@@ -336,7 +341,7 @@ def load_spec(path: str | Path, *, check_paths: bool = True) -> SearchSpec:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        problem = getattr(err, "problem", None) or one_line(str(err))
         raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
     return spec_from_dict(data, path.parent.resolve(), check_paths=check_paths)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +12,7 @@ import torch
 
 from mmmo.config import SearchSpec, is_hub_id
 from mmmo.diskspace import is_disk_full
-from mmmo.errors import MmmoError
+from mmmo.errors import MmmoError, one_line
 from mmmo.objectives.device import default_dtype, resolve_device
 from mmmo.objectives.lm_eval import LmEvalObjectives, TaskScore
 from mmmo.run_store import SourceScore
@@ -22,6 +21,9 @@ from mmmo.trial import Trial
 
 if TYPE_CHECKING:
     from mmmo.merge.merger import Merger
+
+# A failed trial's error, as the journal, report.md and the progress line show it (characters).
+TRIAL_ERROR_LIMIT = 500
 
 
 def merge_dtype(spec: SearchSpec, device: torch.device) -> torch.dtype:
@@ -40,7 +42,7 @@ def local_model_folder(ref: str) -> str:
             ref, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py"]
         )
     except Exception as err:  # noqa: BLE001 - offline, unknown repo, gated: all one line for the user
-        raise MmmoError(f"cannot fetch hub model {ref!r}: {str(err).splitlines()[0]}") from None
+        raise MmmoError(f"cannot fetch hub model {ref!r}: {one_line(err)}") from None
 
 
 def build_merger(spec: SearchSpec, device: torch.device) -> Merger:
@@ -120,7 +122,7 @@ class CandidateEvaluator:
                 trial,
                 status="failed",
                 params=params,
-                error=_one_line(err),
+                error=one_line(err, limit=TRIAL_ERROR_LIMIT),
                 attempts=trial.attempts + 1,
                 worker=self.worker,
                 eval_seconds=time.perf_counter() - t0,
@@ -151,15 +153,6 @@ class CandidateEvaluator:
         except Exception as err:  # noqa: BLE001
             if is_disk_full(err):
                 raise
-            return SourceScore(name=name, objectives=None, error=_one_line(err))
+            return SourceScore(name=name, objectives=None, error=one_line(err, limit=TRIAL_ERROR_LIMIT))
         return SourceScore(name=name, objectives=objectives, metrics={k: s.metrics for k, s in scores.items()})
 
-
-def _one_line(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {err}".strip().replace("\n", " ")
-    if len(text) > 500:
-        text = text[:500] + "…"
-    if not str(err):
-        frame = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
-        text += "".join(f" at {f.filename}:{f.lineno}" for f in frame)
-    return text

@@ -11,6 +11,10 @@ import torch
 from mmmo.config import SearchSpec
 from mmmo.diskspace import check_free_space, disk_full_as_error
 from mmmo.errors import MmmoError
+from mmmo.evaluate import build_merger, local_model_folder, merge_dtype
+from mmmo.objectives.device import resolve_device
+from mmmo.report import RunSummary, load_run
+from mmmo.run_lock import run_lock
 from mmmo.search.pareto import hypervolume_contributions, infer_ref_point
 from mmmo.search.space import SearchSpace
 from mmmo.trial import Trial
@@ -18,7 +22,6 @@ from mmmo.trial import Trial
 if TYPE_CHECKING:
     from mmmo.merge.merger import Merger
     from mmmo.merge.recipe import MergeRecipe
-    from mmmo.report import RunSummary
 
 
 def trial_arrays(spec: SearchSpec, trial: Trial) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -49,8 +52,7 @@ def merged_model_bytes(spec: SearchSpec, device: torch.device) -> int:
 
     Read from the base's file headers, so it is known before any model is loaded.
     """
-    from mmmo.evaluate import local_model_folder, merge_dtype
-    from mmmo.merge.merger import open_checkpoint
+    from mmmo.merge.checkpoint import open_checkpoint
     from mmmo.merge.save import AUX_FILES
 
     base = Path(local_model_folder(spec.base_model))
@@ -75,9 +77,7 @@ def export_trials(
     Checks free space first (one line, needed against free, before anything is loaded or written). A disk that
     fills up anyway ends in one line too: the trial being written leaves no folder behind, earlier ones stay.
     """
-    from mmmo.evaluate import build_merger
     from mmmo.merge.save import save_merged
-    from mmmo.objectives.device import resolve_device
 
     if not trials:
         return []
@@ -164,9 +164,6 @@ def export_from_run(
 
     Writing into the run folder itself (e.g. `--out RUN/models`) takes the run's lock, as a search does.
     """
-    from mmmo.api import load_run
-    from mmmo.run_lock import run_lock
-
     spec, _, summary = load_run(run_dir)
     chosen = select_trials(summary, trial=trial, best=best, pareto=pareto, limit=limit)
     run, target = Path(run_dir).resolve(), Path(out).expanduser().resolve()

@@ -9,21 +9,25 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmmo.config import SearchSpec, spec_from_dict, spec_to_dict
-from mmmo.errors import MmmoError
+from mmmo.environment import use_project_cache
+from mmmo.errors import MmmoError, one_line
+from mmmo.evaluate import CandidateEvaluator
 from mmmo.run_store import SourceScore
 from mmmo.signals import keep_signal_handlers
 from mmmo.trial import Trial
 
-# Test hook: the worker that picks up this trial id kills its own process once (simulates an OOM kill).
-FAULT_ENV = "MMMO_FAULT_KILL_ON_TRIAL"
+if TYPE_CHECKING:
+    from mmmo.merge.merger import Merger
+
 # Unix socket paths are limited to 107 bytes; Ray puts its sockets a few folders below the temp dir.
 _MAX_RAY_TMP_LEN = 60
 
 
-def _import_ray() -> Any:
+def import_ray() -> Any:
+    """The `ray` module, or an MmmoError saying how to install it."""
     try:
         import ray
     except ImportError:
@@ -70,13 +74,10 @@ def _loopback_only() -> Iterator[None]:
             os.environ[_CLUSTERS_ENV] = old_env
 
 
-class _Worker:
+class RayWorker:
     """The body of a Ray actor: one CandidateEvaluator kept resident for the whole search."""
 
     def __init__(self, spec_data: dict[str, Any], name: str):
-        from mmmo.api import use_project_cache
-        from mmmo.evaluate import CandidateEvaluator
-
         use_project_cache(Path.cwd())
         spec = spec_from_dict(spec_data, Path.cwd(), check_paths=False)
         self.name = name
@@ -86,24 +87,23 @@ class _Worker:
         return os.getpid()
 
     def evaluate(self, trial_data: dict[str, Any]) -> dict[str, Any]:
-        trial = Trial.from_json(trial_data)
-        fault = os.environ.get(FAULT_ENV, "")
-        if fault:
-            trial_id, _, marker = fault.partition(":")
-            if int(trial_id) == trial.id and marker and not os.path.exists(marker):
-                Path(marker).touch()
-                os._exit(137)
-        return self.evaluator.evaluate(trial).to_json()
+        return self.evaluator.evaluate(Trial.from_json(trial_data)).to_json()
 
     def evaluate_source(self, index: int | None) -> dict[str, Any]:
         return self.evaluator.evaluate_source(index).__dict__
 
 
 class RayPool:
-    """N resident evaluators as Ray actors; a candidate whose worker dies is failed, then retried once elsewhere."""
+    """N resident evaluators as Ray actors; a candidate whose worker dies is failed, then retried once elsewhere.
+
+    An `EvaluatorPool` (see mmmo.pool).
+    """
+
+    # What each actor runs: a class Ray can ship to its worker processes (tests install a faulty one here).
+    worker_class: type[RayWorker] = RayWorker
 
     def __init__(self, spec: SearchSpec, on_attempt_failed: Callable[[Trial], None] | None = None):
-        self.ray = _import_ray()
+        self.ray = import_ray()
         self.spec = spec
         self.on_attempt_failed = on_attempt_failed or (lambda t: None)
         self._started_ray = False
@@ -147,7 +147,7 @@ class RayPool:
         gpus = ray.cluster_resources().get("GPU", 0)
         options: dict[str, Any] = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 1}
         # Each actor loads the sources once; the spec travels as plain data (paths already resolved).
-        actor_cls = ray.remote(max_restarts=0, max_task_retries=0, **options)(_Worker)
+        actor_cls = ray.remote(max_restarts=0, max_task_retries=0, **options)(self.worker_class)
         data = spec_to_dict(self.spec)
         return [actor_cls.remote(data, f"worker-{i}") for i in range(n)]
 
@@ -174,7 +174,7 @@ class RayPool:
                 self.actors.remove(actor)
                 failed = replace(
                     trial, status="failed", attempts=trial.attempts + 1,
-                    error=f"worker died: {str(err).splitlines()[0][:200]}",
+                    error=f"worker died: {one_line(err, limit=200)}",
                 )
                 if failed.attempts < 2:
                     self.on_attempt_failed(failed)
@@ -190,8 +190,9 @@ class RayPool:
         refs = [self.actors[k % len(self.actors)].evaluate_source.remote(i) for k, i in enumerate(indices)]
         return [SourceScore(**d) for d in self.ray.get(refs)]
 
-    def merger(self) -> None:
-        return None  # the driver holds no model; export builds its own merger
+    def local_merger(self) -> Merger | None:
+        """None: the models live in the actors' processes; an export builds its own merger."""
+        return None
 
     def close(self) -> None:
         for a in self.actors:

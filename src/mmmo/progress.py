@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -17,6 +17,9 @@ from rich.progress import (
 from mmmo.config import SearchSpec
 from mmmo.run_store import SourceScore
 from mmmo.trial import Trial
+
+if TYPE_CHECKING:
+    from mmmo.search.loop import BatchSummary
 
 
 class SearchProgress:
@@ -102,6 +105,6 @@ class SearchProgress:
             self.console.print(f"  trial {trial.id} [red]failed[/red]: {trial.error}")
         self._refresh()
 
-    def batch_end(self, summary: Any) -> None:
+    def batch_end(self, summary: BatchSummary) -> None:
         self.hypervolume = summary.hypervolume
         self._refresh()

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from mmmo.config import SearchSpec
-from mmmo.run_store import RunState, SourceScore, atomic_write_bytes_via, atomic_write_text
+from mmmo.run_store import RunState, RunStore, SourceScore, atomic_write_bytes_via, atomic_write_text
 from mmmo.search.pareto import pareto_mask
 from mmmo.trial import Trial
 
@@ -67,7 +67,8 @@ def objective_matrix(trials: list[Trial], names: list[str]) -> torch.Tensor:
     return torch.tensor([[t.objectives[n] for n in names] for t in trials], dtype=torch.float64)  # type: ignore[index]
 
 
-def summarize(spec: SearchSpec, state: RunState) -> RunSummary:
+def summarize_run(spec: SearchSpec, state: RunState) -> RunSummary:
+    """The run's done and failed trials, its Pareto front over the done ones, and its source models."""
     names = [o.name for o in spec.objectives]
     done = [t for t in state.trials if t.status == "done" and t.objectives is not None]
     pareto: list[Trial] = []
@@ -85,6 +86,12 @@ def summarize(spec: SearchSpec, state: RunState) -> RunSummary:
         ref_point=state.ref_point,
         budget=spec.optimizer.budget,
     )
+
+
+def load_run(run_dir: str | Path) -> tuple[SearchSpec, RunState, RunSummary]:
+    """Read a run folder without touching models: its spec, journal state and summary."""
+    spec, state = RunStore(Path(run_dir)).read_run()
+    return spec, state, summarize_run(spec, state)
 
 
 def _pareto_records(summary: RunSummary) -> list[dict[str, Any]]:
@@ -247,7 +254,7 @@ def report_markdown(summary: RunSummary, spec: SearchSpec) -> str:
 
 def write_summaries(run_dir: Path, spec: SearchSpec, state: RunState) -> RunSummary:
     """Write pareto.csv/json/png, hypervolume.png and report.md, each atomically."""
-    summary = summarize(spec, state)
+    summary = summarize_run(spec, state)
     atomic_write_text(run_dir / "pareto.json", pareto_json(summary))
     atomic_write_text(run_dir / "pareto.csv", pareto_csv(summary))
     if summary.done and len(summary.objective_names) >= 2:

@@ -353,3 +353,10 @@ class RunStore:
 
     def load(self) -> RunState:
         return fold_events(read_events(self.journal_path))
+
+    def read_run(self) -> tuple[SearchSpec, RunState]:
+        """The stored spec and the journal's state of a run that has started; MmmoError otherwise."""
+        spec = self.stored_spec()
+        if not self.journal_path.exists():
+            raise MmmoError(f"{self.dir}: no {JOURNAL}; nothing has run yet")
+        return spec, self.load()

@@ -12,7 +12,7 @@ from mmmo.config import SearchSpec, is_hub_id, load_spec
 
 def check_sources(spec: SearchSpec) -> str:
     """Architecture, tensor names and shapes of every local source against the base, from file headers."""
-    from mmmo.merge.merger import check_compatible, open_checkpoint
+    from mmmo.merge.checkpoint import check_compatible, open_checkpoint
 
     refs = [spec.base_model, *(m.path for m in spec.models)]
     remote = [r for r in refs if is_hub_id(r) and not Path(r).is_dir()]
@@ -64,7 +64,7 @@ def describe_spec(spec: SearchSpec) -> str:
 
 def check_limits(spec: SearchSpec) -> None:
     """Each objective's limit, as the task builder would read it (a field check that needs no task)."""
-    from mmmo.objectives.lm_eval import normalize_limit
+    from mmmo.objectives.lm_eval_tasks import normalize_limit
 
     for objective in spec.task_objectives:
         normalize_limit(objective)

@@ -1,8 +1,8 @@
 """The sign-consensus merge (ties, dare_ties) of one tensor as a single compiled kernel.
 
-Eager, `merge_into` makes about 25 elementwise passes per tensor for TIES, even chunked into cache. Compiled
-with inductor it is one loop that reads the base, the task vectors (and DARE's draws) once and writes the
-parameters. The kernel makes the same IEEE operations in the same order as the eager path: chained sums in
+Eager (`mmmo.merge.chunked`), a merge makes about 25 elementwise passes per tensor for TIES, even chunked into
+cache. Compiled with inductor it is one loop that reads the base, the task vectors (and DARE's draws) once and
+writes the parameters. The kernel makes the same IEEE operations in the same order as the eager path: chained sums in
 model order, products that are exact where eager fuses them, no contraction or reassociation (inductor's CPU
 default), so the merged tensors are the same bit for bit. Only the sparsity statistic is summed in another
 order (in float64 here, so it is at least as accurate).
@@ -18,22 +18,34 @@ import functools
 import platform
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from mmmo.errors import one_line
+from mmmo.merge.tensor_setup import DIVISOR_START
+
 FUSED_DTYPES = (torch.float32, torch.float64)  # half types: inductor would skip eager's per-op roundings
 _RECOMPILE_LIMIT = 64  # variants (method, normalize, lambda, model count, dtype) are recompiles of one function
 
-_failure: str | None = None  # why compiling failed in this process; set once
+
+@dataclass
+class KernelState:
+    """The kernel's state in this process: why compiling it failed (None while it has not); set once."""
+
+    failure: str | None = None
+
+
+STATE = KernelState()
 
 
 def available() -> bool:
     """False once compiling the kernel has failed in this process."""
-    return _failure is None
+    return STATE.failure is None
 
 
-def _consensus(
+def consensus_kernel(
     out: Tensor,
     base: Tensor,
     rows: list[Tensor],
@@ -82,7 +94,8 @@ def _consensus(
 
 
 @functools.cache
-def _compiled():  # type: ignore[no-untyped-def]
+def compiled_kernel():  # type: ignore[no-untyped-def]
+    """`consensus_kernel` compiled by inductor (once per process; each variant is a recompile of it)."""
     # The vector width of inductor's C++ follows ATen's CPU capability (the ATEN_CPU_CAPABILITY override
     # included), not only the CPU's. Without it (torch 2.13), code generated for AVX-512 and cached on disk is
     # reused under avx2 headers and leaves half of each tensor unwritten, and under `default` (no SIMD, old
@@ -90,7 +103,7 @@ def _compiled():  # type: ignore[no-untyped-def]
     x86 = platform.machine().lower() in ("x86_64", "amd64")  # on ARM, DEFAULT still means NEON for inductor
     simdlen = _SIMDLEN.get(torch.backends.cpu.get_cpu_capability()) if x86 else None
     options = {"cpp.simdlen": simdlen} if simdlen is not None else None
-    return torch.compile(_consensus, dynamic=True, fullgraph=True, options=options)
+    return torch.compile(consensus_kernel, dynamic=True, fullgraph=True, options=options)
 
 
 # x86 ATen CPU capability -> inductor's cpp.simdlen in bits (1: scalar loops); elsewhere inductor picks.
@@ -120,8 +133,7 @@ def consensus_merge(
     active weight is >= 2^-60, so 2^-100 vanishes wherever a model agrees). Writes `base + lambda * s * M [/ D]`
     into `out` and returns sum(M [/ D]) as a float64 0-d tensor (`|mixed|_1 / |lambda|`).
     """
-    global _failure
-    if _failure is not None:
+    if STATE.failure is not None:
         return None
     n, dtype, device = len(rows), base.dtype, base.device
     if dtype not in FUSED_DTYPES:
@@ -138,7 +150,7 @@ def consensus_merge(
         torch.tensor(factors, dtype=dtype, device=device),
         torch.tensor(weights, dtype=dtype, device=device),
         torch.tensor(active, dtype=torch.bool, device=device),
-        torch.full((), 2.0**-100, dtype=dtype, device=device),
+        torch.full((), DIVISOR_START, dtype=dtype, device=device),
         torch.tensor(lambda_, dtype=dtype, device=device),
         sparsification,
         normalize,
@@ -147,10 +159,10 @@ def consensus_merge(
     try:
         # Always without autograd: grad mode is part of what a compiled graph is guarded on.
         with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-            return _compiled()(*args)
+            return compiled_kernel()(*args)
     except Exception as exc:  # noqa: BLE001  (no compiler, inductor bug: anything means "run eager")
-        _failure = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        warnings.warn(f"fused merge kernel unavailable, merging eagerly (slower): {_failure}", stacklevel=2)
+        STATE.failure = one_line(exc)
+        warnings.warn(f"fused merge kernel unavailable, merging eagerly (slower): {STATE.failure}", stacklevel=2)
         return None
 
 

@@ -1,40 +1,27 @@
-"""Merge recipes in mergekit's YAML: read one (`mmmo merge RECIPE OUT`), write one mergekit 0.1.5 reproduces.
+"""Merge recipes: what one merge is (`MergeRecipe`), and that recipe as YAML mergekit 0.1.5 reproduces.
 
-Supported: `models:` with per-model `weight` / `density` (a scalar, or mergekit's filter form when the values
-follow mmmo's layer groups), `base_model`, `merge_method` (linear, task_arithmetic, ties, dare_ties,
-dare_linear), global `parameters` (normalize, lambda, rescale, int8_mask, and weight/density defaults), `dtype`
-and `out_dtype`. Anything else (`slices:`, gradient lists, other methods or parameters) is a one-line MmmoError
-naming it. mergekit draws its own DARE masks; mmmo's are fixed by a seed, written as a `# mmmo-seed: N` comment.
+Per-layer-group values travel as mergekit's per-tensor filters. mergekit draws its own DARE masks; mmmo's are
+fixed by a seed, written as a `# mmmo-seed: N` comment. Reading mergekit's YAML back: `mmmo.merge.recipe_reader`.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from mmmo.dtypes import DTYPES
 from mmmo.errors import MmmoError
-from mmmo.merge.merger import layer_group_of, layer_index, open_checkpoint
-from mmmo.merge.methods import METHODS, method_info
+from mmmo.merge.checkpoint import open_checkpoint
+from mmmo.merge.layers import count_layers, layer_group_of, layer_index, layer_prefix
+from mmmo.merge.registry import method_info
 
 Value = float | list[float]  # one value, or one per layer group
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float64": torch.float64,
-}
-_SEED_COMMENT = re.compile(r"^#\s*mmmo-seed:\s*(-?\d+)\s*$", re.MULTILINE)
-_TOP_KEYS = {"models", "base_model", "merge_method", "parameters", "dtype", "out_dtype", "tokenizer_source"}
-_MODEL_PARAMS = ("weight", "density")
-_GLOBAL_PARAMS = ("normalize", "lambda", "rescale", "int8_mask", "weight", "density")
 
 
 @dataclass
@@ -116,8 +103,8 @@ class MergeRecipe:
         entries = [
             RecipeModel(
                 path=str(p),
-                weight=_collapse(w[i].tolist()),
-                density=None if d is None else _collapse(d[i].tolist()),
+                weight=collapse(w[i].tolist()),
+                density=None if d is None else collapse(d[i].tolist()),
             )
             for i, p in enumerate(models)
         ]
@@ -128,272 +115,32 @@ def _expand(v: Value, k: int) -> list[float]:
     return [float(x) for x in v] if isinstance(v, list) else [float(v)] * k
 
 
-def _collapse(values: list[float]) -> Value:
+def collapse(values: list[float]) -> Value:
+    """One value where all are equal, else the list."""
     return float(values[0]) if all(v == values[0] for v in values) else [float(v) for v in values]
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Reading
-
-
-def _number(v: Any, where: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
-            raise MmmoError(f"{where}: gradient lists are not supported (use a scalar or per-layer filters)")
-        raise MmmoError(f"{where}: expected a number, got {v!r}")
-    return float(v)
-
-
-def _flag(v: Any, where: str) -> bool:
-    if not isinstance(v, bool):
-        raise MmmoError(f"{where}: expected true or false, got {v!r}")
-    return v
-
-
-def _is_filter_form(v: Any) -> bool:
-    items = v if isinstance(v, list) else [v]
-    return bool(items) and all(isinstance(x, dict) for x in items)
-
-
-def _resolve_filters(setting: Any, names: Sequence[str], where: str) -> dict[str, float | None]:
-    """mergekit's rule per tensor name: the first entry whose filter is absent, '*', or a substring of it."""
-    items = setting if isinstance(setting, list) else [setting]
-    for it in items:
-        unknown = set(it) - {"filter", "value"}
-        if unknown or "value" not in it:
-            raise MmmoError(f"{where}: filter entries need 'value' (and optional 'filter'), got keys {sorted(it)}")
-    out: dict[str, float | None] = {}
-    for n in names:
-        out[n] = None
-        for it in items:
-            f = it.get("filter")
-            if f is None or f == "*" or (n and str(f) in n):
-                out[n] = _number(it["value"], where)
-                break
-    return out
-
-
-def _fit_groups(
-    per_name: dict[str, dict[str, float]], names: Sequence[str], n_layers: int
-) -> tuple[int, dict[str, list[float]]]:
-    """The fewest layer groups under which every per-tensor setting is constant within each group."""
-    for k in range(1, max(1, n_layers) + 1):
-        group = {n: layer_group_of(n, n_layers, k) for n in names}
-        fitted: dict[str, list[float]] = {}
-        ok = True
-        for where, values in per_name.items():
-            slots: list[float | None] = [None] * k
-            for n, v in values.items():
-                g = group[n]
-                if slots[g] is None:
-                    slots[g] = v
-                elif slots[g] != v:
-                    ok = False
-                    break
-            if not ok:
-                break
-            if any(s is None for s in slots):
-                ok = False
-                break
-            fitted[where] = [float(s) for s in slots if s is not None]
-        if ok:
-            return k, fitted
-    first = next(iter(per_name))
-    raise MmmoError(
-        f"{first}: per-tensor filters that do not follow layer groups (contiguous blocks of layers; embeddings "
-        "with the first, final norm and head with the last) are not supported"
-    )
-
-
-def _base_layout(path: str) -> tuple[list[str], int]:
+def base_layout(path: str) -> tuple[list[str], int]:
     """Tensor names and number of layers of a model folder (from headers and config, no weights loaded)."""
     ckpt = open_checkpoint(path, allow_pickle=False)
     names = list(ckpt.shapes())
-    n = ckpt.config.get("num_hidden_layers")
-    if not (isinstance(n, int) and n > 0):
-        idx = [i for i in (layer_index(x) for x in names) if i is not None]
-        n = max(idx) + 1 if idx else 1
-    return names, n
-
-
-def _resolve_path(ref: Any, root: Path, where: str) -> str:
-    if not isinstance(ref, str) or not ref:
-        raise MmmoError(f"{where}: expected a model path, got {ref!r}")
-    p = Path(ref).expanduser()
-    p = p if p.is_absolute() else root / p
-    if not p.exists():
-        raise MmmoError(f"{where}: model folder not found: {p} (mmmo merges local folders only)")
-    return str(p.resolve())
-
-
-def load_mergekit_recipe(path: str | os.PathLike[str]) -> MergeRecipe:
-    """Read a mergekit YAML recipe; model paths are resolved against the recipe's folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise MmmoError(f"recipe not found: {path}")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise MmmoError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', None) or err}") from None
-    if not isinstance(data, dict):
-        raise MmmoError(f"{path}: a recipe must be a YAML mapping")
-    return recipe_from_dict(data, root=path.parent.resolve(), seed_text=text)
-
-
-def recipe_from_dict(data: Mapping[str, Any], *, root: Path, seed_text: str = "") -> MergeRecipe:
-    """Validate a parsed mergekit recipe (see `load_mergekit_recipe`)."""
-    for key in ("slices", "modules"):
-        if key in data:
-            raise MmmoError(f"{key}: not supported by mmmo (only `models:` merges of whole models)")
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise MmmoError(f"{unknown[0]}: not supported by mmmo")
-    if "merge_method" not in data:
-        raise MmmoError("merge_method: required field is missing")
-    method = data["merge_method"]
-    if method not in METHODS:
-        raise MmmoError(f"merge_method: {method!r} is not supported (supported: {', '.join(METHODS)})")
-    info = method_info(method)
-    ts = data.get("tokenizer_source")
-    if ts not in (None, "base"):
-        raise MmmoError(f"tokenizer_source: {ts!r} is not supported (mmmo keeps the base tokenizer)")
-    dtypes: dict[str, str | None] = {}
-    for key in ("dtype", "out_dtype"):
-        v = data.get(key)
-        if v is not None:
-            v = str(v).removeprefix("torch.")
-            if v not in DTYPES:
-                raise MmmoError(f"{key}: {data[key]!r} is not supported (use {', '.join(DTYPES)})")
-        dtypes[key] = v
-
-    models_raw = data.get("models")
-    if not isinstance(models_raw, list) or not models_raw:
-        raise MmmoError("models: needs a list of at least one model")
-    base = data.get("base_model")
-    base_path = _resolve_path(base, root, "base_model") if base is not None else None
-    if base_path is None and info.name != "linear":
-        raise MmmoError(f"base_model: required by {info.name}")
-
-    gparams = data.get("parameters") or {}
-    if not isinstance(gparams, dict):
-        raise MmmoError("parameters: expected a mapping")
-    for key in gparams:
-        if key not in _GLOBAL_PARAMS:
-            raise MmmoError(f"parameters.{key}: not supported by mmmo")
-
-    entries: list[tuple[str, dict[str, Any]]] = []
-    for i, m in enumerate(models_raw):
-        where = f"models[{i}]"
-        if isinstance(m, str):
-            m = {"model": m}
-        if not isinstance(m, dict) or "model" not in m:
-            raise MmmoError(f"{where}: expected a mapping with 'model'")
-        extra = sorted(set(m) - {"model", "parameters"})
-        if extra:
-            raise MmmoError(f"{where}.{extra[0]}: not supported by mmmo")
-        mpath = _resolve_path(m["model"], root, f"{where}.model")
-        params = m.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise MmmoError(f"{where}.parameters: expected a mapping")
-        for key in params:
-            if key not in _MODEL_PARAMS:
-                raise MmmoError(f"{where}.parameters.{key}: not supported by mmmo")
-        entries.append((mpath, params))
-
-    if base_path is not None:
-        if info.name == "linear":
-            # linear averages its inputs and mergekit adds an unlisted base as one more input (weighted by the
-            # global weight); mmmo's origin of task vectors is then irrelevant and taken from the first model.
-            if all(p != base_path for p, _ in entries):
-                entries.append((base_path, {}))
-            base_path = None
-        else:
-            # For task-vector methods a listed base is the base itself (its task vector is zero): drop it.
-            entries = [(p, prm) for p, prm in entries if p != base_path] or entries
-
-    # Resolve every weight/density setting: scalars directly, filter forms per tensor name.
-    settings: dict[tuple[int, str], Any] = {}
-    for i, (_, params) in enumerate(entries):
-        for key in _MODEL_PARAMS:
-            if key == "density" and not info.uses_density:
-                continue
-            if key in params:
-                settings[(i, key)] = (f"models[{i}].parameters.{key}", params[key])
-            elif key in gparams:
-                settings[(i, key)] = (f"parameters.{key}", gparams[key])
-            elif key == "weight":
-                raise MmmoError(f"models[{i}].parameters.weight: required by {info.name}")
-    scalars: dict[tuple[int, str], Value] = {}
-    filtered: dict[tuple[int, str], tuple[str, Any]] = {}
-    for slot, (where, v) in settings.items():
-        if _is_filter_form(v):
-            filtered[slot] = (where, v)
-        else:
-            scalars[slot] = _number(v, where)
-    if filtered:
-        names, n_layers = _base_layout(base_path or entries[0][0])
-        per_name: dict[str, dict[str, float]] = {}
-        for slot, (where, v) in filtered.items():
-            values = _resolve_filters(v, names, where)
-            missing = [n for n, x in values.items() if x is None]
-            if missing:
-                raise MmmoError(f"{where}: no filter matches tensor {missing[0]} (add an entry without filter)")
-            per_name[f"{where}@{slot[0]}"] = {n: float(x) for n, x in values.items() if x is not None}
-        _k, fitted = _fit_groups(per_name, names, n_layers)
-        for slot, (where, _v) in filtered.items():
-            scalars[slot] = _collapse(fitted[f"{where}@{slot[0]}"])
-
-    models = [
-        RecipeModel(path=p, weight=scalars[(i, "weight")], density=scalars.get((i, "density")))
-        for i, (p, _) in enumerate(entries)
-    ]
-
-    def shared(key: str, kind: type) -> Any:
-        if key not in gparams:
-            return None
-        v = gparams[key]
-        if _is_filter_form(v):
-            raise MmmoError(f"parameters.{key}: per-tensor filters are not supported here")
-        return _flag(v, f"parameters.{key}") if kind is bool else _number(v, f"parameters.{key}")
-
-    lam = shared("lambda", float)
-    seed_m = _SEED_COMMENT.search(seed_text)
-    return MergeRecipe(
-        base_model=base_path,
-        models=models,
-        method=info.name,
-        normalize=shared("normalize", bool),
-        lambda_=1.0 if lam is None else lam,
-        rescale=shared("rescale", bool) if info.uses_density and info.sparsification == "random" else None,
-        dtype=dtypes["dtype"],
-        out_dtype=dtypes["out_dtype"],
-        seed=int(seed_m.group(1)) if seed_m else 0,
-        int8_mask=shared("int8_mask", bool),
-    )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Writing
+    return names, count_layers(ckpt.config, names)
 
 
 def _filter_setting(values: list[float], names: Sequence[str], n_layers: int) -> list[dict[str, Any]]:
     """mergekit's filter form: one entry per layer (`model.layers.{i}.`), one per other tensor, a fallback."""
     k = len(values)
-    layer_prefix: dict[int, str] = {}
+    prefixes: dict[int, str] = {}  # layer -> its name prefix (`model.layers.{i}.`)
     others: list[str] = []
     for n in names:
-        i = layer_index(n)
-        if i is None:
+        i, prefix = layer_index(n), layer_prefix(n)
+        if i is None or prefix is None:
             others.append(n)
         else:
-            m = re.search(rf"^(.*?(?:^|\.)(?:layers|h|blocks)\.{i}\.)", n)
-            layer_prefix.setdefault(i, m.group(1) if m else f"layers.{i}.")
+            prefixes.setdefault(i, prefix)
     out: list[dict[str, Any]] = []
-    for i in sorted(layer_prefix):
-        out.append({"filter": layer_prefix[i], "value": values[layer_group_of(layer_prefix[i] + "x", n_layers, k)]})
+    for i in sorted(prefixes):
+        out.append({"filter": prefixes[i], "value": values[layer_group_of(prefixes[i] + "x", n_layers, k)]})
     for n in others:
         out.append({"filter": n, "value": values[layer_group_of(n, n_layers, k)]})
     out.append({"value": values[k - 1]})
@@ -412,7 +159,7 @@ def to_mergekit_yaml(recipe: MergeRecipe) -> str:
         if all(x == v[0] for x in v):
             return float(v[0])
         if layout is None:
-            layout = _base_layout(recipe.base_path)
+            layout = base_layout(recipe.base_path)
         return _filter_setting([float(x) for x in v], *layout)
 
     doc: dict[str, Any] = {"merge_method": info.name}
@@ -447,45 +194,3 @@ def to_mergekit_yaml(recipe: MergeRecipe) -> str:
         )
     header += f"\n# mmmo-seed: {int(recipe.seed)}\n"
     return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Running
-
-
-def run_recipe(
-    recipe_path: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    seed: int | None = None,
-    allow_pickle: bool = False,
-    device: str = "cpu",
-    overwrite: bool = False,
-) -> Path:
-    """Merge a mergekit recipe with mmmo and save the result as a Hugging Face folder; returns its path."""
-    from mmmo.merge.merger import ONE_MERGE_FUSE_MIN_PARAMS, Merger
-    from mmmo.merge.save import check_out_dir, save_merged
-
-    recipe = load_mergekit_recipe(recipe_path)
-    if seed is not None:
-        recipe.seed = seed
-    check_out_dir(Path(out_dir), overwrite=overwrite)
-    merger = Merger(
-        recipe.base_path,
-        [m.path for m in recipe.models],
-        method=recipe.method,
-        dtype=recipe.torch_dtype(),
-        device=device,
-        layer_groups=recipe.layer_groups,
-        seed=recipe.seed,
-        normalize=recipe.normalize,
-        lambda_=recipe.lambda_,
-        rescale=recipe.rescale,
-        allow_pickle=allow_pickle,
-        # One merge: sorting for search-wide tables costs more than the one selection it replaces.
-        precompute=False,
-        fuse_min_params=ONE_MERGE_FUSE_MIN_PARAMS,
-    )
-    merger.apply(recipe.weights(), recipe.densities())
-    out_dtype = DTYPES[recipe.out_dtype] if recipe.out_dtype else None
-    return save_merged(merger, out_dir, base_path=recipe.base_path, recipe=recipe, overwrite=overwrite, dtype=out_dtype)

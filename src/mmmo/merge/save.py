@@ -8,16 +8,13 @@ import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from mmmo.dtypes import dtype_name
 from mmmo.errors import MmmoError
-
-if TYPE_CHECKING:
-    from mmmo.merge.merger import Merger
-    from mmmo.merge.recipe import MergeRecipe
+from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 # Files of the base copied next to the weights: tokenizer, chat template, generation defaults.
@@ -35,7 +32,6 @@ AUX_FILES = (
     "chat_template.json",
     "generation_config.json",
 )
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float64: "float64"}
 
 
 def check_out_dir(out_dir: Path, *, overwrite: bool) -> None:
@@ -98,10 +94,11 @@ def write_weights(state: Mapping[str, Tensor], folder: Path, *, max_shard_bytes:
 
 def _write_config(base: Path, folder: Path, dtype: torch.dtype | None) -> None:
     config = json.loads((base / "config.json").read_text())
-    if dtype is not None and dtype in _DTYPE_NAMES:
-        config["dtype"] = _DTYPE_NAMES[dtype]
+    name = dtype_name(dtype) if dtype is not None else None
+    if name is not None:
+        config["dtype"] = name
         if "torch_dtype" in config:
-            config["torch_dtype"] = _DTYPE_NAMES[dtype]
+            config["torch_dtype"] = name
     config.pop("quantization_config", None)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
@@ -148,7 +145,7 @@ def model_card(recipe: MergeRecipe | None, name: str, yaml_text: str | None, not
 
 
 def save_merged(
-    source: Mapping[str, Tensor] | Merger,
+    tensors: Mapping[str, Tensor],
     out_dir: str | os.PathLike[str],
     *,
     base_path: str | os.PathLike[str],
@@ -158,25 +155,21 @@ def save_merged(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     note: str | None = None,
 ) -> Path:
-    """Save merged weights (a state dict, or a Merger's live model) as a loadable Hugging Face folder.
+    """Save merged weights (checkpoint name -> tensor) as a loadable Hugging Face folder beside the recipe.
 
     Writes safetensors (sharded with an index above `max_shard_bytes`), config.json (dtype updated), the base's
     tokenizer and generation files, README.md with the recipe, and mergekit_config.yml. Built in a temporary
     sibling folder and renamed into place, so an interrupted save never leaves a complete-looking folder.
     """
-    from mmmo.merge.merger import Merger
-    from mmmo.merge.recipe import to_mergekit_yaml
-
     out = Path(out_dir).expanduser()
     base = Path(base_path).expanduser()
     if not (base / "config.json").is_file():
         raise MmmoError(f"base model folder has no config.json: {base}")
     check_out_dir(out, overwrite=overwrite)
-    state = source.live_state_dict() if isinstance(source, Merger) else source
-    if not state:
+    if not tensors:
         raise MmmoError("nothing to save: the state dict is empty")
-    tensors = _prepare(state, dtype)
-    float_dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    prepared = _prepare(tensors, dtype)
+    float_dtypes = {t.dtype for t in prepared.values() if t.is_floating_point()}
     saved_dtype = dtype or (float_dtypes.pop() if len(float_dtypes) == 1 else None)
     yaml_text = to_mergekit_yaml(recipe) if recipe is not None else None
 
@@ -184,7 +177,7 @@ def save_merged(
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        write_weights(tensors, tmp, max_shard_bytes=max_shard_bytes)
+        write_weights(prepared, tmp, max_shard_bytes=max_shard_bytes)
         _write_config(base, tmp, saved_dtype)
         for fname in AUX_FILES:
             if (base / fname).is_file():

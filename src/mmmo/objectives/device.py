@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from mmmo.dtypes import DTYPES
 from mmmo.errors import MmmoError
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,18 +36,18 @@ def resolve_device(name: str) -> torch.device:
 def default_dtype(device: torch.device, requested: str | None) -> torch.dtype:
     """The requested dtype, or bfloat16 on CUDA (float16 where the GPU lacks bf16) and float32 elsewhere."""
     if requested is not None:
-        if requested not in _DTYPES:
-            raise MmmoError(f"unknown dtype {requested!r}: use one of {', '.join(_DTYPES)}")
-        dtype = _DTYPES[requested]
+        if requested not in DTYPES:
+            raise MmmoError(f"unknown dtype {requested!r}: use one of {', '.join(DTYPES)}")
+        dtype = DTYPES[requested]
         if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise MmmoError(f"{device} does not support bfloat16; use float16 or float32")
         return dtype
     if device.type == "cuda":
-        return torch.bfloat16 if _native_bf16() else torch.float16
+        return torch.bfloat16 if has_native_bf16() else torch.float16
     return torch.float32
 
 
-def _native_bf16() -> bool:
+def has_native_bf16() -> bool:
     """True when the current GPU computes in bfloat16 natively (Ampere or newer), not by emulation."""
     try:
         return torch.cuda.is_bf16_supported(including_emulation=False)

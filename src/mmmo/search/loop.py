@@ -1,4 +1,8 @@
-"""The optimisation loop, independent of how trials are stored or evaluated, and resumable from any history."""
+"""The optimisation loop, independent of how trials are stored or evaluated, and resumable from any history.
+
+Its seams: `LoopOptions` (what to optimise and how hard, validated once), the `evaluate` function (trials in,
+finished trials out) and a `LoopObserver` that hears of each step (to journal it, show progress, time it).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,21 @@ import math
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from mmmo.config import OptimizerSpec
 from mmmo.errors import MmmoError
+from mmmo.search.acquisition import AcqBudget
 from mmmo.search.gp import observation_variance
 from mmmo.search.pareto import hypervolume, infer_ref_point, pareto_mask
-from mmmo.search.strategies import AcqBudget, propose_batch
+from mmmo.search.strategies import propose_batch
 from mmmo.trial import Trial
+
+# Scores a batch's pending trials, yielding each once, done or failed, in any order.
+EvaluateBatch = Callable[[list[Trial]], Iterable[Trial]]
 
 
 @dataclass
@@ -39,8 +48,83 @@ class LoopResult:
     pareto_ids: list[int] = field(default_factory=list)
 
 
-def _noop(*_: object) -> None:
-    return None
+@dataclass(frozen=True, eq=False)
+class LoopOptions:
+    """What `run_loop` optimises and how: checked when made, never changed after.
+
+    `objective_names` are every objective, maximised, in the order of the GP's outputs; `task_objective_names`
+    (a subset) are those the weak-to-strong crossover ranks by. `ref_point` (raw objective units, one value per
+    objective) fixes the hypervolume reference point; None infers it once from the first done trials. `budget`
+    is the acquisition effort (None: AcqBudget's defaults); `device` where the GP work runs (None: CPU).
+    `ended_batches` are the batches whose end the caller already recorded (None: the caller keeps no such
+    record). `initial_points [k, dim]` (unit cube, e.g. the standard recipes) open the initial design.
+    `to_params` names a unit-cube point's merge parameters in real units, for each new trial's `params`.
+    """
+
+    opt: OptimizerSpec
+    dim: int
+    objective_names: Sequence[str]
+    task_objective_names: Sequence[str]
+    ref_point: Sequence[float] | None = None
+    budget: AcqBudget | None = None
+    device: torch.device | str | None = None
+    ended_batches: Collection[int] | None = None
+    initial_points: Tensor | None = None
+    to_params: Callable[[list[float]], dict[str, float]] | None = None
+
+    def __post_init__(self) -> None:
+        # Kept as tuples and a frozenset: the caller's lists cannot change the options afterwards.
+        object.__setattr__(self, "objective_names", tuple(self.objective_names))
+        object.__setattr__(self, "task_objective_names", tuple(self.task_objective_names))
+        if self.ref_point is not None:
+            object.__setattr__(self, "ref_point", tuple(float(v) for v in self.ref_point))
+        if self.ended_batches is not None:
+            object.__setattr__(self, "ended_batches", frozenset(self.ended_batches))
+        if self.dim < 1:
+            raise MmmoError(f"the search space needs at least one dimension, got {self.dim}")
+        unknown = [n for n in self.task_objective_names if n not in self.objective_names]
+        if unknown:
+            raise MmmoError(f"task objective(s) not among the objectives: {', '.join(unknown)}")
+        if self.ref_point is not None and len(self.ref_point) != len(self.objective_names):
+            raise MmmoError(
+                f"ref_point has {len(self.ref_point)} values but there are {len(self.objective_names)} objectives"
+            )
+        if self.initial_points is not None and self.initial_points.shape[-1] != self.dim:
+            raise MmmoError(
+                f"initial points have {self.initial_points.shape[-1]} coordinates, the search space has {self.dim}"
+            )
+
+
+class LoopObserver(Protocol):
+    """Hears what `run_loop` does, in order: proposals, finished trials, the reference point, batch ends."""
+
+    def on_proposed(self, trials: list[Trial]) -> None:
+        """New trials of a batch, before any of them is evaluated (journal them here)."""
+
+    def on_finished(self, trial: Trial) -> None:
+        """A trial came back from evaluation, done or failed."""
+
+    def on_ref_point(self, ref_point: list[float]) -> None:
+        """The reference point, inferred once from the first done trials (raw objective units)."""
+
+    def on_batch_end(self, summary: BatchSummary) -> None:
+        """A batch is complete: its summary (see `run_loop` for which batches are announced)."""
+
+
+class NullObserver:
+    """A `LoopObserver` that ignores everything: subclass it to hear only some events."""
+
+    def on_proposed(self, trials: list[Trial]) -> None:
+        pass
+
+    def on_finished(self, trial: Trial) -> None:
+        pass
+
+    def on_ref_point(self, ref_point: list[float]) -> None:
+        pass
+
+    def on_batch_end(self, summary: BatchSummary) -> None:
+        pass
 
 
 def is_usable(trial: Trial, objective_names: Sequence[str]) -> bool:
@@ -75,7 +159,7 @@ def done_variances(usable: Sequence[Trial], objective_names: Sequence[str]) -> T
     return observation_variance(stderr, n_examples)
 
 
-def summarize(
+def summarize_batch(
     trials: Sequence[Trial],
     batch: int,
     objective_names: Sequence[str],
@@ -116,47 +200,25 @@ def _check_finished(t: Trial, pending: set[int], objective_names: Sequence[str])
 
 
 def run_loop(
-    trials: list[Trial],
-    *,
-    dim: int,
-    objective_names: list[str],
-    task_objective_names: list[str],
-    opt: OptimizerSpec,
-    evaluate: Callable[[list[Trial]], Iterable[Trial]],
-    on_proposed: Callable[[list[Trial]], None] = _noop,
-    on_finished: Callable[[Trial], None] = _noop,
-    on_batch_end: Callable[[BatchSummary], None] = _noop,
-    ref_point: list[float] | None = None,
-    on_ref_point: Callable[[list[float]], None] = _noop,
-    to_params: Callable[[list[float]], dict[str, float]] | None = None,
-    budget: AcqBudget | None = None,
-    device: torch.device | str | None = None,
-    ended_batches: Collection[int] | None = None,
-    initial_points: Tensor | None = None,
+    trials: Sequence[Trial],
+    options: LoopOptions,
+    evaluate: EvaluateBatch,
+    observer: LoopObserver | None = None,
 ) -> LoopResult:
     """Run (or resume) batches 0..opt.batches over the history `trials`.
 
     A batch already present in the history is not proposed again: only its trials still `proposed`
-    (interrupted mid-evaluation) are evaluated. New trials go to `on_proposed` before evaluation so the
-    caller can journal them. `on_batch_end` is called for the batches this call proposed or evaluated,
-    and, when `ended_batches` (the batches whose end the caller already recorded) is given, for every
-    complete batch not in it.
-    The reporting reference point is `ref_point`, else inferred once from the first done trials (batch 0
-    normally) and handed to `on_ref_point`. `budget` (acquisition effort) defaults to
-    `mmmo.search.strategies.DEFAULT_BUDGET`; `device` is where the GP work runs (default CPU).
-    The acquisition uses that same reference point from batch 1 on. `initial_points` (unit cube, e.g. the
-    standard recipes) open the initial design.
+    (interrupted mid-evaluation) are evaluated. New trials go to `observer.on_proposed` before evaluation so
+    the caller can journal them. `observer.on_batch_end` hears of the batches this call proposed or evaluated
+    and, when `options.ended_batches` is given, of every complete batch not in it.
+    The reporting reference point is `options.ref_point`, else inferred once from the first done trials (batch 0
+    normally) and handed to `observer.on_ref_point`; the acquisition uses that same point from batch 1 on.
     """
-    unknown = [n for n in task_objective_names if n not in objective_names]
-    if unknown:
-        raise MmmoError(f"task objective(s) not among the objectives: {', '.join(unknown)}")
-    if ref_point is not None and len(ref_point) != len(objective_names):
-        raise MmmoError(
-            f"ref_point has {len(ref_point)} values but there are {len(objective_names)} objectives"
-        )
-    task_columns = [objective_names.index(n) for n in task_objective_names]
+    watch = observer if observer is not None else NullObserver()
+    opt, dim, names = options.opt, options.dim, options.objective_names
+    task_columns = [names.index(n) for n in options.task_objective_names]
     history = sorted(trials, key=lambda t: t.id)
-    ref = list(ref_point) if ref_point is not None else None
+    ref = list(options.ref_point) if options.ref_point is not None else None
     hypervolumes: list[float] = []
 
     for b in range(opt.batches + 1):
@@ -164,70 +226,89 @@ def run_loop(
         worked = False
         propose_seconds = None
         if not batch_trials:
-            X_done, Y_done, usable = done_arrays(history, objective_names, dim)
-            X_seen = torch.tensor([t.x for t in history], dtype=torch.float64).reshape(-1, dim)
             started = time.perf_counter()
-            proposals = propose_batch(
-                opt,
-                X_done=X_done,
-                Y_done=Y_done,
-                Yvar_done=done_variances(usable, objective_names),
-                X_all_seen=X_seen,
-                task_columns=task_columns,
-                batch_index=b,
-                dim=dim,
-                ref_point=ref,
-                done_batches=[t.batch for t in usable],
-                initial_points=initial_points,
-                budget=budget,
-                device=device,
-            )
+            batch_trials = _propose(history, b, options, task_columns, ref)
             propose_seconds = time.perf_counter() - started
-            next_id = max((t.id for t in history), default=-1) + 1
-            batch_trials = [
-                Trial(
-                    id=next_id + i,
-                    batch=b,
-                    x=[float(v) for v in p.x],
-                    step=p.step,
-                    params=to_params(p.x) if to_params is not None else {},
-                )
-                for i, p in enumerate(proposals)
-            ]
             history.extend(batch_trials)
-            on_proposed(list(batch_trials))
+            watch.on_proposed(list(batch_trials))
             worked = True
 
         pending = [t for t in batch_trials if t.status == "proposed"]
         if pending:
             worked = True
-            left = {t.id for t in pending}
-            position = {t.id: i for i, t in enumerate(history)}
-            for finished in evaluate(pending):
-                _check_finished(finished, left, objective_names)
-                history[position[finished.id]] = finished
-                left.discard(finished.id)
-                on_finished(finished)
-            if left:
-                raise MmmoError(f"evaluation ended without a result for trial(s) {sorted(left)}")
+            _evaluate_pending(history, pending, evaluate, names, watch)
 
         if ref is None:
-            _, Y_first, _ = done_arrays([t for t in history if t.batch <= b], objective_names, dim)
+            _, Y_first, _ = done_arrays([t for t in history if t.batch <= b], names, dim)
             if Y_first.shape[0]:
                 ref = infer_ref_point(Y_first).tolist()
-                on_ref_point(list(ref))
-        summary = summarize(history, b, objective_names, dim, ref)
+                watch.on_ref_point(list(ref))
+        summary = summarize_batch(history, b, names, dim, ref)
         summary.propose_seconds = propose_seconds
         hypervolumes.append(summary.hypervolume)
         # A batch can be complete with its end unrecorded: killed after its last evaluation.
-        if worked or (ended_batches is not None and b not in ended_batches):
-            on_batch_end(summary)
+        if worked or (options.ended_batches is not None and b not in options.ended_batches):
+            watch.on_batch_end(summary)
 
     last = max([opt.batches] + [t.batch for t in history])
-    final = summarize(history, last, objective_names, dim, ref) if history else None
+    final = summarize_batch(history, last, names, dim, ref) if history else None
     return LoopResult(
         trials=history,
         hypervolumes=hypervolumes,
         ref_point=ref,
         pareto_ids=final.pareto_ids if final else [],
     )
+
+
+def _propose(
+    history: list[Trial], batch: int, options: LoopOptions, task_columns: list[int], ref: list[float] | None
+) -> list[Trial]:
+    """Batch `batch`'s new trials, numbered after the history's last id."""
+    names, dim = options.objective_names, options.dim
+    X_done, Y_done, usable = done_arrays(history, names, dim)
+    proposals = propose_batch(
+        options.opt,
+        X_done=X_done,
+        Y_done=Y_done,
+        Yvar_done=done_variances(usable, names),
+        X_all_seen=torch.tensor([t.x for t in history], dtype=torch.float64).reshape(-1, dim),
+        task_columns=task_columns,
+        batch_index=batch,
+        dim=dim,
+        ref_point=ref,
+        done_batches=[t.batch for t in usable],
+        initial_points=options.initial_points,
+        budget=options.budget,
+        device=options.device,
+    )
+    next_id = max((t.id for t in history), default=-1) + 1
+    to_params = options.to_params
+    return [
+        Trial(
+            id=next_id + i,
+            batch=batch,
+            x=[float(v) for v in p.x],
+            step=p.step,
+            params=to_params(p.x) if to_params is not None else {},
+        )
+        for i, p in enumerate(proposals)
+    ]
+
+
+def _evaluate_pending(
+    history: list[Trial],
+    pending: list[Trial],
+    evaluate: EvaluateBatch,
+    objective_names: Sequence[str],
+    watch: LoopObserver,
+) -> None:
+    """Evaluate `pending`, replacing each in `history` by its finished self as it comes back."""
+    left = {t.id for t in pending}
+    position = {t.id: i for i, t in enumerate(history)}
+    for finished in evaluate(pending):
+        _check_finished(finished, left, objective_names)
+        history[position[finished.id]] = finished
+        left.discard(finished.id)
+        watch.on_finished(finished)
+    if left:
+        raise MmmoError(f"evaluation ended without a result for trial(s) {sorted(left)}")

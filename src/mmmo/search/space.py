@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from mmmo.config import Bounds, SearchSpec
 from mmmo.errors import MmmoError
-
-if TYPE_CHECKING:
-    from mmmo.config import SearchSpec
-
-Bounds = tuple[float, float]
 
 
 @dataclass(frozen=True)

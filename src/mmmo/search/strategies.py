@@ -20,10 +20,8 @@ from mmmo.config import OptimizerSpec
 from mmmo.errors import MmmoError
 from mmmo.quiet import expected_warnings
 from mmmo.search.acquisition import (
-    MAXITER,
-    MC_SAMPLES,
-    NUM_RESTARTS,
-    RAW_SAMPLES,
+    DEFAULT_BUDGET,
+    AcqBudget,
     propose_hvi,
     propose_hvi_pooled,
     resolve_ref_point,
@@ -37,30 +35,6 @@ log = logging.getLogger(__name__)
 MIN_DONE_FOR_GP = 2
 MIN_DONE_FOR_W2S = 3
 NSGA2_MAX_ASK_FACTOR = 4
-
-
-@dataclass(frozen=True)
-class AcqBudget:
-    """How hard to optimise the acquisition (restarts, raw samples, MC samples, L-BFGS iterations)."""
-
-    num_restarts: int = NUM_RESTARTS
-    raw_samples: int = RAW_SAMPLES
-    mc_samples: int = MC_SAMPLES
-    maxiter: int = MAXITER
-
-
-DEFAULT_BUDGET = AcqBudget()
-
-
-def budget_for(n_objectives: int) -> AcqBudget:
-    """An acquisition budget whose cost stays small beside an evaluation.
-
-    qLogNEHVI partitions the objective space once per MC sample, and that partitioning grows steeply with
-    the number of objectives: with 4 objectives and 128 samples one batch of 10 proposals took over 2 min
-    on 2 CPU cores against ~20 s with 32 samples (benchmarks/overhead.py measures it).
-    """
-    mc = MC_SAMPLES if n_objectives <= 2 else (64 if n_objectives == 3 else 32)
-    return AcqBudget(num_restarts=4, raw_samples=128, mc_samples=mc, maxiter=100)
 
 
 @dataclass
@@ -150,7 +124,7 @@ def propose_batch(
     the run's fixed one) defaults to `opt.ref_point`, else it is inferred from `Y_done`. `done_batches`
     (the batch of each done trial) sets NSGA-II's generations; None assumes full batches in order.
     `initial_points` (unit cube, e.g. the standard recipes) open the initial design, tagged "standard".
-    `budget` defaults to the module's DEFAULT_BUDGET, read at call time.
+    `budget` is the acquisition effort (None: AcqBudget's defaults).
     """
     budget = budget if budget is not None else DEFAULT_BUDGET
     dev = torch.device(device) if device is not None else X_done.device
@@ -180,7 +154,8 @@ def propose_batch(
         got = []
     elif opt.strategy in ("qnehvi", "mm-mo"):
         Yvar = Yvar_done.to(Y_done) if opt.known_noise and Yvar_done is not None else None
-        inp = BatchInputs(opt, fit_models(X_done, Y_done, Yvar), X_done, Y_done, X_seen, task_columns, ref, seed, budget)
+        model = fit_models(X_done, Y_done, Yvar, opt.prior_mean)
+        inp = BatchInputs(opt, model, X_done, Y_done, X_seen, task_columns, ref, seed, budget)
         got = _qnehvi(inp) if opt.strategy == "qnehvi" else _mm_mo(inp)
     else:
         raise MmmoError(f"unknown optimizer strategy {opt.strategy!r}")
@@ -206,27 +181,20 @@ class BatchInputs:
     budget: AcqBudget
 
 
-def _acquire(inp: BatchInputs, n: int, pool: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """`n` points by hypervolume improvement, and a `[k]` mask of those taken from `pool` (see
-    `propose_hvi_pooled`); without a pool, exactly `propose_hvi`'s sequential greedy batch."""
-    b = inp.budget
-    effort = {
-        "kind": inp.opt.acquisition,
-        "seed": inp.seed,
-        "num_restarts": b.num_restarts,
-        "raw_samples": b.raw_samples,
-        "mc_samples": b.mc_samples,
-        "maxiter": b.maxiter,
-        "Y_baseline": inp.Y_done,
-    }
+def acquire(inp: BatchInputs, n: int, pool: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """`n` points `[k, d]` by hypervolume improvement, and a `[k]` mask of those taken from `pool [p, d]` (see
+    `propose_hvi_pooled`); without a pool, exactly `propose_hvi`'s sequential greedy batch (mask all False)."""
+    kind, seed, budget, Y = inp.opt.acquisition, inp.seed, inp.budget, inp.Y_done
     if pool is None or pool.shape[0] == 0:
-        X = propose_hvi(inp.model, inp.X_done, inp.ref, n, **effort)  # type: ignore[arg-type]
+        X = propose_hvi(inp.model, inp.X_done, inp.ref, n, kind=kind, seed=seed, budget=budget, Y_baseline=Y)
         return X, torch.zeros(X.shape[0], dtype=torch.bool)
-    return propose_hvi_pooled(inp.model, inp.X_done, inp.ref, n, pool, X_avoid=inp.X_seen, **effort)  # type: ignore[arg-type]
+    return propose_hvi_pooled(
+        inp.model, inp.X_done, inp.ref, n, pool, X_avoid=inp.X_seen, kind=kind, seed=seed, budget=budget, Y_baseline=Y
+    )
 
 
 def _qnehvi(inp: BatchInputs) -> list[Proposal]:
-    X, _ = _acquire(inp, inp.opt.batch_size)
+    X, _ = acquire(inp, inp.opt.batch_size)
     return _novel(X, ["acquisition"] * X.shape[0], inp.X_seen, inp.opt.batch_size)
 
 
@@ -246,7 +214,7 @@ def _mm_mo(inp: BatchInputs) -> list[Proposal]:
     offspring = children[novel_indices(children.cpu(), inp.X_seen)]
     if opt.fisher_screening and offspring.shape[0] > n:
         offspring = offspring[fisher_screen(inp.model, offspring, n, inp.X_seen.to(offspring))]
-    X, from_pool = _acquire(inp, n, offspring)
+    X, from_pool = acquire(inp, n, offspring)
     steps = ["weak_to_strong" if pooled else "acquisition" for pooled in from_pool.tolist()]
     return _novel(X, steps, inp.X_seen, n)
 
@@ -254,7 +222,7 @@ def _mm_mo(inp: BatchInputs) -> list[Proposal]:
 def _mm_mo_crossover(inp: BatchInputs) -> list[Proposal]:
     """The paper's steps 2-4: propose `candidates` by HVI, cross DE mutants into them, Fisher screen to `batch_size`."""
     opt, w2s = inp.opt, inp.opt.weak_to_strong
-    X, _ = _acquire(inp, opt.candidates)
+    X, _ = acquire(inp, opt.candidates)
     cols = inp.task_columns or list(range(inp.Y_done.shape[-1]))
     generator = torch.Generator().manual_seed(inp.seed)
     X, from_mutant = weak_to_strong(

@@ -1,0 +1,156 @@
+"""The fast merge of one tensor, what the Merger runs for every candidate: the reference math
+(`mmmo.merge.reference`, mergekit 0.1.5's) with fewer passes, reusable buffers and, for a search, table lookups.
+
+It fixes the per-tensor quantities first (`tensor_setup`: the TIES threshold, the DARE draws and rescale factor),
+then does all the elementwise work, either over cache-sized chunks (`chunked`) or, for ties and dare_ties with
+`plan.fused`, in one compiled kernel (`fused`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+import mmmo.merge.fused as fused_kernel
+from mmmo.merge.chunked import merge_chunks
+from mmmo.merge.plan import MergePlan
+from mmmo.merge.tables import Precomputed
+from mmmo.merge.tensor_setup import TensorSetup, tensor_setup
+from mmmo.merge.workspace import Workspace
+
+_NO_TABLES = Precomputed()
+
+
+def abs_sum(t: Tensor) -> Tensor:
+    """|t|_1 as a float64 0-d tensor, accumulated in float64 (a float32 norm drifts ~1e-5 on large tensors)."""
+    return torch.sum(t.abs(), dtype=torch.float64)
+
+
+def merge_into(
+    out: Tensor,
+    plan: MergePlan,
+    base: Tensor,
+    deltas: Tensor,
+    weights: Tensor | Sequence[float],
+    densities: Tensor | Sequence[float] | None = None,
+    *,
+    generators: Sequence[torch.Generator | None] | None = None,
+    tables: Precomputed | None = None,
+    workspace: Workspace | None = None,
+    add_base: bool = True,
+) -> Tensor:
+    """Write `base + mixed` (or `mixed` alone without `add_base`) into `out` (base's shape) and return |mixed|_1
+    as a 0-d float64 tensor; `mixed` is what the method adds to the base, computed in `deltas.dtype`.
+
+    `deltas`: [n_models, *base.shape]; `weights`, `densities`: [n_models]; `generators`: one per model for DARE
+    (None draws from torch's default generator); `tables`: what is fixed for this tensor over a search, which
+    replaces the TIES selection, the DARE draws and DARE's norm pass by lookups. Models with weight 0 or
+    density <= 0 contribute nothing in every method, so they are skipped.
+
+    With `plan.fused`, ties and dare_ties in float32/64 (normalized only with weights >= 2^-60) run as one
+    compiled kernel with the same result bit for bit; other cases, or no compiler, run eagerly. TIES ties at the
+    threshold that must go are zeroed in `deltas` for the kernel's pass and restored after it.
+    """
+    n = deltas.shape[0]
+    if deltas.shape[1:] != base.shape:
+        raise ValueError(f"deltas shape {tuple(deltas.shape)} does not match base {tuple(base.shape)}")
+    ws = workspace if workspace is not None else Workspace()
+    flat = deltas.reshape(n, base.numel())
+    base_flat = base.reshape(-1)
+    out_flat = out.view(-1)
+    setup = tensor_setup(plan, flat, weights, densities, generators, _NO_TABLES if tables is None else tables, ws)
+    if not setup.active:
+        return _merge_without_models(out_flat, base_flat, plan, add_base=add_base)
+    if _fusable(plan, setup, add_base):
+        stat = _merge_fused(out_flat, base_flat, flat, plan, setup, ws)
+        if stat is not None:
+            return stat * abs(plan.lambda_) if plan.lambda_ != 1 else stat
+    return merge_chunks(out_flat, base_flat, flat, plan, setup, ws, add_base=add_base)
+
+
+def _merge_without_models(out_flat: Tensor, base_flat: Tensor, plan: MergePlan, *, add_base: bool) -> Tensor:
+    """The merge when no model takes part: the base (linear without normalize: the empty weighted sum, 0)."""
+    if plan.method.name == "linear" and not plan.normalize:
+        if add_base:
+            out_flat.zero_()  # the weighted sum of the models is 0
+        else:
+            torch.neg(base_flat, out=out_flat)
+        return abs_sum(base_flat)
+    if add_base:
+        out_flat.copy_(base_flat)
+    else:
+        out_flat.zero_()
+    return torch.zeros((), dtype=torch.float64, device=out_flat.device)
+
+
+def _fusable(plan: MergePlan, setup: TensorSetup, add_base: bool) -> bool:
+    """Whether the compiled kernel can take this merge (it has no general divisor and no half types)."""
+    return (
+        plan.fused and plan.method.consensus and add_base and setup.dtype in fused_kernel.FUSED_DTYPES
+        and (not plan.normalize or setup.fast_divisor) and fused_kernel.available()
+    )
+
+
+def _merge_fused(
+    out_flat: Tensor, base_flat: Tensor, flat: Tensor, plan: MergePlan, setup: TensorSetup, ws: Workspace
+) -> Tensor | None:
+    """The consensus merge through the fused kernel: per-model arguments for all models, with the ties past
+    each cut's `room` zeroed in `flat` for the pass (restored after it). None: kernel unavailable."""
+    n, numel = flat.shape
+    sparsification = plan.method.sparsification
+    limits, row_factors, row_weights = [0.0] * n, [0.0] * n, [0.0] * n
+    on = [False] * n
+    row_draws: list[Tensor] | None = None
+    if sparsification == "random":
+        row_draws = [ws.zeros("draws", numel, torch.float32, flat.device)] * n
+    factors = setup.factors
+    dropped: list[tuple[int, Tensor, Tensor]] = []
+    try:
+        for j, i in enumerate(setup.active):
+            on[i], row_factors[i], row_weights[i] = True, factors[j], setup.weights[i]
+            if sparsification == "magnitude":
+                cut = setup.cuts[j]
+                limits[i] = -1.0 if cut is None else cut.below  # -1: keep everything
+                if cut is not None and cut.room is not None:
+                    drop = cut.drop
+                    if drop is None:  # the selection path knows how many ties stay, not where they are
+                        drop = torch.nonzero(flat[i].abs() == cut.t).squeeze(1)[cut.room :]
+                    if drop.numel():
+                        dropped.append((i, drop, flat[i][drop].clone()))
+                        flat[i][drop] = 0
+            elif sparsification == "random" and row_draws is not None:
+                u = setup.draws[j]
+                if u is None:  # density >= 1: every draw of the zeros buffer is < 1
+                    limits[i] = 1.0
+                else:
+                    row_draws[i], limits[i] = u, setup.densities[i]
+        return fused_kernel.consensus_merge(
+            out_flat, base_flat, [flat[i] for i in range(n)], sparsification=sparsification, limits=limits,
+            factors=row_factors, weights=row_weights, active=on, normalize=plan.normalize,
+            lambda_=plan.lambda_, draws=row_draws,
+        )
+    finally:
+        for i, drop, values in dropped:
+            flat[i][drop] = values
+
+
+def merge_tensor(
+    method: str,
+    base: Tensor,
+    deltas: Tensor,
+    weights: Tensor | Sequence[float],
+    densities: Tensor | Sequence[float] | None = None,
+    *,
+    normalize: bool | None = None,
+    lambda_: float = 1.0,
+    rescale: bool | None = None,
+    generators: Sequence[torch.Generator | None] | None = None,
+) -> Tensor:
+    """Merge one tensor by method name: `base` plus the method's combination of the task vectors `deltas`
+    ([n_models, *base.shape]), in `base.dtype`; None takes the method's mergekit default (`registry`)."""
+    plan = MergePlan.of(method, normalize=normalize, lambda_=lambda_, rescale=rescale)
+    mixed = torch.empty(base.shape, dtype=deltas.dtype, device=deltas.device)
+    merge_into(mixed, plan, base, deltas, weights, densities, generators=generators, add_base=False)
+    return (base + mixed).to(base.dtype)

@@ -1,0 +1,83 @@
+"""How much of the task vectors and search-wide tables may stay on the merge device: the memory-budget policy."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mmmo.merge.registry import Sparsification
+
+# Share of the memory free at load time that task vectors and tables may take: the rest is for the live model's
+# activations during evaluation, the allocator's slack and whatever else the machine runs.
+RESIDENT_FRACTION = 0.7
+DRAW_TABLE_BYTES = 12  # DARE, per parameter and model: float32 draw, sorted draw and L1 prefix sum
+POSITION_BYTES = 4  # TIES, per parameter and model, beside the sorted magnitude (in the merge dtype): int32
+
+
+def available_host_bytes() -> int:
+    """RAM available to this process now (psutil, else /proc/meminfo, else free pages)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def default_resident_budget(device: torch.device) -> int:
+    """Bytes of task vectors that may stay on the device: RESIDENT_FRACTION of what is free there now."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(RESIDENT_FRACTION * free)
+    return int(RESIDENT_FRACTION * available_host_bytes())
+
+
+def table_bytes_per_entry(sparsification: Sparsification | None, itemsize: int) -> int:
+    """Bytes of search-wide tables per parameter and model (`mmmo.merge.tables`); 0 for methods without any."""
+    if sparsification == "magnitude":
+        return itemsize + POSITION_BYTES  # sorted magnitude + its position
+    if sparsification == "random":
+        return DRAW_TABLE_BYTES
+    return 0
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Where a Merger keeps its task vectors, and whether the search-wide tables fit beside them (bytes)."""
+
+    resident: bool  # task vectors on the merge device; else on the host, copied over tensor by tensor
+    store_bytes: int  # the base copy and the task vectors
+    tables: bool
+    table_bytes: int  # 0 without tables
+
+
+def plan_memory(
+    numel: int,
+    n_models: int,
+    dtype: torch.dtype,
+    sparsification: Sparsification | None,
+    device: torch.device,
+    *,
+    max_resident_bytes: int | None,
+    want_tables: bool,
+) -> MemoryPlan:
+    """Task vectors stay on `device` when they fit in `max_resident_bytes` (default: `default_resident_budget`);
+    the tables only when wanted, resident, and fitting in the same budget too."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    need = numel * itemsize * (n_models + 1)
+    budget = default_resident_budget(device) if max_resident_bytes is None else max_resident_bytes
+    resident = need <= budget
+    per_entry = table_bytes_per_entry(sparsification, itemsize)
+    extra = numel * n_models * per_entry
+    tables = want_tables and per_entry > 0 and resident and need + extra <= budget
+    return MemoryPlan(resident, need, tables, extra if tables else 0)

@@ -1,0 +1,55 @@
+"""What one merge computes per tensor, and how: the method with its parameters resolved, as one validated record."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from mmmo.errors import MmmoError
+from mmmo.merge.registry import MethodInfo, method_info
+
+CHUNK = 1 << 18  # CPU elements per chunk: the ~25 elementwise passes after selection then run in cache, not DRAM
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """A method and its mergekit parameters, defaults resolved, plus how the fast path runs it.
+
+    `fused`: ties and dare_ties in float32/64 run as one compiled kernel (`mmmo.merge.fused`), the same tensors
+    bit for bit. `chunk`: CPU elements per chunk of the eager path (whole tensors on other devices).
+    """
+
+    method: MethodInfo
+    normalize: bool
+    lambda_: float = 1.0
+    rescale: bool = False  # DARE: restore each task vector's L1 norm after the drop
+    fused: bool = False
+    chunk: int = CHUNK
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.lambda_):
+            raise MmmoError(f"lambda must be a finite number, got {self.lambda_}")
+        if self.chunk < 1:
+            raise MmmoError(f"chunk must be >= 1, got {self.chunk}")
+
+    @classmethod
+    def of(
+        cls,
+        method: str,
+        *,
+        normalize: bool | None = None,
+        lambda_: float = 1.0,
+        rescale: bool | None = None,
+        fused: bool = False,
+        chunk: int | None = None,
+    ) -> MergePlan:
+        """The plan for a method name; None takes the method's mergekit default (MmmoError for an unknown name)."""
+        info = method_info(method)
+        return cls(
+            info,
+            normalize=info.default_normalize if normalize is None else normalize,
+            lambda_=float(lambda_),
+            rescale=info.default_rescale if rescale is None else rescale,
+            fused=fused,
+            chunk=max(1, chunk or CHUNK),
+        )

@@ -1,0 +1,96 @@
+"""Per-tensor tables that depend only on the task vectors: computed once, they turn every candidate's TIES
+threshold and DARE draws and rescale norms into lookups for a whole search."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Precomputed:
+    """What stays fixed for a tensor over a whole search ([n, numel] each unless said; None: not computed)."""
+
+    sorted_mag: Tensor | None = None  # ascending |delta_i| (`sorted_magnitudes`)
+    sorted_pos: Tensor | None = None  # their flat positions
+    uniforms: Tensor | None = None  # DARE draws, position order (`dare_tables`)
+    u_sorted: Tensor | None = None  # the draws ascending
+    l1_prefix: Tensor | None = None  # cumulative |delta_i| in draw order
+    l1_norms: Tensor | None = None  # [n] `rescale_l1(delta_i)`, for DARE's rescale without the tables
+
+
+def sorted_magnitudes(deltas: Tensor) -> tuple[Tensor, Tensor]:
+    """Per task vector, |delta_i| ascending ([n, numel], exact, in the deltas' dtype) and the flat position each
+    came from ([n, numel] int32 (int64 past 2^31 entries); equal magnitudes in ascending position).
+
+    Every later density's TIES threshold, and the positions of the ties it must drop, are then lookups
+    (`mmmo.merge.selection.cut_from_sorted`) instead of a selection over the tensor.
+    """
+    n = deltas.shape[0]
+    mag = deltas.detach().reshape(n, -1).abs()
+    numel = mag.shape[1]
+    pos_dtype = torch.int32 if numel < 2**31 else torch.int64
+    if mag.device.type == "cpu" and mag.dtype != torch.float64 and numel < 2**31:
+        import numpy as np
+
+        # One int64 sort per row (NumPy's vectorised sort is several times faster than torch.sort on CPU):
+        # magnitudes are >= 0, so their float32 bits in the high word order like the values (exact for half
+        # types), and the position in the low word orders the ties.
+        values = torch.empty_like(mag)
+        positions = torch.empty(mag.shape, dtype=pos_dtype)
+        index = torch.arange(numel, dtype=torch.int64)
+        for i in range(n):
+            keys = (mag[i].float().view(torch.int32).to(torch.int64) << 32) | index
+            keys = torch.from_numpy(np.sort(keys.numpy()))
+            values[i] = (keys >> 32).to(torch.int32).view(torch.float32)
+            positions[i] = (keys & 0x7FFFFFFF).to(torch.int32)  # the low word
+        return values, positions
+    values, order = torch.sort(mag, dim=1, stable=True)
+    return values, order.to(pos_dtype)
+
+
+def rescale_l1(t: Tensor) -> Tensor:
+    """|t|_1 for DARE's rescale: summed in float64 and rounded to float32, which is what `dare_tables`' prefix
+    sums hold, so the rescale factor is the same bit for bit with or without the tables."""
+    return torch.sum(t.abs(), dtype=torch.float64).float()
+
+
+def dare_tables(deltas: Tensor, generators: Sequence[torch.Generator | None]) -> tuple[Tensor, Tensor, Tensor]:
+    """What DARE needs for any density, per task vector ([n, numel] float32 each): the uniforms drawn from
+    `generators[i]` (position order, the exact draws `bernoulli_mask` makes), the same sorted, and |delta_i|
+    accumulated in that sorted order (in float64, stored rounded to float32).
+
+    The masks `u < density` then need no RNG, and |delta_i * mask|_1, which DARE's rescale needs before any
+    entry can be written, is one lookup (`masked_l1`) instead of a pass over the tensor.
+    """
+    n = deltas.shape[0]
+    flat = deltas.detach().reshape(n, -1)
+    u = torch.empty(flat.shape, dtype=torch.float32, device=flat.device)
+    u_sorted = torch.empty_like(u)
+    prefix = torch.empty_like(u)
+    for i in range(n):
+        u[i].uniform_(generator=generators[i])
+        # Sort (u, |delta|) pairs by u with one int64 sort: both are >= 0, so their float32 bit patterns order
+        # like the values, and u's bits in the high word decide the order.
+        mag = flat[i].abs().float()
+        keys = (u[i].view(torch.int32).to(torch.int64) << 32) | mag.view(torch.int32).to(torch.int64)
+        if keys.device.type == "cpu":
+            import numpy as np
+
+            keys = torch.from_numpy(np.sort(keys.numpy()))
+        else:
+            keys = torch.sort(keys).values
+        u_sorted[i] = (keys >> 32).to(torch.int32).view(torch.float32)
+        prefix[i] = torch.cumsum((keys & 0xFFFFFFFF).to(torch.int32).view(torch.float32).double(), 0)
+        prefix[i, -1] = rescale_l1(flat[i])  # the same total whichever order summed it (see `rescale_l1`)
+    return u, u_sorted, prefix
+
+
+def masked_l1(u_sorted: Tensor, prefix: Tensor, density: float) -> float:
+    """|delta * (u < density)|_1 from one row of `dare_tables` (the comparison in float32, as `torch.lt` makes it)."""
+    d32 = torch.tensor([density], dtype=torch.float32, device=u_sorted.device)
+    m = int(torch.searchsorted(u_sorted, d32))  # how many draws are < density
+    return 0.0 if m == 0 else float(prefix[m - 1])

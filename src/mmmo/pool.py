@@ -1,0 +1,66 @@
+"""Where candidates are evaluated: the `EvaluatorPool` seam, the in-process pool, and the choice of pool for a spec."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from mmmo.config import SearchSpec
+from mmmo.evaluate import CandidateEvaluator
+from mmmo.parallel import RayPool
+from mmmo.run_store import SourceScore
+from mmmo.trial import Trial
+
+if TYPE_CHECKING:
+    from mmmo.merge.merger import Merger
+
+
+@runtime_checkable
+class EvaluatorPool(Protocol):
+    """One or more resident evaluators that score trials and source models; closed once, at the end of a search."""
+
+    def evaluate(self, trials: list[Trial]) -> Iterator[Trial]:
+        """Score `trials` (status "proposed"), yielding each as done or failed as it finishes, in any order."""
+        ...
+
+    def evaluate_sources(self, indices: Iterable[int | None]) -> list[SourceScore]:
+        """Score the base (None) and source models (their index in spec.models), in the order given."""
+        ...
+
+    def local_merger(self) -> Merger | None:
+        """The merger this process holds, which an export can reuse; None when the models live elsewhere."""
+        ...
+
+    def close(self) -> None:
+        """Release the evaluators (and anything started for them)."""
+        ...
+
+
+class LocalPool:
+    """Evaluate candidates one after the other with a single evaluator resident in this process."""
+
+    def __init__(self, evaluator: CandidateEvaluator):
+        self.evaluator = evaluator
+
+    def evaluate(self, trials: list[Trial]) -> Iterator[Trial]:
+        for t in trials:
+            yield self.evaluator.evaluate(t)
+
+    def evaluate_sources(self, indices: Iterable[int | None]) -> list[SourceScore]:
+        return [self.evaluator.evaluate_source(i) for i in indices]
+
+    def local_merger(self) -> Merger | None:
+        return self.evaluator.merger
+
+    def close(self) -> None:
+        pass
+
+
+def make_pool(spec: SearchSpec, on_attempt_failed: Callable[[Trial], None] | None = None) -> EvaluatorPool:
+    """One evaluator in this process, or a Ray pool when `evaluation.workers` > 1.
+
+    `on_attempt_failed` hears of each trial whose Ray worker died under it, before the trial is retried elsewhere.
+    """
+    if spec.evaluation.workers > 1:
+        return RayPool(spec, on_attempt_failed=on_attempt_failed)
+    return LocalPool(CandidateEvaluator(spec))

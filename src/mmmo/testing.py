@@ -1,0 +1,59 @@
+"""Support for tests and benchmarks, kept out of the product modules: a search spec over a built demo, and a Ray
+worker that dies on cue.
+
+Nothing in mmmo imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmmo.demo import DemoPaths
+from mmmo.parallel import RayWorker
+
+# The exit status of a process the kernel's OOM killer ended (128 + SIGKILL).
+OOM_KILLED = 137
+
+
+def search_spec_for(demo: DemoPaths, *, limit: int | None = None, **sections: Any) -> dict[str, Any]:
+    """A built demo's search spec (plain data) with absolute paths.
+
+    `limit` overrides every task's example count; each keyword section replaces that spec section, or
+    updates it when both are mappings (`optimizer={"batches": 1}` keeps the other optimizer fields).
+    """
+    data = yaml.safe_load(demo.config.read_text())
+    data["base_model"] = str(demo.base)
+    data["models"] = [{"path": str(p), "name": n} for n, p in demo.experts.items()]
+    data["tasks_dir"] = str(demo.tasks_dir)
+    if limit is not None:
+        for o in data["objectives"]:
+            if o.get("type", "lm_eval") == "lm_eval":
+                o["limit"] = limit
+    for key, patch in sections.items():
+        if isinstance(patch, dict) and isinstance(data.get(key), dict):
+            data[key].update(patch)
+        else:
+            data[key] = patch
+    return data
+
+
+def worker_killed_on_trial(trial_id: int, marker: Path) -> type[RayWorker]:
+    """A Ray worker class whose process dies, as an OOM kill would, when it picks up trial `trial_id` while the
+    file `marker` does not exist yet (it creates it first, so the death happens once across all workers).
+
+    Install it with `monkeypatch.setattr(RayPool, "worker_class", worker_killed_on_trial(...))`. The class is made
+    here, inside a function, so that Ray ships it to the workers by value, `trial_id` and `marker` included.
+    """
+
+    class KilledOnTrial(RayWorker):
+        def evaluate(self, trial_data: dict[str, Any]) -> dict[str, Any]:
+            if trial_data["id"] == trial_id and not marker.exists():
+                marker.touch()
+                os._exit(OOM_KILLED)
+            return super().evaluate(trial_data)
+
+    return KilledOnTrial
