@@ -125,6 +125,8 @@ def main() -> None:
         target += ["--platform", tag]
 
     print(f"building the mmmo wheel from {ROOT}", flush=True)
+    # setuptools reuses build/lib without removing files since deleted from src/: start from nothing.
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     proc = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(partial), str(ROOT)], log)
     mmmo_wheels = sorted(partial.glob("mmmo-*.whl"))
     if proc.returncode != 0 or not mmmo_wheels:

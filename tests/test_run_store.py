@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mmmo.config import spec_from_dict
 from mmmo.errors import MmmoError
@@ -146,6 +147,25 @@ def test_changed_spec_is_refused_naming_fields(tmp_path: Path) -> None:
     RunStore(tmp_path / "run").open(_spec(tmp_path))
     with pytest.raises(MmmoError, match=r"changed: optimizer\.candidates, optimizer\.seed"):
         RunStore(tmp_path / "run").open(_spec(tmp_path, seed=7, candidates=3))
+
+
+def test_a_run_from_before_a_field_existed_resumes_as_it_started(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.open(_spec(tmp_path)).record_trial(_trial(0, "done", 0.5))
+    data = yaml.safe_load(store.spec_path.read_text())
+    for field in ("prior_mean", "known_noise", "standard_recipes"):
+        del data["optimizer"][field]
+    del data["optimizer"]["weak_to_strong"]["mode"]
+    store.spec_path.write_text(yaml.safe_dump(data, sort_keys=False))  # as an older mmmo wrote it
+    as_started = RunStore(tmp_path / "run").stored_spec().optimizer
+    assert (as_started.prior_mean, as_started.known_noise, as_started.standard_recipes) == ("fitted", False, False)
+    assert as_started.weak_to_strong.mode == "crossover"
+    RunStore(tmp_path / "run").open(RunStore(tmp_path / "run").stored_spec())  # what `mmmo resume` does
+    store.spec_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(MmmoError, match=r"changed: optimizer\.known_noise, optimizer\.prior_mean, optimizer\."
+                       r"standard_recipes, optimizer\.weak_to_strong\.mode\).*started before .* existed: `mmmo resume"):
+        RunStore(tmp_path / "run").open(_spec(tmp_path))  # today's defaults differ
+    assert [t.id for t in RunStore(tmp_path / "run").load().trials] == [0]  # nothing lost
 
 
 def test_more_batches_other_workers_and_the_merge_kernel_may_change_on_resume(tmp_path: Path) -> None:

@@ -70,3 +70,16 @@ def test_auto_is_the_default_prior_mean() -> None:
     assert OptimizerSpec().prior_mean == "auto"
     with pytest.raises(ValueError):
         OptimizerSpec(prior_mean="best")
+
+
+def test_a_failed_fit_keeps_the_worst_prior_mean(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmmo.search import gp as gp_module
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no fit")
+
+    monkeypatch.setattr(gp_module, "fit_gpytorch_mll", fail)
+    X, Y = trade_off_observations()
+    for gp in fit_models(X, Y, prior_mean="worst").models:  # the prior hyperparameters, and still pinned
+        assert float(gp.mean_module.constant) == pytest.approx(float(gp.train_targets.min()))
+        assert not gp.mean_module.raw_constant.requires_grad

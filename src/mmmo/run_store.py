@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -301,6 +302,31 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
+# Spec fields added after runs were already being written, with the value a run written before them ran with:
+# a stored spec without one is read with that value, so an old run resumes as it started.
+FIELDS_ADDED_LATER: dict[str, Any] = {
+    "optimizer.known_noise": False,
+    "optimizer.standard_recipes": False,
+    "optimizer.weak_to_strong.mode": "crossover",
+    "optimizer.prior_mean": "fitted",
+}
+
+
+def with_fields_added_later(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A stored spec dict with every missing field of FIELDS_ADDED_LATER filled in, and the names filled."""
+    out = copy.deepcopy(data)
+    filled = []
+    for dotted, value in FIELDS_ADDED_LATER.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for key in parents:
+            node = node.setdefault(key, {})
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+            filled.append(dotted)
+    return out, filled
+
+
 def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted names of the fields that differ between two spec dicts."""
     a, b = _flatten(old), _flatten(new)
@@ -322,7 +348,7 @@ class RunStore:
     def stored_spec(self) -> SearchSpec:
         if not self.spec_path.exists():
             raise MmmoError(f"{self.dir} is not an mmmo run folder (no {SPEC_FILE})")
-        data = yaml.safe_load(self.spec_path.read_text())
+        data, _ = with_fields_added_later(yaml.safe_load(self.spec_path.read_text()))
         return spec_from_dict(data, self.dir, check_paths=False)
 
     def move_aside(self) -> Path:
@@ -341,12 +367,19 @@ class RunStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         new = spec_to_dict(spec)
         if self.spec_path.exists():
-            old = yaml.safe_load(self.spec_path.read_text())
+            old, filled = with_fields_added_later(yaml.safe_load(self.spec_path.read_text()))
             changed = [f for f in changed_fields(old, new) if not f.startswith(RESUMABLE_CHANGES)]
             if changed:
+                newer = [f for f in changed if f in filled]
+                hint = (
+                    f"; it was started before {', '.join(newer)} existed: `mmmo resume {self.dir}` continues it "
+                    "as it started"
+                    if newer
+                    else ""
+                )
                 raise MmmoError(
                     f"{self.dir} holds a run with a different spec (changed: {', '.join(changed)}); "
-                    "use --fresh to start over or another output.dir"
+                    f"use --fresh to start over or another output.dir{hint}"
                 )
         atomic_write_text(self.spec_path, yaml.safe_dump(new, sort_keys=False))
         return Journal(self.journal_path)

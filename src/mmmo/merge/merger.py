@@ -60,6 +60,7 @@ class MergerOptions:
             raise MmmoError(f"layer_groups must be >= 1, got {self.layer_groups}")
         if not self.dtype.is_floating_point:
             raise MmmoError(f"dtype must be a floating-point type, got {self.dtype}")
+        self.plan()  # a bad lambda fails here, before any checkpoint is loaded
 
     @property
     def info(self) -> MethodInfo:
