@@ -286,11 +286,12 @@ def test_default_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
     assert default_dtype(CPU, None) == torch.float32
     assert default_dtype(CPU, "bfloat16") == torch.bfloat16
     assert default_dtype(CPU, "float16") == torch.float16
+    assert default_dtype(CPU, "float64") == torch.float64  # the one dtype table (mmmo.dtypes) has it
     monkeypatch.setattr(device_mod, "has_native_bf16", lambda: True)
     assert default_dtype(torch.device("cuda", 0), None) == torch.bfloat16
     monkeypatch.setattr(device_mod, "has_native_bf16", lambda: False)
     assert default_dtype(torch.device("cuda", 0), None) == torch.float16
-    with pytest.raises(MmmoError, match="^unknown dtype 'fp8': use one of float32, bfloat16, float16$"):
+    with pytest.raises(MmmoError, match="^unknown dtype 'fp8': use one of float32, bfloat16, float16, float64$"):
         default_dtype(CPU, "fp8")
 
 
