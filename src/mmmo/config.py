@@ -125,6 +125,10 @@ class WeakToStrongSpec(_Strict):
     cr: float = Field(0.5, ge=0.0, le=1.0)
 
 
+# What each GP assumes far from the data (search.gp.resolve_prior_mean says which "auto" picks).
+PriorMean = Literal["auto", "worst", "fitted"]
+
+
 class OptimizerSpec(_Strict):
     strategy: Literal["mm-mo", "qnehvi", "random", "nsga2"] = "mm-mo"
     initial: int = Field(10, ge=2)
@@ -141,7 +145,7 @@ class OptimizerSpec(_Strict):
     # Each GP's prior mean, what it predicts far from the data: "worst" pins it at the worst observation of its
     # objective, "fitted" is BoTorch's fitted constant, "auto" pins it with 3 or more objectives (where a fitted
     # mean makes unexplored corners look like progress: see search.gp.resolve_prior_mean).
-    prior_mean: Literal["auto", "worst", "fitted"] = "auto"
+    prior_mean: PriorMean = "auto"
     # The initial design opens with the recipe a user would try by hand (equal weights, the usual density).
     standard_recipes: bool = True
     ref_point: list[float] | None = None

@@ -15,6 +15,7 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.utils.warnings import NumericalWarning
 from torch import Tensor
 
+from mmmo.config import PriorMean
 from mmmo.quiet import expected_warnings
 
 log = logging.getLogger(__name__)
@@ -41,30 +42,28 @@ def known_variance(y: Tensor, yvar: Tensor) -> Tensor:
     return yvar.clamp_min(float(EXACT_NOISE_FRACTION * scale))
 
 
-PriorMean = Literal["auto", "worst", "fitted"]
-
+ResolvedPrior = Literal["worst", "fitted"]
 
 # From this many objectives on, "auto" pins the prior mean (benchmarks/RESULTS.md, issue 14).
 PINNED_PRIOR_MIN_OBJECTIVES = 3
 
 
-def resolve_prior_mean(n_objectives: int, prior_mean: PriorMean) -> Literal["worst", "fitted"]:
+def resolve_prior_mean(n_objectives: int, prior_mean: PriorMean) -> ResolvedPrior:
     """"auto": "worst" with PINNED_PRIOR_MIN_OBJECTIVES or more objectives, else "fitted".
 
     Far from the data a GP returns to its prior mean; fitted, that mean is about the average observation, on
     every objective at once. Where objectives trade off (a merge's tasks against each other and against
     sparsity, DTLZ2) such an average point can lie beyond the front found so far, and the more objectives there
     are the likelier it is that no observation dominates it: every unexplored corner then looks like progress
-    and the acquisition spends the budget there. Measured: pinned, the median final hypervolume rose on every
-    problem with 4 objectives (by 2 points on the demo, about 50 on DTLZ2) and fell on the 2-objective
-    BraninCurrin (1.4 points, 10 with noise), where a fitted mean draws the search to regions worth exploring.
+    and the acquisition spends the budget there. Pinned, the hypervolume rose on every 4-objective problem of
+    benchmarks/search_quality.py and fell on the 2-objective one (BraninCurrin): the figures are in RESULTS.md.
     """
     if prior_mean != "auto":
         return prior_mean
     return "worst" if n_objectives >= PINNED_PRIOR_MIN_OBJECTIVES else "fitted"
 
 
-def _gp(x: Tensor, y: Tensor, yvar: Tensor | None, prior_mean: Literal["worst", "fitted"]) -> SingleTaskGP:
+def _gp(x: Tensor, y: Tensor, yvar: Tensor | None, prior_mean: ResolvedPrior) -> SingleTaskGP:
     d = x.shape[-1]
     bounds = torch.stack([torch.zeros(d), torch.ones(d)]).to(x)
     with expected_warnings(_CONSTANT_OUTCOME_WARNING):
@@ -82,9 +81,7 @@ def _gp(x: Tensor, y: Tensor, yvar: Tensor | None, prior_mean: Literal["worst", 
     return gp
 
 
-def _fit_one(
-    x: Tensor, y: Tensor, yvar: Tensor | None, index: int, prior_mean: Literal["worst", "fitted"]
-) -> SingleTaskGP:
+def _fit_one(x: Tensor, y: Tensor, yvar: Tensor | None, index: int, prior_mean: ResolvedPrior) -> SingleTaskGP:
     gp = _gp(x, y, yvar, prior_mean)
     mll = ExactMarginalLogLikelihood(gp.likelihood, gp)
     try:
