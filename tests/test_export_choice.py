@@ -11,8 +11,9 @@ import torch
 from mmmo.config import spec_from_dict
 from mmmo.diskspace import DiskFull, check_free_space, human_bytes, is_disk_full
 from mmmo.export import pareto_by_contribution, select_trials
-from mmmo.report import report_markdown, summarize_run
+from mmmo.report import report_markdown
 from mmmo.run_store import RunState
+from mmmo.run_summary import summarize_run
 from mmmo.search.pareto import hypervolume, hypervolume_contributions
 from mmmo.trial import Trial
 

@@ -19,13 +19,13 @@ import yaml
 
 from mmmo.objectives.lm_eval_compat import (
     BOOTSTRAP_IN_PROCESS_VARIABLE,
+    aggregate_outcomes,
     bootstrap_in_process,
     cache_prompt_templates,
     declares_unsafe_code,
     filter_names,
     freeze_requests,
     live_hflm,
-    predicts_only,
 )
 
 FILTERED_TASK = "mmmo_test_filtered"  # the generation task with a named filter pipeline
@@ -125,34 +125,66 @@ def test_lm_eval_rebuilds_requests_into_the_private_instances_list(load: Any) ->
     assert not {id(i) for i in task.instances} & {id(i) for i in first}  # a rebuild: new requests each time
 
 
-def test_frozen_requests_are_built_once_and_reset_on_each_evaluate(load: Any, live: tuple[Any, Any]) -> None:
+def test_frozen_requests_are_built_once_and_picked_on_each_evaluate(load: Any, live: tuple[Any, Any]) -> None:
     model, tokenizer = live
     task = load(fx.GEN_TASK)
     task.set_config(key="num_fewshot", value=2)  # few-shot sampling: a rebuild would draw other examples
     task.set_fewshot_seed(seed=1234)
-    freeze_requests(task, 4)
+    freeze_requests(task, [4, 1, 3, 0])
     built = list(task.instances)
     assert len(built) == 4
-    reset = task.build_all_requests
+    assert [i.doc["prompt"] for i in built] == ["a", "b", "d", "e"]  # lm-eval builds them in split order
+    pick = task.build_all_requests
     calls: list[dict[str, Any]] = []
 
     def counted(**kwargs: Any) -> None:
         calls.append(kwargs)
-        reset(**kwargs)
+        pick(**kwargs)
 
     task.build_all_requests = counted
     lm = live_hflm(pretrained=model, tokenizer=tokenizer, batch_size=4)
+    fx.set_bigram(model, tokenizer, {**fx.RIGHT, "d": "1"})  # only d is wrong
     for _ in range(2):
-        out = _evaluate(lm, {fx.GEN_TASK: task}, limit=4)
-        assert out["results"][fx.GEN_TASK]["exact_match,none"] == 1.0
-        assert out["n-samples"][fx.GEN_TASK]["effective"] == 4
+        out = _evaluate(lm, {fx.GEN_TASK: task}, samples={fx.GEN_TASK: [0, 1, 3, 4]}, log_samples=True)
+        assert out["results"][fx.GEN_TASK]["exact_match,none"] == 0.75
+        by_doc = {s["doc_id"]: s["exact_match"] for s in out["samples"][fx.GEN_TASK]}
+        assert by_doc == {0: 1.0, 1: 1.0, 3: 0.0, 4: 1.0}  # lm-eval maps positions back to document ids
     assert len(calls) == 2  # lm-eval asks for the requests on every evaluate() ...
-    assert [id(i) for i in task.instances] == [id(i) for i in built]  # ... and gets the same ones back
-    assert all(len(i.resps) == 1 for i in built)  # each call's responses replace the last ones
-    task._instances = built[:1]  # whatever became of the list, the reset restores it
-    task.build_all_requests(limit=4, rank=0, world_size=1)
-    assert [id(i) for i in task.instances] == [id(i) for i in built]
-    assert all(i.resps == [] and i.filtered_resps == {} for i in built)
+    assert calls[0]["samples"] == [0, 1, 3, 4]
+    # ... and gets copies of the built ones: the same prompts, fresh outputs, numbered by position.
+    assert [i.arguments for i in task.instances] == [i.arguments for i in built]
+    assert all(i.resps == [] for i in built)
+    # A stage's subset, sorted: lm-eval maps positions back through the list as given.
+    out = _evaluate(lm, {fx.GEN_TASK: task}, samples={fx.GEN_TASK: [1, 3]}, log_samples=True)
+    assert {s["doc_id"]: s["exact_match"] for s in out["samples"][fx.GEN_TASK]} == {1: 1.0, 3: 0.0}
+    assert [i.doc_id for i in task.instances] == [0, 1]
+    assert [i.arguments for i in task.instances] == [built[1].arguments, built[2].arguments]
+    fx.set_bigram(model, tokenizer, fx.RIGHT)  # the model is shared by the module's tests
+
+
+def test_aggregate_outcomes_is_what_lm_eval_reports_for_those_documents(
+    manager: Any, live: tuple[Any, Any]
+) -> None:
+    model, tokenizer = live
+    fx.set_bigram(model, tokenizer, {**fx.RIGHT, "d": "1", "e": "1"})
+    loaded = manager.load([fx.GROUP])
+    tasks, groups = dict(loaded["tasks"]), dict(loaded["groups"])
+    lm = live_hflm(pretrained=model, tokenizer=tokenizer, batch_size=4)
+    with torch.no_grad(), bootstrap_in_process():
+        from lm_eval.evaluator import evaluate
+
+        out = evaluate(lm=lm, task_dict={"tasks": tasks, "groups": groups}, bootstrap_iters=10, log_samples=True)
+    per_doc = {
+        name: {"exact_match,none": [s["exact_match"] for s in sorted(out["samples"][name], key=lambda s: s["doc_id"])]}
+        for name in tasks
+    }
+    assert per_doc[fx.GEN_TASK]["exact_match,none"] == [1.0, 1.0, 1.0, 0.0, 0.0, 1.0]
+    mine = aggregate_outcomes(tasks, groups, per_doc, bootstrap_iters=10)
+    for name in [fx.GEN_TASK, fx.GEN4_TASK, fx.GROUP]:
+        for key in ("exact_match,none", "exact_match_stderr,none"):
+            assert mine[name][key] == pytest.approx(out["results"][name][key], rel=1e-12), (name, key)
+    assert mine[fx.GROUP]["exact_match,none"] == pytest.approx(7 / 10)  # 4/6 and 3/4, weighted by size
+    fx.set_bigram(model, tokenizer, fx.RIGHT)
 
 
 # ------------------------------------------------------------------------- metrics and task index
@@ -167,17 +199,6 @@ def test_filter_names_are_the_private_filter_pipelines(load: Any, live: tuple[An
     lm = live_hflm(pretrained=live[0], tokenizer=live[1], batch_size=4)
     results = _evaluate(lm, {FILTERED_TASK: filtered})["results"][FILTERED_TASK]
     assert results["exact_match,first-digit"] == 1.0
-
-
-def test_predicts_only_is_what_lm_eval_refuses_without_sample_logs(load: Any, live: tuple[Any, Any]) -> None:
-    task = load(fx.GEN_TASK)
-    assert "exact_match" in task._metric_fn_list
-    assert not predicts_only(task)
-    task.override_metric(metric_name="bypass")  # what lm-eval's predict_only does
-    assert predicts_only(task)
-    lm = live_hflm(pretrained=live[0], tokenizer=live[1], batch_size=4)
-    with pytest.raises(ValueError, match="log_samples must be True"):
-        _evaluate(lm, {fx.GEN_TASK: task}, log_samples=False)
 
 
 def test_unsafe_code_is_read_from_the_task_index(manager: Any) -> None:

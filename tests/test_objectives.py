@@ -46,9 +46,9 @@ def objective(name: str, task: str, metric: str, **kw: Any) -> ObjectiveSpec:
 
 
 def bound(
-    specs: list[ObjectiveSpec], tasks_dir: str, live: tuple[Any, Any], batch_size: int | str = 4
+    specs: list[ObjectiveSpec], tasks_dir: str, live: tuple[Any, Any], batch_size: int | str = 4, **kw: Any
 ) -> LmEvalObjectives:
-    objectives = LmEvalObjectives(specs, tasks_dir=tasks_dir, batch_size=batch_size)  # type: ignore[arg-type]
+    objectives = LmEvalObjectives(specs, tasks_dir=tasks_dir, batch_size=batch_size, **kw)  # type: ignore[arg-type]
     objectives.bind(live[0], live[1], CPU)
     return objectives
 
@@ -64,8 +64,11 @@ def test_in_place_weight_changes_change_the_scores(tasks_dir: str, live: tuple[A
     )
     right = objectives.evaluate()
     assert right == {
-        "gen": TaskScore(1.0, {"exact_match,none": 1.0, "exact_match_stderr,none": 0.0}, 6, stderr=0.0),
-        "mc": TaskScore(1.0, {"acc,none": 1.0, "acc_stderr,none": 0.0}, 6, stderr=0.0),
+        "gen": TaskScore(
+            1.0, {"exact_match,none": 1.0, "exact_match_stderr,none": 0.0}, 6, stderr=0.0,
+            outcomes={fx.GEN_TASK: [1.0] * 6},
+        ),
+        "mc": TaskScore(1.0, {"acc,none": 1.0, "acc_stderr,none": 0.0}, 6, stderr=0.0, outcomes={fx.MC_TASK: [1.0] * 6}),
     }
     fx.set_bigram(model, tokenizer, HALF_WRONG)
     half = objectives.evaluate()
@@ -119,7 +122,7 @@ def test_limit_counts_and_fractions_and_one_task_at_two_limits(tasks_dir: str, l
         objective("mc_half", fx.MC_TASK, "acc", limit=0.5),
         objective("mc_whole", fx.MC_TASK, "acc", limit=1.0),
     ]
-    scores = bound(specs, tasks_dir, live).evaluate()
+    scores = bound(specs, tasks_dir, live, subset="first").evaluate()  # lm-eval's --limit: the first documents
     assert {k: (s.value, s.n_examples) for k, s in scores.items()} == {
         "gen_all": (0.5, 6),
         "gen_4": (0.75, 4),

@@ -82,11 +82,11 @@ def test_a_second_search_is_refused_and_sigterm_ends_the_first_cleanly(demo_spec
 
 @pytest.fixture(scope="module")
 def finished_run(demo_paths, tmp_path_factory) -> Path:
-    """A finished 6-trial demo run (no export), shared read-only: tests copy it before changing anything."""
+    """A finished 8-trial demo run (no export), shared read-only: tests copy it before changing anything."""
     from demo_specs import write_demo_spec
 
     folder = tmp_path_factory.mktemp("run-folder")
-    return mmmo.search(write_demo_spec(demo_paths, folder), show_progress=False).run_dir
+    return mmmo.search(write_demo_spec(demo_paths, folder, optimizer={"batches": 2}), show_progress=False).run_dir
 
 
 def _copy(run_dir: Path, to: Path) -> Path:
@@ -131,7 +131,7 @@ def test_resume_repair_moves_a_damaged_line_aside_and_reruns_its_trial(finished_
     assert side.read_bytes() == lines[n]
     events = read_events(journal)
     finished = Counter(e["trial"]["id"] for e in events if e["event"] in ("done", "failed"))
-    assert sorted(finished) == list(range(6)) and set(finished.values()) == {1}
+    assert sorted(finished) == list(range(8)) and set(finished.values()) == {1}
     want = fold_events(read_events(finished_run / "trials.jsonl")).trials
     assert [t.objectives for t in fold_events(events).trials] == [t.objectives for t in want]  # 5 ran again
 

@@ -123,7 +123,7 @@ def test_unknown_event_kind_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'pruned' is not a valid EventKind"):
         Journal(path).append("pruned")
     assert {k.value for k in EventKind} == {
-        "proposed", "done", "failed", "attempt_failed", "source", "ref_point", "batch_end"
+        "proposed", "partial", "done", "failed", "attempt_failed", "source", "ref_point", "batch_end", "documents"
     }
 
 

@@ -26,7 +26,7 @@ _HOMES = {
     "search": "mmmo.api",
     "resume": "mmmo.api",
     "SearchResult": "mmmo.api",
-    "load_run": "mmmo.report",
+    "load_run": "mmmo.run_summary",
     "load_spec": "mmmo.config",
 }
 

@@ -9,12 +9,14 @@ from typing import Any
 
 from mmmo.config import SearchSpec, load_spec
 from mmmo.diskspace import DiskFull, disk_full_as_error
+from mmmo.documents import plan_differences, plan_to_json
 from mmmo.environment import use_project_cache
+from mmmo.errors import MmmoError
 from mmmo.export import export_trials, select_trials
 from mmmo.pool import EvaluatorPool, make_pool
 from mmmo.progress import SearchProgress
 from mmmo.quiet import quiet_libraries
-from mmmo.report import RunSummary, write_summaries
+from mmmo.report import write_summaries
 from mmmo.run_lock import run_lock
 from mmmo.run_store import (
     JOURNAL,
@@ -26,6 +28,7 @@ from mmmo.run_store import (
     SourceScore,
     repair_journal,
 )
+from mmmo.run_summary import RunSummary
 from mmmo.search.acquisition import budget_for
 from mmmo.search.loop import BatchSummary, LoopOptions, run_loop
 from mmmo.search.space import SearchSpace, standard_recipes
@@ -65,7 +68,7 @@ def _spec_to_run(
 
 def _is_complete(spec: SearchSpec, state: RunState) -> bool:
     finished = [t for t in state.trials if t.status in ("done", "failed")]
-    pending = [t for t in state.trials if t.status == "proposed"]
+    pending = [t for t in state.trials if t.status in ("proposed", "partial")]
     last_batch_done = spec.optimizer.batches in state.hypervolumes or spec.optimizer.batches == 0
     return not pending and len(finished) >= spec.optimizer.budget and last_batch_done
 
@@ -87,6 +90,9 @@ class SearchRecorder:
     def on_finished(self, trial: Trial) -> None:
         self.journal.record_trial(trial)
         self.progress.finished(trial)
+
+    def on_partial(self, trial: Trial) -> None:
+        self.journal.record_trial(trial)
 
     def on_ref_point(self, ref_point: list[float]) -> None:
         self.journal.append(EventKind.REF_POINT, ref_point=list(ref_point))
@@ -149,6 +155,7 @@ def _search_locked(spec: SearchSpec, store: RunStore, show_progress: bool) -> Se
     recorder = SearchRecorder(journal, progress)
     pool = make_pool(spec, on_attempt_failed=recorder.on_attempt_failed)
     try:
+        _record_documents(pool, journal, state, store)
         with progress:
             _score_sources(spec, pool, recorder, state)
             _run(spec, space, pool, recorder, state)
@@ -166,6 +173,21 @@ def _search_locked(spec: SearchSpec, store: RunStore, show_progress: bool) -> Se
     finally:
         pool.close()
     return SearchResult(store.dir, spec, state.trials, summary, exported)
+
+
+def _record_documents(pool: EvaluatorPool, journal: Journal, state: RunState, store: RunStore) -> None:
+    """Journal the documents candidates are scored on, once; a resume must find the same ones."""
+    plan = pool.documents()
+    if state.documents is None:
+        journal.append(EventKind.DOCUMENTS, documents=plan_to_json(plan))
+        state.documents = plan
+        return
+    changed = plan_differences(state.documents, plan)
+    if changed:
+        raise MmmoError(
+            f"{store.dir}: the run's documents changed since it started ({'; '.join(changed)}); its trials cannot be "
+            "compared with new scores: restore the task data, or start over with --fresh"
+        )
 
 
 def _score_sources(spec: SearchSpec, pool: EvaluatorPool, recorder: SearchRecorder, state: RunState) -> None:
@@ -197,6 +219,10 @@ def _run(
         ended_batches=set(state.hypervolumes),
         initial_points=standard_recipes(space) if spec.optimizer.standard_recipes else None,
         to_params=space.named,
+        stages=spec.evaluation.stages,
+        stage_min_chance=spec.evaluation.stage_min_chance,
+        stage_min_gain=spec.evaluation.stage_min_gain,
+        parallel=spec.evaluation.workers,
     )
 
     def evaluate(trials: list[Trial]) -> Iterable[Trial]:

@@ -182,7 +182,8 @@ def validate(
 @app.command()
 def show(run_dir: RunDirArg, as_json: JsonOpt = False) -> None:
     """Show a run's Pareto front with each trial's objectives and parameters."""
-    from mmmo.report import load_run, pareto_json, pareto_table
+    from mmmo.report import pareto_json, pareto_table, stopped_line
+    from mmmo.run_summary import load_run
 
     spec, state, summary = _guard(lambda: load_run(run_dir))
     if as_json:
@@ -191,8 +192,11 @@ def show(run_dir: RunDirArg, as_json: JsonOpt = False) -> None:
     console = Console()
     console.print(pareto_table(summary, title=f"Pareto front — {spec.name}", width=console.width))
     done, failed = len(summary.done), len(summary.failed)
-    pending = sum(t.status == "proposed" for t in state.trials)
+    pending = sum(t.status in ("proposed", "partial") for t in state.trials)
     console.print(f"{done} done, {failed} failed, {pending} pending of a budget of {summary.budget}")
+    stopped = stopped_line(summary)
+    if stopped is not None:
+        console.print(stopped.removeprefix("- "), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -221,6 +225,27 @@ def export(
     )
     for p in paths:
         typer.echo(f"exported: {p}")
+
+
+@app.command()
+def rescore(
+    run_dir: RunDirArg,
+    model_dir: Annotated[Path, typer.Argument(help="A model folder, e.g. an exported merge.", show_default=False)],
+    trial: Annotated[
+        int | None, typer.Option("--trial", help="Compare with this trial (default: the folder's trial-N).")
+    ] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Score a model folder on the run's documents (the same ones every candidate saw) and compare with its trial."""
+    from mmmo.rescore import rescore_model
+
+    rows = _guard(lambda: rescore_model(run_dir, model_dir, trial=trial, device=device))
+    for r in rows:
+        line = f"{r.objective}: {r.value:.4g} on {r.n_examples} documents"
+        if r.recorded is not None:
+            line += f" (journal: {r.recorded:.4g}"
+            line += {True: ", every document the same)", False: ", some documents differ)", None: ")"}[r.same_outcomes]
+        typer.echo(line)
 
 
 @app.command()

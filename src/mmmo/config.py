@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mmmo.documents import SubsetKind
 from mmmo.errors import SpecError, one_line
 from mmmo.merge.registry import DENSITY_METHODS, MethodName, method_info
 
@@ -175,9 +176,33 @@ class EvaluationSpec(_Strict):
     ray_address: str | None = None
     ray_tmp_dir: str | None = None
     evaluate_sources: bool = True
+    # Which documents of each task every candidate is scored on (objective `limit` says how many): "random" is a
+    # seeded sample, the same for the whole run and recorded in it; "first" takes the split's first documents,
+    # as lm-eval's --limit does (biased wherever a dataset is ordered).
+    subset: SubsetKind = "random"
+    subset_seed: int = 0
+    # Multi-fidelity scoring, as cumulative fractions of each task's documents (e.g. [0.25, 1.0]): a candidate goes
+    # on to the next stage only while it keeps a real chance of improving the front (see search.stages).
+    # Off by default: see benchmarks/RESULTS.md (issue 17) for what it saved and cost.
+    stages: list[float] | None = None
+    # A candidate goes on while the chance that its full score improves the Pareto front is at least
+    # stage_min_chance; with stage_min_gain > 0, the chance that it adds that fraction of the hypervolume.
+    stage_min_chance: float = Field(0.1, gt=0.0, lt=1.0)
+    stage_min_gain: float = Field(0.01, ge=0.0, lt=1.0)
     # lm-eval tasks marked unsafe_code (mbpp, humaneval) execute the code the model writes on this machine:
     # refused unless the spec says so, as lm-eval's own --confirm_run_unsafe_code does.
     confirm_run_unsafe_code: bool = False
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
+        if len(v) < 2 or v[-1] != 1.0:
+            raise ValueError(f"must be two or more fractions ending in 1.0 (e.g. [0.25, 1.0]), got {v}")
+        if not all(0.0 < a < b for a, b in zip(v, v[1:])):
+            raise ValueError(f"fractions must increase strictly within (0, 1], got {v}")
+        return v
 
     @field_validator("device")
     @classmethod

@@ -12,6 +12,7 @@ import torch
 
 from mmmo.config import SearchSpec, is_hub_id
 from mmmo.diskspace import is_disk_full
+from mmmo.documents import DocumentPlan, EncodedOutcomes, decode_outcomes, encode_outcomes
 from mmmo.errors import MmmoError, one_line
 from mmmo.objectives.device import default_dtype, resolve_device
 from mmmo.objectives.lm_eval import LmEvalObjectives, TaskScore
@@ -65,8 +66,24 @@ def build_merger(spec: SearchSpec, device: torch.device) -> Merger:
     )
 
 
+def build_objectives(spec: SearchSpec, *, stages: bool = True) -> LmEvalObjectives:
+    """The spec's lm-eval objectives, built once, on the run's documents (`stages=False`: all of them at once)."""
+    ev = spec.evaluation
+    return LmEvalObjectives(
+        spec.task_objectives,
+        tasks_dir=spec.tasks_dir,
+        batch_size=ev.batch_size,
+        confirm_run_unsafe_code=ev.confirm_run_unsafe_code,
+        subset=ev.subset,
+        subset_seed=ev.subset_seed,
+        stages=ev.stages if stages else None,
+    )
+
+
 class CandidateEvaluator:
     """Holds the sources, the live model and the built lm-eval tasks for a whole search."""
+
+    _live: tuple[list[float], float] | None = None  # the merge the live model holds: x and its delta L1
 
     def __init__(self, spec: SearchSpec, *, device: str | None = None, worker: str = "local"):
         self.spec = spec
@@ -74,18 +91,25 @@ class CandidateEvaluator:
         self.worker = worker
         self.device = resolve_device(device or spec.evaluation.device)
         # Tasks first: an unknown task or metric must fail before any weights are loaded or merged.
-        self.objectives = LmEvalObjectives(
-            spec.task_objectives,
-            tasks_dir=spec.tasks_dir,
-            batch_size=spec.evaluation.batch_size,
-            confirm_run_unsafe_code=spec.evaluation.confirm_run_unsafe_code,
-        )
+        self.objectives = build_objectives(spec)
         self.merger = build_merger(spec, self.device)
         self.objectives.bind(self.merger.model, self.merger.tokenizer, self.device)
         self._sparsity_name = next((o.name for o in spec.objectives if o.type == "sparsity"), None)
 
-    def _score(self, delta_l1: float) -> tuple[dict[str, float], dict[str, TaskScore]]:
-        scores = self.objectives.evaluate()
+    @property
+    def documents(self) -> DocumentPlan:
+        """The documents every candidate is scored on (per task objective and leaf task)."""
+        return self.objectives.plan
+
+    def _score(
+        self, delta_l1: float, stage: int | None = None, earlier: dict[str, dict[str, EncodedOutcomes]] | None = None
+    ) -> tuple[dict[str, float], dict[str, TaskScore]]:
+        """Every objective's value: on `stage`'s documents (all for None), combined with the `earlier` stages'."""
+        if stage is not None and stage >= self.objectives.n_stages:
+            raise MmmoError(f"already scored on all {stage} stage(s) of evaluation.stages")
+        scores = self.objectives.evaluate(stage)
+        if earlier:
+            scores = {name: self._with_earlier(name, s, earlier.get(name)) for name, s in scores.items()}
         values = {name: s.value for name, s in scores.items()}
         if self._sparsity_name is not None:
             values[self._sparsity_name] = -delta_l1
@@ -96,6 +120,15 @@ class CandidateEvaluator:
             raise MmmoError(f"non-finite objective value(s): {', '.join(bad)}")
         return ordered, scores
 
+    def _with_earlier(self, name: str, score: TaskScore, earlier: dict[str, EncodedOutcomes] | None) -> TaskScore:
+        if score.outcomes is None or earlier is None:
+            raise MmmoError(
+                f"objective {name!r}: its per-document values are not numbers (or were not kept), so its stages "
+                "cannot be combined; turn evaluation.stages off for this task"
+            )
+        joined = {leaf: decode_outcomes(earlier.get(leaf, [])) + v for leaf, v in score.outcomes.items()}
+        return self.objectives.combine(name, joined)
+
     def _stderr(self, scores: dict[str, TaskScore]) -> dict[str, float]:
         """Each objective's standard error where known: lm-eval's for tasks, 0.0 for sparsity (exact)."""
         out = {name: s.stderr for name, s in scores.items() if s.stderr is not None}
@@ -103,15 +136,26 @@ class CandidateEvaluator:
             out[self._sparsity_name] = 0.0
         return out
 
+    def _merged(self, x: list[float], weights: torch.Tensor, densities: torch.Tensor | None) -> float:
+        """Merge `x` into the live model, unless it holds that merge already (a candidate's next stage)."""
+        if self._live is not None and self._live[0] == x:
+            return self._live[1]
+        self._live = None  # until the merge below is complete, the live model holds no known merge
+        delta_l1 = self.merger.apply(weights, densities)
+        self._live = (list(x), delta_l1)
+        return delta_l1
+
     def evaluate(self, trial: Trial) -> Trial:
-        """Merge the trial's configuration into the live model and score it; failures are recorded, not raised."""
+        """Merge the trial's configuration into the live model and score its next stage (all documents without
+        evaluation.stages); failures are recorded, not raised."""
         weights, densities = self.space.from_unit(torch.tensor(trial.x, dtype=torch.float64))
         params = self.space.named(torch.tensor(trial.x, dtype=torch.float64))
+        stage = trial.stages_scored
         t0 = time.perf_counter()
         try:
-            delta_l1 = self.merger.apply(weights, densities)
+            delta_l1 = self._merged(trial.x, weights, densities)
             t1 = time.perf_counter()
-            objectives, scores = self._score(delta_l1)
+            objectives, scores = self._score(delta_l1, stage, trial.outcomes)
             t2 = time.perf_counter()
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -127,24 +171,28 @@ class CandidateEvaluator:
                 worker=self.worker,
                 eval_seconds=time.perf_counter() - t0,
             )
+        last = stage + 1 == self.objectives.n_stages
         return replace(
             trial,
-            status="done",
+            status="done" if last else "partial",
             params=params,
             objectives=objectives,
             metrics={name: s.metrics for name, s in scores.items()},
             n_examples={name: s.n_examples for name, s in scores.items()},
             stderr=self._stderr(scores),
-            merge_seconds=t1 - t0,
-            eval_seconds=t2 - t1,
+            outcomes=_encoded(scores),
+            stages_scored=stage + 1,
+            merge_seconds=(trial.merge_seconds or 0.0) + t1 - t0,
+            eval_seconds=(trial.eval_seconds or 0.0) + t2 - t1,
             error=None,
             attempts=trial.attempts + 1,
             worker=self.worker,
         )
 
     def evaluate_source(self, index: int | None) -> SourceScore:
-        """Score the base model (index None) or source model `index` unmerged."""
+        """Score the base model (index None) or source model `index` unmerged, on every document."""
         name = "base" if index is None else self.spec.models[index].name
+        self._live = None
         try:
             delta_l1 = self.merger.apply_source(index)
             objectives, scores = self._score(delta_l1)
@@ -154,5 +202,20 @@ class CandidateEvaluator:
             if is_disk_full(err):
                 raise
             return SourceScore(name=name, objectives=None, error=one_line(err, limit=TRIAL_ERROR_LIMIT))
-        return SourceScore(name=name, objectives=objectives, metrics={k: s.metrics for k, s in scores.items()})
+        return SourceScore(
+            name=name,
+            objectives=objectives,
+            metrics={k: s.metrics for k, s in scores.items()},
+            stderr=self._stderr(scores),
+            n_examples={k: s.n_examples for k, s in scores.items()},
+            outcomes=_encoded(scores),
+        )
 
+
+def _encoded(scores: dict[str, TaskScore]) -> dict[str, dict[str, EncodedOutcomes]]:
+    """Each objective's per-document values, encoded for the journal (objectives without them left out)."""
+    return {
+        name: {leaf: encode_outcomes(v) for leaf, v in s.outcomes.items()}
+        for name, s in scores.items()
+        if s.outcomes is not None
+    }

@@ -13,8 +13,8 @@ from mmmo.diskspace import check_free_space, disk_full_as_error
 from mmmo.errors import MmmoError
 from mmmo.evaluate import build_merger, local_model_folder, merge_dtype
 from mmmo.objectives.device import resolve_device
-from mmmo.report import RunSummary, load_run
 from mmmo.run_lock import run_lock
+from mmmo.run_summary import RunSummary, load_run
 from mmmo.search.pareto import hypervolume_contributions, infer_ref_point
 from mmmo.search.space import SearchSpace
 from mmmo.trial import Trial

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmmo.config import SearchSpec, spec_from_dict, spec_to_dict
+from mmmo.documents import DocumentPlan, plan_differences, plan_from_json, plan_to_json
 from mmmo.environment import use_project_cache
 from mmmo.errors import MmmoError, one_line
 from mmmo.evaluate import CandidateEvaluator
@@ -91,6 +92,9 @@ class RayWorker:
 
     def evaluate_source(self, index: int | None) -> dict[str, Any]:
         return self.evaluator.evaluate_source(index).__dict__
+
+    def documents(self) -> dict[str, Any]:
+        return plan_to_json(self.evaluator.documents)
 
 
 class RayPool:
@@ -189,6 +193,17 @@ class RayPool:
         indices = list(indices)
         refs = [self.actors[k % len(self.actors)].evaluate_source.remote(i) for k, i in enumerate(indices)]
         return [SourceScore(**d) for d in self.ray.get(refs)]
+
+    def documents(self) -> DocumentPlan:
+        """The documents the workers score, as each of them chose them (they must agree)."""
+        plans = [plan_from_json(p) for p in self.ray.get([a.documents.remote() for a in self.actors])]
+        for other in plans[1:]:
+            if plan_differences(plans[0], other):
+                raise MmmoError(
+                    f"Ray workers chose different documents ({'; '.join(plan_differences(plans[0], other))}): "
+                    "their task data differ"
+                )
+        return plans[0]
 
     def local_merger(self) -> Merger | None:
         """None: the models live in the actors' processes; an export builds its own merger."""

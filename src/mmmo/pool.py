@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from mmmo.config import SearchSpec
+from mmmo.documents import DocumentPlan
 from mmmo.evaluate import CandidateEvaluator
 from mmmo.parallel import RayPool
 from mmmo.run_store import SourceScore
@@ -25,6 +26,10 @@ class EvaluatorPool(Protocol):
 
     def evaluate_sources(self, indices: Iterable[int | None]) -> list[SourceScore]:
         """Score the base (None) and source models (their index in spec.models), in the order given."""
+        ...
+
+    def documents(self) -> DocumentPlan:
+        """The documents every candidate is scored on (per task objective and leaf task)."""
         ...
 
     def local_merger(self) -> Merger | None:
@@ -48,6 +53,9 @@ class LocalPool:
 
     def evaluate_sources(self, indices: Iterable[int | None]) -> list[SourceScore]:
         return [self.evaluator.evaluate_source(i) for i in indices]
+
+    def documents(self) -> DocumentPlan:
+        return self.evaluator.documents
 
     def local_merger(self) -> Merger | None:
         return self.evaluator.merger

@@ -72,7 +72,7 @@ class SearchProgress:
         self._progress.update(self._task, **kwargs)
 
     def _absorb(self, trial: Trial) -> None:
-        if trial.status == "done" and trial.objectives:
+        if trial.status == "done" and trial.objectives and not trial.stopped:
             for n, v in trial.objectives.items():
                 self.best[n] = max(v, self.best.get(n, v))
 
@@ -96,7 +96,8 @@ class SearchProgress:
             self.console.print(f"  source {score.name}: {vals}")
 
     def started(self, trial: Trial) -> None:
-        self._refresh(f"trial {trial.id} (batch {trial.batch}, {trial.step})")
+        stage = f", stage {trial.stages_scored + 1}" if trial.stages_scored else ""
+        self._refresh(f"trial {trial.id} (batch {trial.batch}, {trial.step}{stage})")
 
     def finished(self, trial: Trial) -> None:
         self._finished += 1

@@ -1,97 +1,21 @@
-"""Summaries of a run: the Pareto front as CSV/JSON/PNG, the hypervolume curve, report.md and the rich table."""
+"""Summaries of a run: the Pareto front as CSV/JSON/PNG, the hypervolume curve, report.md and the rich table.
+
+report.md leads with the chosen merge against the sources (chosen_merge) and overview.png (overview_plot).
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from mmmo.chosen_merge import chosen_merge_section
 from mmmo.config import SearchSpec
-from mmmo.run_store import RunState, RunStore, SourceScore, atomic_write_bytes_via, atomic_write_text
-from mmmo.search.pareto import pareto_mask
-from mmmo.trial import Trial
-
-
-@dataclass
-class RunSummary:
-    """The done trials of a run, its Pareto front and the source models beside it."""
-
-    objective_names: list[str]
-    task_names: list[str]
-    done: list[Trial]
-    failed: list[Trial]
-    pareto: list[Trial]
-    sources: list[SourceScore]
-    hypervolumes: dict[int, float]
-    ref_point: list[float] | None
-    budget: int
-
-    def mean_task_score(self, trial: Trial) -> float:
-        assert trial.objectives is not None
-        return sum(trial.objectives[n] for n in self.task_names) / len(self.task_names)
-
-    def objective_matrix(self, trials: list[Trial]) -> torch.Tensor:
-        """`[len(trials), n_objectives]` float64: each done trial's objectives in the run's objective order."""
-        return objective_matrix(trials, self.objective_names)
-
-    def best(self, objective: str | None = None) -> Trial | None:
-        """The done trial with the highest value of `objective` (default: the mean task score).
-
-        Ties are broken by dominance: of the tied trials, only one that no other done trial dominates on all
-        objectives can be best (the lowest id of those), so "best" is always on the Pareto front.
-        """
-        if not self.done:
-            return None
-
-        def key(t: Trial) -> float:
-            return self.mean_task_score(t) if objective is None else t.objectives[objective]  # type: ignore[index]
-
-        # Exact equality: rounding is monotone, so a trial that dominates another never averages an ulp lower.
-        top = max(key(t) for t in self.done)
-        tied = [t for t in self.done if key(t) == top]
-        if len(tied) == 1:
-            return tied[0]
-        # A trial that dominates a tied one scores at least as high on the key, so it is tied too: the tied
-        # trials that none of them dominates are exactly the tied trials on the whole front.
-        front = [t for t, keep in zip(tied, pareto_mask(self.objective_matrix(tied)).tolist()) if keep]
-        return min(front, key=lambda t: t.id)
-
-
-def objective_matrix(trials: list[Trial], names: list[str]) -> torch.Tensor:
-    """`[len(trials), len(names)]` float64: the trials' objectives (every trial done) in `names` order."""
-    return torch.tensor([[t.objectives[n] for n in names] for t in trials], dtype=torch.float64)  # type: ignore[index]
-
-
-def summarize_run(spec: SearchSpec, state: RunState) -> RunSummary:
-    """The run's done and failed trials, its Pareto front over the done ones, and its source models."""
-    names = [o.name for o in spec.objectives]
-    done = [t for t in state.trials if t.status == "done" and t.objectives is not None]
-    pareto: list[Trial] = []
-    if done:
-        mask = pareto_mask(objective_matrix(done, names))
-        pareto = [t for t, keep in zip(done, mask.tolist()) if keep]
-    return RunSummary(
-        objective_names=names,
-        task_names=[o.name for o in spec.task_objectives],
-        done=done,
-        failed=[t for t in state.trials if t.status == "failed"],
-        pareto=sorted(pareto, key=lambda t: t.id),
-        sources=state.sources,
-        hypervolumes=state.hypervolumes,
-        ref_point=state.ref_point,
-        budget=spec.optimizer.budget,
-    )
-
-
-def load_run(run_dir: str | Path) -> tuple[SearchSpec, RunState, RunSummary]:
-    """Read a run folder without touching models: its spec, journal state and summary."""
-    spec, state = RunStore(Path(run_dir)).read_run()
-    return spec, state, summarize_run(spec, state)
+from mmmo.overview_plot import plot_overview
+from mmmo.run_store import RunState, atomic_write_bytes_via, atomic_write_text
+from mmmo.run_summary import RunSummary, summarize_run
 
 
 def _pareto_records(summary: RunSummary) -> list[dict[str, Any]]:
@@ -102,6 +26,7 @@ def _pareto_records(summary: RunSummary) -> list[dict[str, Any]]:
             "step": t.step,
             "objectives": t.objectives,
             "mean_task_score": summary.mean_task_score(t),
+            "documents": summary.documents(t),
             "params": t.params,
         }
         for t in summary.pareto
@@ -206,11 +131,31 @@ def _fmt_list(xs: list[float] | None) -> str:
     return "—" if xs is None else "[" + ", ".join(f"{x:.3g}" for x in xs) + "]"
 
 
-def report_markdown(summary: RunSummary, spec: SearchSpec) -> str:
-    names = summary.objective_names
+def _docs(n: int | None) -> str:
+    return "—" if n is None else f"{n:,}"
+
+
+def stopped_line(summary: RunSummary) -> str | None:
+    """"- k of n trials stopped early ...", with the documents they and the run took against full cost."""
+    stopped = [t for t in summary.done if t.stopped]
+    if not stopped:
+        return None
+    k, n = len(stopped), len(summary.done)
+    line = f"- {k} of {n} trials stopped early after part of their documents (evaluation.stages)"
+    # A trial scored on every stage took the full count; the recorded plan says so even when none has yet.
+    full = summary.full_documents or max((summary.documents(t) or 0 for t in summary.done if not t.stopped), default=0)
+    if not full:
+        return line
+    partial = sum(summary.documents(t) or 0 for t in stopped)
+    total = sum(summary.documents(t) or 0 for t in summary.done)
+    return (
+        f"{line}: they were scored on {partial:,} documents where full scoring takes {k * full:,}; "
+        f"the run scored {total:,} documents against {n * full:,} for a full-cost run"
+    )
+
+
+def _lead_bullets(summary: RunSummary, spec: SearchSpec) -> list[str]:
     lines = [
-        f"# mmmo run: {spec.name}",
-        "",
         f"- strategy: {spec.optimizer.strategy}, method: {spec.merge.method}, granularity: {spec.merge.granularity}",
         f"- evaluations: {len(summary.done)} done, {len(summary.failed)} failed, budget {summary.budget}",
         f"- reference point: {_fmt_list(summary.ref_point)}",
@@ -228,37 +173,69 @@ def report_markdown(summary: RunSummary, spec: SearchSpec) -> str:
                     f"- standard recipe: trial {t.id} ({summary.mean_task_score(t):.4f}); "
                     f"the best merge is {gain:+.4f} beyond it"
                 )
-    lines += ["", "## Source models", "", "| model | " + " | ".join(names) + " | mean task |",
-              "|---" * (len(names) + 2) + "|"]
+    stopped = stopped_line(summary)
+    return lines + ([stopped] if stopped else [])
+
+
+def _sources_table(summary: RunSummary) -> list[str]:
+    names = summary.objective_names
+    lines = ["## Source models", "", "| model | " + " | ".join(names) + " | mean task | docs |",
+             "|---" * (len(names) + 3) + "|"]
     for s in summary.sources:
-        if s.objectives is None:
+        mean = summary.source_mean_task_score(s)
+        if s.objectives is None or mean is None:
             lines.append(f"| {s.name} | failed: {s.error} |")
             continue
-        mean = sum(s.objectives[n] for n in summary.task_names) / len(summary.task_names)
-        lines.append(f"| {s.name} | " + " | ".join(f"{s.objectives[n]:.4g}" for n in names) + f" | {mean:.4f} |")
-    lines += ["", "## Pareto front", "", "| trial | step | " + " | ".join(names) + " | mean task | parameters |",
-              "|---" * (len(names) + 4) + "|"]
+        lines.append(
+            f"| {s.name} | " + " | ".join(f"{s.objectives[n]:.4g}" for n in names)
+            + f" | {mean:.4f} | {_docs(summary.documents(s))} |"
+        )
+    return lines
+
+
+def _front_table(summary: RunSummary) -> list[str]:
+    names = summary.objective_names
+    lines = ["## Pareto front", "", "| trial | step | " + " | ".join(names) + " | mean task | docs | parameters |",
+             "|---" * (len(names) + 5) + "|"]
     for t in summary.pareto:
         assert t.objectives is not None
         params = ", ".join(f"{k}={v:.3f}" for k, v in t.params.items())
         lines.append(
             f"| {t.id} | {t.step} | " + " | ".join(f"{t.objectives[n]:.4g}" for n in names)
-            + f" | {summary.mean_task_score(t):.4f} | {params} |"
+            + f" | {summary.mean_task_score(t):.4f} | {_docs(summary.documents(t))} | {params} |"
         )
+    lines += ["", "docs: the documents each trial was scored on (a task shared by two objectives counts once)."]
+    return lines
+
+
+def report_markdown(summary: RunSummary, spec: SearchSpec) -> str:
+    """report.md: what to decide on first (the chosen merge against the sources), then the sources and the front."""
+    lines = [f"# mmmo run: {spec.name}", "", *_lead_bullets(summary, spec), "", *chosen_merge_section(summary)]
+    if summary.done:
+        lines += ["![Overview: the merges and the chosen one per task](overview.png)", ""]
+    lines += [*_sources_table(summary), "", *_front_table(summary)]
     if summary.failed:
         lines += ["", "## Failed trials", ""]
         lines += [f"- trial {t.id}: {t.error}" for t in summary.failed]
-    lines += ["", "![Pareto front](pareto.png)", "", "![Hypervolume](hypervolume.png)", ""]
-    return "\n".join(lines)
+    if summary.done and len(summary.objective_names) >= 2:  # the images write_summaries draws
+        lines += [
+            "", "pareto.png shows every pairwise panel of the objectives; the front is over all of them at once.",
+            "", "![Pareto front](pareto.png)",
+        ]
+    if summary.hypervolumes:
+        lines += ["", "![Hypervolume](hypervolume.png)"]
+    return "\n".join([*lines, ""])
 
 
 def write_summaries(run_dir: Path, spec: SearchSpec, state: RunState) -> RunSummary:
-    """Write pareto.csv/json/png, hypervolume.png and report.md, each atomically."""
+    """Write pareto.csv/json/png, overview.png, hypervolume.png and report.md, each atomically."""
     summary = summarize_run(spec, state)
     atomic_write_text(run_dir / "pareto.json", pareto_json(summary))
     atomic_write_text(run_dir / "pareto.csv", pareto_csv(summary))
     if summary.done and len(summary.objective_names) >= 2:
         plot_pareto(summary, run_dir / "pareto.png")
+    if summary.done:
+        plot_overview(summary, run_dir / "overview.png")
     if summary.hypervolumes:
         plot_hypervolume(summary, spec, run_dir / "hypervolume.png")
     atomic_write_text(run_dir / "report.md", report_markdown(summary, spec))
@@ -286,6 +263,7 @@ def pareto_table(summary: RunSummary, *, title: str = "Pareto front", width: int
     for n in names:
         table.add_column(n, justify="right")
     table.add_column("mean task", justify="right")
+    table.add_column("docs", justify="right")  # documents scored: fewer where evaluation.stages stopped a trial
     if show_params:
         table.add_column("parameters")
     best = summary.best()
@@ -295,17 +273,17 @@ def pareto_table(summary: RunSummary, *, title: str = "Pareto front", width: int
         mark = " *" if best is not None and t.id == best.id else ""
         table.add_row(
             f"{t.id}{mark}", t.step, *[f"{t.objectives[n]:.4g}" for n in names],
-            f"{summary.mean_task_score(t):.4f}", *([params] if show_params else []),
+            f"{summary.mean_task_score(t):.4f}", _docs(summary.documents(t)), *([params] if show_params else []),
         )
     for s in summary.sources:
-        if s.objectives is None:
+        mean = summary.source_mean_task_score(s)
+        if s.objectives is None or mean is None:
             error = s.error or ""
-            cells = ["", error] if show_params else [error]  # without parameters, in the mean column
+            cells = ["", "", error] if show_params else [error, ""]  # without parameters, in the mean column
             table.add_row(s.name, "source", *["failed"] * len(names), *cells, style="dim")
             continue
-        mean = sum(s.objectives[n] for n in summary.task_names) / len(summary.task_names)
         table.add_row(
             s.name, "source", *[f"{s.objectives[n]:.4g}" for n in names], f"{mean:.4f}",
-            *([""] if show_params else []), style="dim",
+            _docs(summary.documents(s)), *([""] if show_params else []), style="dim",
         )
     return table

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from mmmo.config import SearchSpec, spec_from_dict, spec_to_dict
+from mmmo.documents import DocumentPlan, EncodedOutcomes, plan_from_json
 from mmmo.errors import MmmoError
 from mmmo.trial import Trial
 
@@ -29,12 +30,17 @@ SPEC_FILE = "spec.yaml"
 RESUMABLE_CHANGES: tuple[str, ...] = (
     "evaluation.", "output.export", "output.dir", "optimizer.batches", "merge.fused",
 )
+# ... except these evaluation fields, which decide what every candidate is scored on.
+NOT_RESUMABLE: tuple[str, ...] = ("evaluation.subset", "evaluation.subset_seed", "evaluation.stages")
 
 
 class EventKind(str, Enum):
     """Every kind of journal line. A line of another kind is an error naming it, never silently skipped."""
 
     PROPOSED = "proposed"  # a trial the strategy proposed, before it is evaluated
+    # A trial scored on a stage of evaluation.stages short of the last: its outcomes so far. A resume continues it
+    # from there (decides whether it goes on, then scores only the next stage's documents).
+    PARTIAL = "partial"
     DONE = "done"  # a trial evaluated: its objectives
     FAILED = "failed"  # a trial that failed for good (merge or evaluation error, or its last attempt died)
     # A worker died under a trial; the trial stays pending and is retried (once) on another worker. Folded as an
@@ -43,9 +49,10 @@ class EventKind(str, Enum):
     SOURCE = "source"  # a source model (base or fine-tuned) scored for reference
     REF_POINT = "ref_point"  # the hypervolume reference point, fixed after the initial design
     BATCH_END = "batch_end"  # a batch finished: the hypervolume at its end
+    DOCUMENTS = "documents"  # the documents every candidate is scored on, per objective and task (once, first)
 
 
-TRIAL_EVENTS = (EventKind.PROPOSED, EventKind.DONE, EventKind.FAILED)
+TRIAL_EVENTS = (EventKind.PROPOSED, EventKind.PARTIAL, EventKind.DONE, EventKind.FAILED)
 
 
 class TornJournalWarning(UserWarning):
@@ -60,6 +67,9 @@ class SourceScore:
     objectives: dict[str, float] | None
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    stderr: dict[str, float] = field(default_factory=dict)
+    n_examples: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[str, dict[str, EncodedOutcomes]] = field(default_factory=dict)  # as Trial.outcomes
 
 
 @dataclass
@@ -70,6 +80,7 @@ class RunState:
     sources: list[SourceScore]
     ref_point: list[float] | None
     hypervolumes: dict[int, float]  # batch -> hypervolume at its end
+    documents: DocumentPlan | None = None  # None: not recorded yet (or a run written before it was)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -261,9 +272,11 @@ def _fold_one(
     elif kind is EventKind.ATTEMPT_FAILED:
         attempt = Trial.from_json(ev["trial"])
         pending = trials.get(attempt.id)
-        if pending is None or pending.status == EventKind.PROPOSED.value:
-            # Still pending: keep the attempt count so a resume does not retry it more often than the pool would.
-            trials[attempt.id] = replace(pending or attempt, status="proposed", attempts=attempt.attempts, error=None)
+        if pending is None or pending.status in (EventKind.PROPOSED.value, EventKind.PARTIAL.value):
+            # Still pending: keep the attempt count so a resume does not retry it more often than the pool would
+            # (and a partly scored trial keeps its stages).
+            status = pending.status if pending is not None else EventKind.PROPOSED.value
+            trials[attempt.id] = replace(pending or attempt, status=status, attempts=attempt.attempts, error=None)
     elif kind is EventKind.SOURCE:
         s = ev["source"]
         sources[s["name"]] = SourceScore(**s)
@@ -271,6 +284,8 @@ def _fold_one(
         state.ref_point = [float(v) for v in ev["ref_point"]]
     elif kind is EventKind.BATCH_END:
         state.hypervolumes[int(ev["batch"])] = float(ev["hypervolume"])
+    elif kind is EventKind.DOCUMENTS:
+        state.documents = plan_from_json(ev["documents"])
 
 
 def fold_events(events: list[dict[str, Any]]) -> RunState:
@@ -284,12 +299,12 @@ def fold_events(events: list[dict[str, Any]]) -> RunState:
         except ValueError:
             raise MmmoError(f"unknown journal event kind {ev.get('event')!r}") from None
         _fold_one(kind, ev, trials, sources, acc)
-    ref_point, hypervolumes = acc.ref_point, acc.hypervolumes
     return RunState(
         trials=[trials[i] for i in sorted(trials)],
         sources=list(sources.values()),
-        ref_point=ref_point,
-        hypervolumes=hypervolumes,
+        ref_point=acc.ref_point,
+        hypervolumes=acc.hypervolumes,
+        documents=acc.documents,
     )
 
 
@@ -309,6 +324,8 @@ FIELDS_ADDED_LATER: dict[str, Any] = {
     "optimizer.standard_recipes": False,
     "optimizer.weak_to_strong.mode": "crossover",
     "optimizer.prior_mean": "fitted",
+    "evaluation.subset": "first",
+    "evaluation.subset_seed": 0,
 }
 
 
@@ -368,7 +385,10 @@ class RunStore:
         new = spec_to_dict(spec)
         if self.spec_path.exists():
             old, filled = with_fields_added_later(yaml.safe_load(self.spec_path.read_text()))
-            changed = [f for f in changed_fields(old, new) if not f.startswith(RESUMABLE_CHANGES)]
+            changed = [
+                f for f in changed_fields(old, new)
+                if not f.startswith(RESUMABLE_CHANGES) or f.startswith(NOT_RESUMABLE)
+            ]
             if changed:
                 newer = [f for f in changed if f in filled]
                 hint = (

@@ -13,18 +13,19 @@ import logging
 import math
 import numbers
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 
 from mmmo.config import ObjectiveSpec
+from mmmo.documents import DocumentPlan, SubsetKind, stage_sizes
 from mmmo.errors import MmmoError, one_line
 from mmmo.objectives.lm_eval_compat import (
+    aggregate_outcomes,
     bootstrap_in_process,
     cache_prompt_templates,
     live_hflm,
-    predicts_only,
 )
 from mmmo.objectives.lm_eval_tasks import (
     TaskCatalog,
@@ -58,28 +59,26 @@ class TaskScore:
     metrics: dict[str, float]
     n_examples: int
     stderr: float | None = None  # lm-eval's standard error of `value`; None where it reported none
+    # Per leaf task, the metric's value on each document scored, in the run's document order; None where lm-eval's
+    # per-document values are not numbers (a corpus metric's tuples), which are not kept.
+    outcomes: dict[str, list[float]] | None = None
 
 
 @dataclass
 class _Run:
-    """The units scored by one `lm_eval.evaluator.evaluate` call: equal limits, no leaf task twice."""
+    """The units scored by one `lm_eval.evaluator.evaluate` call: no leaf task twice."""
 
-    limit: int | float | None
     units: list[TaskUnit] = field(default_factory=list)
 
     def accepts(self, unit: TaskUnit) -> bool:
         names = {n for u in self.units for n in u.tasks}
-        return unit.limit == self.limit and names.isdisjoint(unit.tasks)
+        return names.isdisjoint(unit.tasks)
 
     def task_dict(self) -> dict[str, Any]:
         return {
             "tasks": {n: t for u in self.units for n, t in u.tasks.items()},
             "groups": {n: g for u in self.units for n, g in u.groups.items()},
         }
-
-    def logs_samples(self) -> bool:
-        # lm-eval refuses "bypass" (predict-only) metrics unless per-sample logging is on.
-        return any(predicts_only(t) for u in self.units for t in u.tasks.values())
 
 
 @dataclass(frozen=True)
@@ -99,12 +98,16 @@ class LmEvalObjectives:
         tasks_dir: str | None,
         batch_size: int | Literal["auto"] = "auto",
         confirm_run_unsafe_code: bool = False,
+        subset: SubsetKind = "random",
+        subset_seed: int = 0,
+        stages: Sequence[float] | None = None,
     ) -> None:
         _quiet_lm_eval()
         cache_prompt_templates()
         self.batch_size = batch_size
         self.tasks_dir = tasks_dir
         self.confirm_run_unsafe_code = confirm_run_unsafe_code
+        self.stages = tuple(stages) if stages else None
         if confirm_run_unsafe_code:
             allow_code_eval()
         self._targets: list[_Target] = []
@@ -120,7 +123,7 @@ class LmEvalObjectives:
             limit = normalize_limit(spec)
             key = (spec.task, spec.num_fewshot, limit)
             if key not in units:
-                units[key] = build_unit(spec, limit, catalog, confirm_run_unsafe_code)
+                units[key] = build_unit(spec, limit, catalog, confirm_run_unsafe_code, subset, subset_seed)
             unit = units[key]
             self._targets.append(_Target(spec.name, unit, resolve_metric(spec, unit)))
         self._runs = _plan_runs(units.values())
@@ -129,6 +132,16 @@ class LmEvalObjectives:
     def names(self) -> list[str]:
         """The objective names scored, in spec order."""
         return [t.objective for t in self._targets]
+
+    @property
+    def plan(self) -> DocumentPlan:
+        """The documents each objective is scored on, per leaf task, in scoring order."""
+        return {t.objective: [t.unit.documents[leaf] for leaf in t.unit.tasks] for t in self._targets}
+
+    @property
+    def n_stages(self) -> int:
+        """How many stages a candidate's scoring has (1 without evaluation.stages)."""
+        return len(self.stages) if self.stages else 1
 
     @property
     def lm(self) -> Any:
@@ -151,8 +164,11 @@ class LmEvalObjectives:
         self._model = model
         self._device = device
 
-    def evaluate(self) -> dict[str, TaskScore]:
-        """Score the model's current weights on every objective; EvaluationError when that fails."""
+    def evaluate(self, stage: int | None = None) -> dict[str, TaskScore]:
+        """Score the model's current weights on every objective; EvaluationError when that fails.
+
+        `stage` k scores only the documents stage k adds (see mmmo.documents.stage_sizes); None scores them all.
+        """
         if not self._targets:
             return {}
         if self._lm is None or self._model is None or self._device is None:
@@ -161,7 +177,7 @@ class LmEvalObjectives:
         hook = self._model.register_forward_hook(_nonfinite_logits_hook(bad_logits))
         try:
             with _evaluation_context(self._device):
-                reported = self._run_all()
+                reported = self._run_all(stage)
         except Exception as err:
             _release_memory(self._device)
             raise EvaluationError(f"evaluation failed: {one_line(err)}") from err
@@ -169,22 +185,49 @@ class LmEvalObjectives:
             hook.remove()
         if bool(bad_logits):
             raise EvaluationError("evaluation failed: the model produced NaN or +inf logits")
-        return {t.objective: _score(t, *reported[id(t.unit)]) for t in self._targets}
+        return {t.objective: self._target_score(t, reported[id(t.unit)], stage) for t in self._targets}
 
-    def _run_all(self) -> dict[int, tuple[dict[str, Any], int]]:
-        """lm-eval's results and example count per unit (by id), one `evaluate` call per run."""
+    def combine(self, objective: str, outcomes: dict[str, list[float]]) -> TaskScore:
+        """The objective's score on the documents of `outcomes` (per leaf task, per-document values), as lm-eval
+        reports it when it scores them at once (a candidate's stages together)."""
+        target = next(t for t in self._targets if t.objective == objective)
+        values = {leaf: {target.metric_key: v} for leaf, v in outcomes.items()}
+        results = aggregate_outcomes(target.unit.tasks, target.unit.groups, values, BOOTSTRAP_ITERS)
+        score = _score(target, results.get(target.unit.name, {}), sum(len(v) for v in outcomes.values()))
+        return replace(score, outcomes={leaf: list(v) for leaf, v in outcomes.items()})
+
+    def stage_documents(self, unit: TaskUnit, stage: int | None) -> dict[str, list[int]]:
+        """Per leaf task of `unit`, the document ids `stage` scores (all of them for None), in the run's order."""
+        out = {}
+        for leaf, docs in unit.documents.items():
+            if stage is None:
+                out[leaf] = list(docs.ids)
+                continue
+            sizes = stage_sizes(len(docs.ids), self.stages)
+            out[leaf] = list(docs.ids[(sizes[stage - 1] if stage else 0) : sizes[stage]])
+        return out
+
+    def _target_score(self, target: _Target, reported: tuple[dict[str, Any], Any], stage: int | None) -> TaskScore:
+        raw, samples = reported
+        order = self.stage_documents(target.unit, stage)
+        score = _score(target, raw, sum(len(ids) for ids in order.values()))
+        return replace(score, outcomes=_per_document(target, samples, order))
+
+    def _run_all(self, stage: int | None) -> dict[int, tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]]:
+        """lm-eval's results and logged samples per unit (by id), one `evaluate` call per run."""
         from lm_eval.evaluator import evaluate as lm_eval_evaluate
 
         # Per unit, not per name: one task at two limits (or two num_fewshot) is scored in two runs.
-        reported: dict[int, tuple[dict[str, Any], int]] = {}
+        reported: dict[int, tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]] = {}
         for index, run in enumerate(self._runs):
             self._lm.run_key = index  # the batch size probed for one run's requests fits only those
+            chosen = {leaf: sorted(ids) for u in run.units for leaf, ids in self.stage_documents(u, stage).items()}
             out = lm_eval_evaluate(
                 lm=self._lm,
                 task_dict=run.task_dict(),
-                limit=run.limit,
+                samples=chosen,
                 bootstrap_iters=BOOTSTRAP_ITERS,
-                log_samples=run.logs_samples(),
+                log_samples=True,  # each document's metric values: the run keeps them
                 cache_requests=False,
                 # Every unsafe task was refused at build time unless the spec confirmed it.
                 confirm_run_unsafe_code=self.confirm_run_unsafe_code,
@@ -192,9 +235,23 @@ class LmEvalObjectives:
             if out is None:  # only on non-zero ranks, which a live single-process model never has
                 raise RuntimeError("lm-eval returned no results")
             for unit in run.units:
-                n = sum(int(out["n-samples"][name]["effective"]) for name in unit.tasks)
-                reported[id(unit)] = (out["results"].get(unit.name, {}), n)
+                reported[id(unit)] = (out["results"].get(unit.name, {}), out.get("samples", {}))
         return reported
+
+
+def _per_document(
+    target: _Target, samples: dict[str, list[dict[str, Any]]], order: dict[str, list[int]]
+) -> dict[str, list[float]] | None:
+    """Per leaf task, the target metric's value on each document of `order` (None if any is not a number)."""
+    metric, _, filt = target.metric_key.partition(",")
+    out: dict[str, list[float]] = {}
+    for leaf, ids in order.items():
+        by_id = {int(s["doc_id"]): s.get(metric) for s in samples.get(leaf, []) if s.get("filter") == filt}
+        values = [by_id.get(i) for i in ids]
+        if not all(_is_number(v) for v in values):
+            return None
+        out[leaf] = [float(v) for v in values]  # type: ignore[arg-type]
+    return out
 
 
 def _plan_runs(units: Iterable[TaskUnit]) -> list[_Run]:
@@ -203,7 +260,7 @@ def _plan_runs(units: Iterable[TaskUnit]) -> list[_Run]:
     for unit in units:
         run = next((r for r in runs if r.accepts(unit)), None)
         if run is None:
-            run = _Run(unit.limit)
+            run = _Run()
             runs.append(run)
         run.units.append(unit)
     return runs

@@ -10,9 +10,11 @@ lm-eval 0.4.x).
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,27 +35,65 @@ BOOTSTRAP_IN_PROCESS_VARIABLE = "DISABLE_MULTIPROC"
 # ------------------------------------------------------------------------------------------------ tasks
 
 
-def freeze_requests(task: Task, limit: int | None) -> None:
-    """Build the task's requests once, and turn lm-eval's rebuild on every evaluate() into a reset of their outputs.
+def freeze_requests(task: Task, doc_ids: Sequence[int]) -> None:
+    """Build the task's requests once for `doc_ids`, and turn lm-eval's rebuild on every evaluate() into a pick of them.
 
-    lm-eval: `evaluator.evaluate` calls `task.build_all_requests(...)` on every call, which re-renders each prompt
-    and re-samples few-shot examples with an RNG that advances between calls, and keeps the requests in the private
-    `task._instances` (read back through `task.instances`).
-    mmmo: builds them here once (`limit` as a count of documents), then replaces the task's `build_all_requests` by
-    one that clears each request's outputs (`resps`, `filtered_resps`) and puts the built list back in `_instances`.
+    lm-eval: `evaluator.evaluate` calls `task.build_all_requests(samples=ids, ...)` on every call, which re-renders
+    each prompt and re-samples few-shot examples with an RNG that advances between calls, and keeps the requests in
+    the private `task._instances` (read back through `task.instances`). With `samples` it enumerates the chosen
+    documents in split order and numbers each request's `doc_id` by that position (its post-processing maps the
+    position back through the `samples` list as given, so callers pass it sorted).
+    mmmo: builds the requests of every document the run may score here, once, then replaces the task's
+    `build_all_requests` by one that puts back copies of the requests of the documents asked for (`samples`, any
+    subset of `doc_ids`; all of them when None), numbered as lm-eval numbers them, with empty outputs.
     Why: prompts do not depend on the weights; rebuilding them costs time per candidate, and with few-shot sampling
-    it would show equal weights other prompts (so other scores).
+    it would show equal weights other prompts (so other scores), or a stage's documents other prompts than the full
+    set's.
     """
-    task.build_all_requests(limit=limit, rank=0, world_size=1, cache_requests=False)
-    built = list(task.instances)
+    ids = sorted(set(doc_ids))
+    task.build_all_requests(samples=ids, rank=0, world_size=1, cache_requests=False)
+    by_doc: dict[int, list[Any]] = {}
+    for instance in task.instances:
+        by_doc.setdefault(ids[instance.doc_id], []).append(instance)
 
-    def reuse_requests(**_ignored: Any) -> None:
-        for instance in built:
-            instance.resps = []
-            instance.filtered_resps = {}
-        task._instances = list(built)
+    def pick_requests(*, samples: Sequence[int] | None = None, **_ignored: Any) -> None:
+        chosen = ids if samples is None else sorted(samples)
+        picked = []
+        for position, doc_id in enumerate(chosen):
+            for built in by_doc[doc_id]:
+                instance = copy.copy(built)
+                instance.doc_id = position
+                instance.resps = []
+                instance.filtered_resps = {}
+                picked.append(instance)
+        task._instances = picked
 
-    task.build_all_requests = reuse_requests  # type: ignore[method-assign]
+    task.build_all_requests = pick_requests  # type: ignore[method-assign]
+
+
+def aggregate_outcomes(
+    tasks: dict[str, Task], groups: dict[str, Any], values: dict[str, dict[str, list[float]]], bootstrap_iters: int
+) -> dict[str, dict[str, Any]]:
+    """lm-eval's results (`{task or group: {"metric,filter": value, "metric_stderr,filter": stderr}}`) computed from
+    per-document values `{leaf task: {"metric,filter": [value per document]}}`.
+
+    lm-eval: `evaluator.evaluate` appends each document's metric values to a per-task accumulator and aggregates
+    tasks and groups with the private `evaluator_utils._process_results` (its docstring shows this use).
+    mmmo: calls it on values it kept from earlier calls (a candidate's stages), so that a value combined over stages
+    is the one lm-eval reports for those documents scored at once.
+    """
+    from lm_eval.evaluator_utils import _process_results
+
+    acc: dict[str, Any] = {}
+    for name, task in tasks.items():
+        raw: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for key, per_doc in values.get(name, {}).items():
+            metric, _, filt = key.partition(",")
+            raw[(metric, filt)] = list(per_doc)
+        acc[name] = {"task": task, "raw_metrics": raw, "logged_samples": []}
+    with bootstrap_in_process():
+        results = _process_results(acc, groups, bootstrap_iters)._to_eval_results()
+    return dict(results["results"])
 
 
 def filter_names(task: Task) -> list[str]:
@@ -63,15 +103,6 @@ def filter_names(task: Task) -> list[str]:
     "none"); mmmo reads them to check an objective's metric before anything is scored.
     """
     return [f.name for f in getattr(task, "_filters", [])] or ["none"]
-
-
-def predicts_only(task: Task) -> bool:
-    """Whether the task scores with lm-eval's "bypass" metric (predict-only: it logs outputs and scores nothing).
-
-    lm-eval's evaluate() refuses such a task unless log_samples is on, and it tells them apart by the private
-    `task._metric_fn_list`; mmmo asks the same question, to turn log_samples on only where it is needed.
-    """
-    return "bypass" in getattr(task, "_metric_fn_list", {})
 
 
 def declares_unsafe_code(manager: TaskManager, name: str) -> bool:

@@ -7,13 +7,15 @@ a bad limit) is an MmmoError here, before any candidate is merged.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mmmo.config import ObjectiveSpec
+from mmmo.documents import SubsetKind, TaskDocuments, document_order, fingerprint, subset_size
 from mmmo.errors import MmmoError, one_line
 from mmmo.objectives.lm_eval_compat import declares_unsafe_code, filter_names, freeze_requests
 
@@ -36,6 +38,7 @@ class TaskUnit:
     limit: int | float | None  # a count of documents, a fraction in (0, 1), or None for all
     tasks: dict[str, Task]  # leaf tasks by name: the task itself, or a group's members
     groups: dict[str, Group]  # empty for a task
+    documents: dict[str, TaskDocuments] = field(default_factory=dict)  # per leaf task: the documents scored
 
     @property
     def is_group(self) -> bool:
@@ -114,11 +117,14 @@ def normalize_limit(spec: ObjectiveSpec) -> int | float | None:
 
 
 def build_unit(
-    spec: ObjectiveSpec, limit: float | None, catalog: TaskCatalog, confirm_run_unsafe_code: bool
+    spec: ObjectiveSpec,
+    limit: float | None,
+    catalog: TaskCatalog,
+    confirm_run_unsafe_code: bool,
+    subset: SubsetKind = "random",
+    subset_seed: int = 0,
 ) -> TaskUnit:
-    """Load the task or group with its dataset, apply num_fewshot and build its requests once."""
-    from lm_eval.evaluator_utils import get_sample_size
-
+    """Load the task or group with its dataset, apply num_fewshot, choose its documents and build their requests once."""
     assert spec.task is not None
     unit = TaskUnit(name=spec.task, limit=limit, **_load(spec, catalog, confirm_run_unsafe_code))
     if not unit.tasks:
@@ -126,15 +132,29 @@ def build_unit(
     unsafe = [name for name, task in unit.tasks.items() if getattr(task, "UNSAFE_CODE", False)]
     if unsafe and not confirm_run_unsafe_code:  # a group's member, which the index check cannot see
         raise MmmoError(unsafe_code_message(spec, unsafe[0]))
-    for task in unit.tasks.values():
+    for name, task in unit.tasks.items():
         _set_fewshot(task, spec.num_fewshot)
         try:
-            freeze_requests(task, get_sample_size(task, limit))
+            unit.documents[name] = choose_documents(task, name, limit, subset, subset_seed)
+            freeze_requests(task, unit.documents[name].ids)
+        except MmmoError:
+            raise
         except Exception as err:  # noqa: BLE001
             raise MmmoError(
                 f"objective {spec.name!r}: could not build the prompts of {task.task_name!r}: {one_line(err)}"
             ) from None
     return unit
+
+
+def choose_documents(task: Task, name: str, limit: float | None, subset: SubsetKind, seed: int) -> TaskDocuments:
+    """The documents of a leaf task a run scores (see mmmo.documents), with a fingerprint of their contents."""
+    docs = task.eval_docs
+    n = len(docs)
+    if n == 0:
+        raise MmmoError(f"lm-eval task {name!r} has no documents in its evaluation split")
+    ids = document_order(n, name, seed, subset)[: subset_size(n, limit)]
+    texts = [json.dumps(docs[i], sort_keys=True, default=str) for i in ids]
+    return TaskDocuments(task=name, ids=tuple(ids), available=n, fingerprint=fingerprint(texts))
 
 
 def _load(spec: ObjectiveSpec, catalog: TaskCatalog, confirm_run_unsafe_code: bool) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -20,6 +20,7 @@ from mmmo.errors import MmmoError
 from mmmo.search.acquisition import AcqBudget
 from mmmo.search.gp import observation_variance
 from mmmo.search.pareto import hypervolume, infer_ref_point, pareto_mask
+from mmmo.search.stages import PartialScores, continue_chances
 from mmmo.search.strategies import propose_batch
 from mmmo.trial import Trial
 
@@ -59,6 +60,12 @@ class LoopOptions:
     `ended_batches` are the batches whose end the caller already recorded (None: the caller keeps no such
     record). `initial_points [k, dim]` (unit cube, e.g. the standard recipes) open the initial design.
     `to_params` names a unit-cube point's merge parameters in real units, for each new trial's `params`.
+    `stages` (cumulative fractions of each task's documents; None: one stage) makes `evaluate` return "partial"
+    trials short of the last stage; each goes on while its chance of improving the front (search.stages) is at
+    least `stage_min_chance` (with `stage_min_gain` > 0: its chance of adding that fraction of the hypervolume),
+    else it is done as it is, `stopped`. With stages, a batch is scored `parallel` trials at a time (the
+    evaluators' count), each group through all its stages before the next starts, so that later trials of a batch
+    are judged against the earlier ones' full scores.
     """
 
     opt: OptimizerSpec
@@ -71,6 +78,10 @@ class LoopOptions:
     ended_batches: Collection[int] | None = None
     initial_points: Tensor | None = None
     to_params: Callable[[list[float]], dict[str, float]] | None = None
+    stages: Sequence[float] | None = None
+    stage_min_chance: float = 0.1
+    stage_min_gain: float = 0.01
+    parallel: int = 1
 
     def __post_init__(self) -> None:
         # Kept as tuples and a frozenset: the caller's lists cannot change the options afterwards.
@@ -80,6 +91,10 @@ class LoopOptions:
             object.__setattr__(self, "ref_point", tuple(float(v) for v in self.ref_point))
         if self.ended_batches is not None:
             object.__setattr__(self, "ended_batches", frozenset(self.ended_batches))
+        if self.stages is not None:
+            object.__setattr__(self, "stages", tuple(float(f) for f in self.stages))
+        if self.parallel < 1:
+            raise MmmoError(f"parallel must be at least 1, got {self.parallel}")
         if self.dim < 1:
             raise MmmoError(f"the search space needs at least one dimension, got {self.dim}")
         unknown = [n for n in self.task_objective_names if n not in self.objective_names]
@@ -102,7 +117,10 @@ class LoopObserver(Protocol):
         """New trials of a batch, before any of them is evaluated (journal them here)."""
 
     def on_finished(self, trial: Trial) -> None:
-        """A trial came back from evaluation, done or failed."""
+        """A trial came back from evaluation, done or failed (or was stopped after part of its documents)."""
+
+    def on_partial(self, trial: Trial) -> None:
+        """A trial came back scored on a stage short of the last (journal it: a resume continues from it)."""
 
     def on_ref_point(self, ref_point: list[float]) -> None:
         """The reference point, inferred once from the first done trials (raw objective units)."""
@@ -120,6 +138,9 @@ class NullObserver:
     def on_finished(self, trial: Trial) -> None:
         pass
 
+    def on_partial(self, trial: Trial) -> None:
+        pass
+
     def on_ref_point(self, ref_point: list[float]) -> None:
         pass
 
@@ -135,10 +156,13 @@ def is_usable(trial: Trial, objective_names: Sequence[str]) -> bool:
 
 
 def done_arrays(
-    trials: Sequence[Trial], objective_names: Sequence[str], dim: int
+    trials: Sequence[Trial], objective_names: Sequence[str], dim: int, *, scored_in_full: bool = False
 ) -> tuple[Tensor, Tensor, list[Trial]]:
-    """`X [n, dim]`, `Y [n, m]` (float64, objectives in `objective_names` order) of the usable trials, and them."""
-    usable = [t for t in trials if is_usable(t, objective_names)]
+    """`X [n, dim]`, `Y [n, m]` (float64, objectives in `objective_names` order) of the usable trials, and them.
+
+    `scored_in_full` leaves out trials stopped after part of their documents (the front is made of the others).
+    """
+    usable = [t for t in trials if is_usable(t, objective_names) and not (scored_in_full and t.stopped)]
     X = torch.tensor([t.x for t in usable], dtype=torch.float64).reshape(-1, dim)
     Y = torch.tensor(
         [[float(t.objectives[n]) for n in objective_names] for t in usable],  # type: ignore[index]
@@ -168,7 +192,7 @@ def summarize_batch(
 ) -> BatchSummary:
     """Summary after `batch`: its counts, and hypervolume/front/best over every batch up to it."""
     in_batch = [t for t in trials if t.batch == batch]
-    _, Y, usable = done_arrays([t for t in trials if t.batch <= batch], objective_names, dim)
+    _, Y, usable = done_arrays([t for t in trials if t.batch <= batch], objective_names, dim, scored_in_full=True)
     hv = hypervolume(Y, ref_point) if ref_point is not None and Y.shape[0] else 0.0
     front = [t.id for t, keep in zip(usable, pareto_mask(Y).tolist()) if keep]
     best: dict[str, tuple[int, float]] = {}
@@ -189,11 +213,11 @@ def summarize_batch(
 def _check_finished(t: Trial, pending: set[int], objective_names: Sequence[str]) -> None:
     if t.id not in pending:
         raise MmmoError(f"evaluation returned trial {t.id}, which was not pending in this batch")
-    if t.status not in ("done", "failed"):
+    if t.status not in ("done", "failed", "partial"):
         raise MmmoError(
-            f"evaluation returned trial {t.id} with status {t.status!r} (expected done or failed)"
+            f"evaluation returned trial {t.id} with status {t.status!r} (expected done, partial or failed)"
         )
-    if t.status == "done":
+    if t.status in ("done", "partial"):
         missing = [n for n in objective_names if t.objectives is None or n not in t.objectives]
         if missing:
             raise MmmoError(f"trial {t.id} finished without objective(s): {', '.join(missing)}")
@@ -233,10 +257,10 @@ def run_loop(
             watch.on_proposed(list(batch_trials))
             worked = True
 
-        pending = [t for t in batch_trials if t.status == "proposed"]
+        pending = [t for t in batch_trials if t.status in ("proposed", "partial")]
         if pending:
             worked = True
-            _evaluate_pending(history, pending, evaluate, names, watch)
+            _evaluate_pending(history, pending, evaluate, options, watch, ref)
 
         if ref is None:
             _, Y_first, _ = done_arrays([t for t in history if t.batch <= b], names, dim)
@@ -299,16 +323,92 @@ def _evaluate_pending(
     history: list[Trial],
     pending: list[Trial],
     evaluate: EvaluateBatch,
-    objective_names: Sequence[str],
+    options: LoopOptions,
     watch: LoopObserver,
+    ref: list[float] | None,
 ) -> None:
-    """Evaluate `pending`, replacing each in `history` by its finished self as it comes back."""
-    left = {t.id for t in pending}
+    """Evaluate `pending` stage by stage, replacing each in `history` by its newer self as it comes back.
+
+    Trials that come back "partial" (or were partial already: a resume) go on to their next stage, or are done
+    as they are (`stopped`) when their chance of improving the front is below `options.stage_min_chance`.
+    """
+    if not options.stages:
+        _evaluate_group(history, pending, evaluate, options, watch, ref)
+        return
+    fresh = [t for t in pending if t.status == "proposed"]
+    k = options.parallel
+    groups = [[t for t in pending if t.status == "partial"] + fresh[:k]]
+    groups += [fresh[i : i + k] for i in range(k, len(fresh), k)]
+    for group in groups:
+        _evaluate_group(history, group, evaluate, options, watch, ref)
+
+
+def _evaluate_group(
+    history: list[Trial],
+    pending: list[Trial],
+    evaluate: EvaluateBatch,
+    options: LoopOptions,
+    watch: LoopObserver,
+    ref: list[float] | None,
+) -> None:
+    """Evaluate `pending` (proposed or partial trials) through all their stages."""
+    names = options.objective_names
     position = {t.id: i for i, t in enumerate(history)}
-    for finished in evaluate(pending):
-        _check_finished(finished, left, objective_names)
-        history[position[finished.id]] = finished
-        left.discard(finished.id)
-        watch.on_finished(finished)
-    if left:
-        raise MmmoError(f"evaluation ended without a result for trial(s) {sorted(left)}")
+    todo = [t for t in pending if t.status == "proposed"]
+    partial = [t for t in pending if t.status == "partial"]
+    while todo or partial:
+        if partial:
+            go_on = _stage_decisions(history, partial, options, ref)
+            for t, keep in zip(partial, go_on):
+                if not keep:
+                    stopped = replace(t, status="done", stopped=True)
+                    history[position[t.id]] = stopped
+                    watch.on_finished(stopped)
+            todo += [t for t, keep in zip(partial, go_on) if keep]
+            partial = []
+        left = {t.id for t in todo}
+        for finished in evaluate(todo):
+            _check_finished(finished, left, names)
+            history[position[finished.id]] = finished
+            left.discard(finished.id)
+            if finished.status == "partial":
+                watch.on_partial(finished)
+                partial.append(finished)
+            else:
+                watch.on_finished(finished)
+        if left:
+            raise MmmoError(f"evaluation ended without a result for trial(s) {sorted(left)}")
+        todo = []
+
+
+def _stage_decisions(
+    history: list[Trial], partial: list[Trial], options: LoopOptions, ref: list[float] | None
+) -> list[bool]:
+    """Whether each partially scored trial goes on to its next stage (see search.stages)."""
+    names, dim, stages = options.objective_names, options.dim, options.stages
+    if not stages:
+        raise MmmoError(f"trial {partial[0].id} is partly scored, but the run has no evaluation.stages")
+    X, Y, usable = done_arrays(history, names, dim)
+    _, front, _ = done_arrays(history, names, dim, scored_in_full=True)
+    known = options.opt.known_noise
+    tasks = set(options.task_objective_names)
+    scored = torch.tensor(
+        [[stages[t.stages_scored - 1] if n in tasks else 1.0 for n in names] for t in partial], dtype=torch.float64
+    )
+    n_scored = torch.tensor([[float(t.n_examples.get(n, 0)) for n in names] for t in partial], dtype=torch.float64)
+    yvar = done_variances(partial, names)
+    # No stderr (a one-document stage): the largest variance a 0/1 mean on those documents can have, not zero.
+    yvar = torch.where(yvar.isnan(), 0.25 / n_scored.clamp_min(1.0), yvar)
+    evidence = PartialScores(
+        x=torch.tensor([t.x for t in partial], dtype=torch.float64),
+        y=torch.tensor([[float(t.objectives[n]) for n in names] for t in partial], dtype=torch.float64),  # type: ignore[index]
+        yvar=yvar,
+        scored=scored,
+    )
+    chances = continue_chances(
+        X, Y, done_variances(usable, names) if known else None, front[pareto_mask(front)] if front.shape[0] else front,
+        evidence, torch.tensor(ref, dtype=torch.float64) if ref is not None else None,
+        prior_mean=options.opt.prior_mean, seed=options.opt.seed * 100003 + partial[0].id,
+        min_gain=options.stage_min_gain,
+    )
+    return [bool(c >= options.stage_min_chance) for c in chances.tolist()]

@@ -1,0 +1,147 @@
+"""What a run has found so far, read from its journal: done and failed trials, the Pareto front, the sources,
+and how many documents each candidate was scored on (no plots, no text)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from mmmo.config import SearchSpec
+from mmmo.run_store import RunState, RunStore, SourceScore
+from mmmo.search.pareto import pareto_mask
+from mmmo.trial import Trial
+
+
+class Scored(Protocol):
+    """A Trial or a SourceScore: documents scored per objective."""
+
+    n_examples: dict[str, int]
+
+
+@dataclass
+class RunSummary:
+    """The done trials of a run, its Pareto front and the source models beside it."""
+
+    objective_names: list[str]
+    task_names: list[str]
+    done: list[Trial]
+    failed: list[Trial]
+    pareto: list[Trial]
+    sources: list[SourceScore]
+    hypervolumes: dict[int, float]
+    ref_point: list[float] | None
+    budget: int
+    # One task objective per distinct (task, limit): objectives that share both score the same documents.
+    document_objectives: list[str] = field(default_factory=list)
+    # Documents a candidate scored on all of them takes (from the run's document plan); None where unrecorded.
+    full_documents: int | None = None
+
+    def mean_task_score(self, trial: Trial) -> float:
+        assert trial.objectives is not None
+        return sum(trial.objectives[n] for n in self.task_names) / len(self.task_names)
+
+    def source_mean_task_score(self, source: SourceScore) -> float | None:
+        """A source model's mean task score; None when it failed."""
+        if source.objectives is None:
+            return None
+        return sum(source.objectives[n] for n in self.task_names) / len(self.task_names)
+
+    @property
+    def sparsity_name(self) -> str | None:
+        """The sparsity objective's name, if the run has one (the objective that is not a task)."""
+        return next((n for n in self.objective_names if n not in self.task_names), None)
+
+    def documents(self, candidate: Scored) -> int | None:
+        """Documents a trial or source was scored on: a task shared by two objectives counts once.
+
+        None when it recorded no counts (a failed source, or a run written before counts were kept).
+        """
+        counts = [candidate.n_examples[n] for n in self.document_objectives if n in candidate.n_examples]
+        return sum(counts) if counts else None
+
+    @property
+    def scored_in_full(self) -> list[Trial]:
+        """The done trials scored on all their documents (not stopped by evaluation.stages): the ones a front,
+        a "best" and an export choose from, since a partial score is a noisier one."""
+        return [t for t in self.done if not t.stopped]
+
+    def objective_matrix(self, trials: list[Trial]) -> torch.Tensor:
+        """`[len(trials), n_objectives]` float64: each done trial's objectives in the run's objective order."""
+        return objective_matrix(trials, self.objective_names)
+
+    def best(self, objective: str | None = None) -> Trial | None:
+        """The done trial scored in full with the highest value of `objective` (default: the mean task score).
+
+        Ties are broken by dominance: of the tied trials, only one that no other done trial dominates on all
+        objectives can be best (the lowest id of those), so "best" is always on the Pareto front.
+        """
+        candidates = self.scored_in_full
+        if not candidates:
+            return None
+
+        def key(t: Trial) -> float:
+            return self.mean_task_score(t) if objective is None else t.objectives[objective]  # type: ignore[index]
+
+        # Exact equality: rounding is monotone, so a trial that dominates another never averages an ulp lower.
+        top = max(key(t) for t in candidates)
+        tied = [t for t in candidates if key(t) == top]
+        if len(tied) == 1:
+            return tied[0]
+        # A trial that dominates a tied one scores at least as high on the key, so it is tied too: the tied
+        # trials that none of them dominates are exactly the tied trials on the whole front.
+        front = [t for t, keep in zip(tied, pareto_mask(self.objective_matrix(tied)).tolist()) if keep]
+        return min(front, key=lambda t: t.id)
+
+
+def objective_matrix(trials: list[Trial], names: list[str]) -> torch.Tensor:
+    """`[len(trials), len(names)]` float64: the trials' objectives (every trial done) in `names` order."""
+    return torch.tensor([[t.objectives[n] for n in names] for t in trials], dtype=torch.float64)  # type: ignore[index]
+
+
+def document_objectives(spec: SearchSpec) -> list[str]:
+    """The first task objective of each distinct (task, limit): the ones whose documents are counted."""
+    seen: dict[tuple[str | None, int | float | None], str] = {}
+    for o in spec.task_objectives:
+        seen.setdefault((o.task, o.limit), o.name)
+    return list(seen.values())
+
+
+def _full_documents(names: list[str], state: RunState) -> int | None:
+    plan = state.documents
+    if plan is None or any(n not in plan for n in names):
+        return None
+    return sum(len(d.ids) for n in names for d in plan[n])
+
+
+def summarize_run(spec: SearchSpec, state: RunState) -> RunSummary:
+    """The run's done and failed trials, its Pareto front over the done ones scored in full, and its sources."""
+    names = [o.name for o in spec.objectives]
+    done = [t for t in state.trials if t.status == "done" and t.objectives is not None]
+    full = [t for t in done if not t.stopped]
+    pareto: list[Trial] = []
+    if full:
+        mask = pareto_mask(objective_matrix(full, names))
+        pareto = [t for t, keep in zip(full, mask.tolist()) if keep]
+    counted = document_objectives(spec)
+    return RunSummary(
+        objective_names=names,
+        task_names=[o.name for o in spec.task_objectives],
+        done=done,
+        failed=[t for t in state.trials if t.status == "failed"],
+        pareto=sorted(pareto, key=lambda t: t.id),
+        sources=state.sources,
+        hypervolumes=state.hypervolumes,
+        ref_point=state.ref_point,
+        budget=spec.optimizer.budget,
+        document_objectives=counted,
+        full_documents=_full_documents(counted, state),
+    )
+
+
+def load_run(run_dir: str | Path) -> tuple[SearchSpec, RunState, RunSummary]:
+    """Read a run folder without touching models: its spec, journal state and summary."""
+    spec, state = RunStore(Path(run_dir)).read_run()
+    return spec, state, summarize_run(spec, state)

@@ -1,0 +1,113 @@
+"""Multi-fidelity scoring: the full-score distribution, the chance of improving the front, and the loop's stages."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from mmmo.config import OptimizerSpec
+from mmmo.search.loop import LoopOptions, NullObserver, run_loop
+from mmmo.search.pareto import hypervolume
+from mmmo.search.stages import PartialScores, chance_of_improving, full_score_distribution, hypervolume_gain
+from mmmo.trial import Trial
+
+D = torch.float64
+
+
+def test_full_score_mean_and_variance_by_hand() -> None:
+    partial = PartialScores(
+        x=torch.zeros(1, 2, dtype=D),
+        y=torch.tensor([[0.5, -0.2]], dtype=D),
+        yvar=torch.tensor([[0.01, 0.0]], dtype=D),
+        scored=torch.tensor([[0.25, 1.0]], dtype=D),  # a task a quarter scored; an exact objective
+    )
+    mean, var = full_score_distribution(partial, torch.tensor([[0.7, -0.3]], dtype=D), torch.tensor([[0.004, 0.1]], dtype=D))
+    # task: 0.25 * 0.5 + 0.75 * 0.7; 0.75^2 * 0.004 + 0.75 * 0.25 * 0.01. exact: as scored.
+    assert mean[0].tolist() == pytest.approx([0.65, -0.2])
+    assert var[0].tolist() == pytest.approx([0.00225 + 0.001875, 0.0])
+    # Without a GP the partial score is its own posterior: the rest adds r * yvar.
+    mean, var = full_score_distribution(partial, None, None)
+    assert mean[0].tolist() == pytest.approx([0.5, -0.2])
+    assert var[0].tolist() == pytest.approx([0.75 * 0.01, 0.0])
+
+
+def test_chance_of_improving_the_front() -> None:
+    front = torch.tensor([[0.5, 0.5], [0.8, 0.2]], dtype=D)
+    ref = torch.tensor([0.0, 0.0], dtype=D)
+    points = torch.tensor([[0.6, 0.6], [0.4, 0.4], [0.5, 0.5], [0.9, -0.1], [0.5, 0.5]], dtype=D)
+    var = torch.zeros_like(points)
+    var[4] = 0.01  # on the front's point, with noise: about half of the draws beat it on one side or the other
+    chance = chance_of_improving(points, var, front, ref, seed=0)
+    assert chance[:4].tolist() == [1.0, 0.0, 0.0, 0.0]  # beyond; dominated; a tie; below the reference point
+    assert 0.6 < float(chance[4]) < 0.8  # 1 - P(both below) = 1 - 1/4, within sampling error
+    assert chance_of_improving(points, var, front[:0], None, seed=0).tolist() == [1.0] * 5  # nothing to beat
+
+
+def test_a_minimum_gain_asks_for_that_much_hypervolume() -> None:
+    front = torch.tensor([[0.5, 0.5], [0.8, 0.2]], dtype=D)
+    ref = torch.tensor([0.0, 0.0], dtype=D)
+    y = torch.tensor([[0.6, 0.6]], dtype=D)
+    exact = hypervolume(torch.cat([front, y]), ref) - hypervolume(front, ref)  # 0.09
+    gains = torch.stack([hypervolume_gain(y, front, ref, torch.Generator().manual_seed(s)) for s in range(20)])
+    assert float(gains.mean()) == pytest.approx(exact, abs=0.01)
+    hv = hypervolume(front, ref)  # 0.31: the point adds 29% of it
+    zero = torch.zeros_like(y)
+    assert chance_of_improving(y, zero, front, ref, seed=0, min_gain=0.2).item() == 1.0
+    assert chance_of_improving(y, zero, front, ref, seed=0, min_gain=0.4).item() == 0.0
+    assert exact / hv == pytest.approx(0.29, abs=0.005)
+
+
+def full_trial(i: int, y: list[float]) -> Trial:
+    return Trial(
+        id=i, batch=0, x=[0.2 * i + 0.05, 0.9 - 0.2 * i], step="sobol", status="done",
+        objectives={"a": y[0], "b": y[1]}, stderr={"a": 0.02, "b": 0.02}, n_examples={"a": 100, "b": 100},
+        stages_scored=2,
+    )
+
+
+def test_the_loop_stops_a_hopeless_candidate_and_finishes_a_promising_one() -> None:
+    history = [full_trial(i, y) for i, y in enumerate([[0.5, 0.5], [0.6, 0.4], [0.4, 0.6], [0.3, 0.3]])]
+    history += [
+        Trial(id=4, batch=1, x=[0.33, 0.33], step="acquisition"),  # will score far below the front
+        Trial(id=5, batch=1, x=[0.66, 0.66], step="acquisition"),  # will score beyond it
+    ]
+    partial_scores = {4: (0.05, 0.05), 5: (0.9, 0.9)}
+    calls: list[tuple[int, int]] = []
+
+    def evaluate(trials: list[Trial]) -> list[Trial]:
+        out = []
+        for t in trials:
+            calls.append((t.id, t.stages_scored))
+            a, b = partial_scores[t.id]
+            last = t.stages_scored == 1
+            out.append(replace(
+                t, status="done" if last else "partial", stages_scored=t.stages_scored + 1,
+                objectives={"a": a, "b": b}, stderr={"a": 0.01, "b": 0.01},
+                n_examples={"a": 100 if last else 25, "b": 100 if last else 25},
+            ))
+        return out
+
+    heard: list[tuple[str, int]] = []
+
+    class Heard(NullObserver):
+        def on_partial(self, trial: Trial) -> None:
+            heard.append(("partial", trial.id))
+
+        def on_finished(self, trial: Trial) -> None:
+            heard.append(("stopped" if trial.stopped else trial.status, trial.id))
+
+    opt = OptimizerSpec(initial=4, batches=1, batch_size=2, candidates=2, standard_recipes=False)
+    options = LoopOptions(
+        opt=opt, dim=2, objective_names=["a", "b"], task_objective_names=["a", "b"], ref_point=[0.0, 0.0],
+        stages=(0.25, 1.0), stage_min_chance=0.1,
+    )
+    result = run_loop(history, options, evaluate, Heard())
+    assert calls == [(4, 0), (5, 0), (5, 1)]  # trial 4 never gets its second stage
+    # One trial at a time (parallel=1): each through its stages before the next starts.
+    assert heard == [("partial", 4), ("stopped", 4), ("partial", 5), ("done", 5)]
+    t4, t5 = result.trials[4], result.trials[5]
+    assert (t4.status, t4.stopped, t4.stages_scored, t4.n_examples["a"]) == ("done", True, 1, 25)
+    assert (t5.status, t5.stopped, t5.stages_scored, t5.n_examples["a"]) == ("done", False, 2, 100)
+    assert 5 in result.pareto_ids and 4 not in result.pareto_ids
