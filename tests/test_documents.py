@@ -45,7 +45,11 @@ def test_stage_sizes_are_cumulative_prefixes_of_at_least_one_document() -> None:
     assert stage_sizes(50, [0.25, 1.0]) == [13, 50]
     assert stage_sizes(10, [0.3, 0.6, 1.0]) == [3, 6, 10]
     assert stage_sizes(2, [0.1, 1.0]) == [1, 2]
+    assert stage_sizes(5, [0.1, 0.2, 1.0]) == [1, 2, 5]  # raised: every stage adds a document
+    assert stage_sizes(3, [0.25, 0.5, 1.0]) == [1, 2, 3]
     assert stage_sizes(50, None) == [50]
+    with pytest.raises(ValueError, match="2 documents cannot fill 3 stages"):
+        stage_sizes(2, [0.2, 0.5, 1.0])
 
 
 def test_outcomes_are_a_bit_string_for_0_1_metrics_and_floats_otherwise() -> None:

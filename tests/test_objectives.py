@@ -131,6 +131,29 @@ def test_limit_counts_and_fractions_and_one_task_at_two_limits(tasks_dir: str, l
     }
 
 
+def test_stages_score_new_documents_only_and_combine_to_the_full_score(tasks_dir: str, live: tuple[Any, Any]) -> None:
+    model, tokenizer = live
+    fx.set_bigram(model, tokenizer, HALF_WRONG)  # d, e, f wrong; on the first four letters only d
+    specs = [objective("both", fx.GROUP, "exact_match")]
+    staged = bound(specs, tasks_dir, live, subset="first", stages=[0.5, 1.0])
+    first, second = staged.evaluate(0), staged.evaluate(1)
+    # Group of 6 + 4 documents: stage 0 the first 3 and 2 (a, b, c | a, b), stage 1 the rest (d, e, f | c, d).
+    assert first["both"].outcomes == {fx.GEN_TASK: [1.0, 1.0, 1.0], fx.GEN4_TASK: [1.0, 1.0]}
+    assert second["both"].outcomes == {fx.GEN_TASK: [0.0, 0.0, 0.0], fx.GEN4_TASK: [1.0, 0.0]}
+    joined = {leaf: first["both"].outcomes[leaf] + second["both"].outcomes[leaf] for leaf in first["both"].outcomes}
+    combined = staged.combine("both", joined)
+    whole = bound(specs, tasks_dir, live, subset="first").evaluate()["both"]
+    assert (combined.value, combined.n_examples) == (whole.value, whole.n_examples) == (pytest.approx(0.6), 10)
+    assert combined.stderr == pytest.approx(whole.stderr, rel=1e-12)
+
+
+def test_stages_need_a_document_per_stage(tasks_dir: str) -> None:
+    with pytest.raises(MmmoError, match=r"task 'mmmo_test_gen' has 2 document\(s\) for 3 evaluation.stages"):
+        LmEvalObjectives(
+            [objective("gen", fx.GEN_TASK, "exact_match", limit=2)], tasks_dir=tasks_dir, stages=[0.2, 0.5, 1.0]
+        )
+
+
 def test_group_objective_aggregates_its_tasks(tasks_dir: str, live: tuple[Any, Any]) -> None:
     model, tokenizer = live
     fx.set_bigram(model, tokenizer, HALF_WRONG)

@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats
 
-from mmmo.paired import compare_candidates, mean_task_difference, paired_difference
+from mmmo.paired import compare_candidates, mean_over_objectives, mean_task_difference, paired_difference
 from mmmo.run_store import SourceScore
 from mmmo.trial import Trial
 
@@ -103,3 +103,23 @@ def test_a_stopped_trial_is_compared_on_its_prefix_of_each_leaf() -> None:
     assert d.diff == pytest.approx(-1 / 24, abs=1e-12) and d.se == pytest.approx(1 / 24, abs=1e-12)
     half = stats.t.ppf(0.975, 5) / 24
     assert (d.low, d.high) == (pytest.approx(-1 / 24 - half, abs=1e-12), pytest.approx(-1 / 24 + half, abs=1e-12))
+
+
+class Scored:
+    def __init__(self, outcomes: dict) -> None:
+        self.outcomes = outcomes
+
+
+def test_objectives_on_the_same_documents_are_paired_once_not_counted_as_independent() -> None:
+    # Two metrics of one task (same 8 documents) and one other task (6 documents).
+    a = Scored({"acc": {"t": "00110100"}, "acc_norm": {"t": "00110100"}, "other": {"u": "010101"}})
+    b = Scored({"acc": {"t": "11110110"}, "acc_norm": {"t": "11110110"}, "other": {"u": "110111"}})
+    d = mean_over_objectives(a, b, ["acc", "acc_norm", "other"])
+    same = paired_difference([0, 0, 1, 1, 0, 1, 0, 0], [1, 1, 1, 1, 0, 1, 1, 0])  # +3/8, the shared task
+    other = paired_difference([0, 1, 0, 1, 0, 1], [1, 1, 0, 1, 1, 1])  # +2/6
+    assert d is not None
+    # Weights 2 (the two metrics, perfectly correlated: one se, not two independent ones) and 1.
+    assert d.diff == pytest.approx((2 * 3 / 8 + 2 / 6) / 3, abs=1e-12)
+    assert d.se == pytest.approx(math.sqrt((2 * same.se) ** 2 + other.se**2) / 3, abs=1e-12)
+    assert d.n == 8 + 6  # each document once
+    assert mean_over_objectives(a, Scored({}), ["acc"]) is None

@@ -146,8 +146,9 @@ def test_a_resume_mid_stage_scores_no_document_twice(
     result = mmmo.search(spec_path, show_progress=False)
     # Trial 1 goes on to its second stage (decided again), trial 2 gets both; nothing is scored again.
     assert scored == [(2, 0), (1, 1), (2, 1)]
-    assert [(t.status, t.stages_scored, t.stopped, t.n_examples["arith"]) for t in result.trials] == [
-        ("done", 2, False, 10)
+    # Attempts count the tries of the last stage: one each (a Ray retry of a later stage is not used up).
+    assert [(t.status, t.stages_scored, t.stopped, t.n_examples["arith"], t.attempts) for t in result.trials] == [
+        ("done", 2, False, 10, 1)
     ] * 3
     # Per task, the documents scored for each trial over both processes: each of the 10 exactly once.
     plan = RunStore(result.run_dir).load().documents

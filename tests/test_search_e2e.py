@@ -97,7 +97,8 @@ def test_summary_files_and_export(finished_run) -> None:
     assert "## Source models" in report and "| base |" in report
     hv = [e["hypervolume"] for e in read_events(result.run_dir / "trials.jsonl") if e["event"] == "batch_end"]
     assert f"- hypervolume after batch 1: {hv[-1]:.6g}" in report
-    front_rows = [line for line in report.split("## Pareto front")[1].splitlines() if line.startswith("| ")][1:]  # below the header
+    front = report.split("## Pareto front")[1].split("## Every trial")[0]
+    front_rows = [line for line in front.splitlines() if line.startswith("| ")][1:]  # below the header
     assert sorted(int(r.split("|")[1]) for r in front_rows) == sorted(t.id for t in result.pareto)
     recipe_trial = result.trials[0]
     gain = result.summary.mean_task_score(result.summary.best()) - result.summary.mean_task_score(recipe_trial)

@@ -161,7 +161,7 @@ def _search_locked(spec: SearchSpec, store: RunStore, show_progress: bool) -> Se
             _run(spec, space, pool, recorder, state)
         state = store.load()
         summary = write_summaries(store.dir, spec, state)
-        if spec.output.export != "none" and summary.done:
+        if spec.output.export != "none" and summary.scored_in_full:
             chosen = select_trials(summary, pareto=spec.output.export == "pareto", limit=spec.output.export_limit)
             try:
                 exported = export_trials(spec, chosen, store.dir / "models", pool.local_merger())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmmo.paired import PairedDifference, compare_candidates, mean_task_difference
+from mmmo.paired import PairedDifference, compare_candidates, mean_over_objectives
 from mmmo.run_store import SourceScore
 from mmmo.run_summary import RunSummary
 from mmmo.trial import Trial
@@ -39,8 +39,7 @@ def best_expert(summary: RunSummary) -> SourceScore | None:
 def compare_with_source(summary: RunSummary, chosen: Trial, source: SourceScore) -> SourceComparison:
     """`chosen - source` on each task objective's shared documents, and on the mean task score."""
     per_task = compare_candidates(source, chosen, summary.task_names, confidence=CONFIDENCE)
-    tasks = [d for d in per_task.values() if d is not None]
-    mean = mean_task_difference(tasks, confidence=CONFIDENCE) if len(tasks) == len(per_task) else None
+    mean = mean_over_objectives(source, chosen, summary.task_names, confidence=CONFIDENCE)
     source_mean = summary.source_mean_task_score(source)
     assert source_mean is not None
     return SourceComparison(source, per_task, mean, summary.mean_task_score(chosen) - source_mean)
@@ -61,10 +60,16 @@ def verdict(c: SourceComparison) -> str:
     if d is None:
         return f"With {NO_OUTCOMES}, there is no confidence interval: whether that is beyond noise is unknown."
     p = format_p(d.p_value)
-    if d.low > 0:
+    # Beyond noise only where the interval and the test agree (a 0/1 task's exact McNemar can be the stricter).
+    if d.low > 0 and d.p_value < 1 - CONFIDENCE:
         return f"That gain holds beyond noise: the whole 95% interval lies above zero ({p})."
-    if d.high < 0:
+    if d.high < 0 and d.p_value < 1 - CONFIDENCE:
         return f"The merge is worse than {name} beyond noise: the whole 95% interval lies below zero ({p})."
+    if d.low > 0 or d.high < 0:
+        return (
+            f"That difference is borderline: the 95% interval excludes zero but the test gives {p}, so these "
+            f"documents do not establish it."
+        )
     return (
         f"That difference is within noise: the 95% interval includes zero ({p}), so these documents do not tell "
         f"the merge and {name} apart."

@@ -180,9 +180,15 @@ def validate(
 
 
 @app.command()
-def show(run_dir: RunDirArg, as_json: JsonOpt = False) -> None:
-    """Show a run's Pareto front with each trial's objectives and parameters."""
-    from mmmo.report import pareto_json, pareto_table, stopped_line
+def show(
+    run_dir: RunDirArg,
+    as_json: JsonOpt = False,
+    every: Annotated[
+        bool, typer.Option("--all", help="Also list every trial: mean task score, documents, how it stands.")
+    ] = False,
+) -> None:
+    """Show a run's Pareto front with each trial's objectives, documents scored and parameters."""
+    from mmmo.report import pareto_json, pareto_table, stopped_line, trials_table
     from mmmo.run_summary import load_run
 
     spec, state, summary = _guard(lambda: load_run(run_dir))
@@ -190,6 +196,8 @@ def show(run_dir: RunDirArg, as_json: JsonOpt = False) -> None:
         sys.stdout.write(pareto_json(summary) + "\n")
         return
     console = Console()
+    if every:
+        console.print(trials_table(summary, title=f"Every trial — {spec.name}"))
     console.print(pareto_table(summary, title=f"Pareto front — {spec.name}", width=console.width))
     done, failed = len(summary.done), len(summary.failed)
     pending = sum(t.status in ("proposed", "partial") for t in state.trials)

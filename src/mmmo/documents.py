@@ -39,11 +39,17 @@ def subset_size(n_docs: int, limit: int | float | None) -> int:
 
 
 def stage_sizes(n: int, stages: Sequence[float] | None) -> list[int]:
-    """Cumulative document counts after each stage (at least one document per stage; the last is `n`)."""
+    """Cumulative document counts after each stage: `ceil(fraction * n)`, raised where needed so that every stage
+    adds at least one document (the last is `n`). Needs `n >= len(stages)` (see `too_few_for_stages`)."""
     if not stages:
         return [n]
-    sizes = [min(n, max(1, int(math.ceil(f * n)))) for f in stages]
-    sizes[-1] = n
+    k = len(stages)
+    if n < k:
+        raise ValueError(f"{n} documents cannot fill {k} stages")
+    sizes: list[int] = []
+    for i, f in enumerate(stages):
+        floor = sizes[-1] + 1 if sizes else 1
+        sizes.append(min(n - (k - 1 - i), max(floor, int(math.ceil(f * n)))))
     return sizes
 
 

@@ -108,8 +108,9 @@ class CandidateEvaluator:
         if stage is not None and stage >= self.objectives.n_stages:
             raise MmmoError(f"already scored on all {stage} stage(s) of evaluation.stages")
         scores = self.objectives.evaluate(stage)
-        if earlier:
-            scores = {name: self._with_earlier(name, s, earlier.get(name)) for name, s in scores.items()}
+        if stage:  # a later stage: its documents join the earlier stages' (every objective keeps them: see _check_stages)
+            kept = earlier or {}
+            scores = {name: self._with_earlier(name, s, kept.get(name)) for name, s in scores.items()}
         values = {name: s.value for name, s in scores.items()}
         if self._sparsity_name is not None:
             values[self._sparsity_name] = -delta_l1
@@ -172,6 +173,7 @@ class CandidateEvaluator:
                 eval_seconds=time.perf_counter() - t0,
             )
         last = stage + 1 == self.objectives.n_stages
+        # Attempts count the tries of the stage at hand: a stage that worked leaves the next one its own retries.
         return replace(
             trial,
             status="done" if last else "partial",
@@ -185,7 +187,7 @@ class CandidateEvaluator:
             merge_seconds=(trial.merge_seconds or 0.0) + t1 - t0,
             eval_seconds=(trial.eval_seconds or 0.0) + t2 - t1,
             error=None,
-            attempts=trial.attempts + 1,
+            attempts=trial.attempts + 1 if last else 0,
             worker=self.worker,
         )
 

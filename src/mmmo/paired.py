@@ -92,28 +92,57 @@ def paired_difference(a: Sequence[float], b: Sequence[float], *, confidence: flo
     )
 
 
-def mean_task_difference(per_task: Sequence[PairedDifference], *, confidence: float = 0.95) -> PairedDifference:
-    """The difference of mean task scores: the average of the tasks' differences.
+def mean_task_difference(
+    per_task: Sequence[PairedDifference], *, confidence: float = 0.95, weights: Sequence[int] | None = None
+) -> PairedDifference:
+    """The difference of mean task scores: the (`weights`-weighted) average of independent differences.
 
-    The tasks' documents are independent, so `se = sqrt(sum se_t²) / T`; CI and p use the normal quantile. One
-    task is its own mean: its difference comes back unchanged (its t-interval is the exact one).
+    Their documents are independent, so `se = sqrt(sum w_t² se_t²) / sum w_t`; CI and p use the normal quantile.
+    One difference of weight 1 is its own mean: it comes back unchanged (its t-interval is the exact one).
     """
     if not per_task:
         raise ValueError("a mean over tasks needs at least one task's difference")
-    if len(per_task) == 1:
+    w = [1] * len(per_task) if weights is None else list(weights)
+    if len(per_task) == 1 and w[0] == 1:
         return per_task[0]
-    n_tasks = len(per_task)
-    diff = sum(t.diff for t in per_task) / n_tasks
-    se = math.sqrt(sum(t.se**2 for t in per_task)) / n_tasks
+    total = sum(w)
+    diff = sum(wi * t.diff for wi, t in zip(w, per_task)) / total
+    se = math.sqrt(sum((wi * t.se) ** 2 for wi, t in zip(w, per_task))) / total
     half = 0.0 if se == 0.0 else float(stats.norm.ppf((1.0 + confidence) / 2.0)) * se
     return PairedDifference(
-        mean_a=sum(t.mean_a for t in per_task) / n_tasks,
-        mean_b=sum(t.mean_b for t in per_task) / n_tasks,
+        mean_a=sum(wi * t.mean_a for wi, t in zip(w, per_task)) / total,
+        mean_b=sum(wi * t.mean_b for wi, t in zip(w, per_task)) / total,
         diff=diff, low=diff - half, high=diff + half,
         n=sum(t.n for t in per_task),
         p_value=_p_from_statistic(diff, se, stats.norm.sf),
         test="mean of tasks", se=se,
     )
+
+
+def mean_over_objectives(
+    a: HasOutcomes, b: HasOutcomes, objectives: Sequence[str], *, confidence: float = 0.95
+) -> PairedDifference | None:
+    """b against a on the mean of `objectives`; None where any objective lacks outcomes on either side.
+
+    Objectives scored on the same documents (the same leaf tasks and counts: two metrics of one task) are not
+    independent: their per-document differences are averaged first and paired once, with the group's weight;
+    the groups' documents are independent (`mean_task_difference`). `n` counts each document once.
+    """
+    groups: dict[tuple[tuple[str, int], ...], list[tuple[np.ndarray, np.ndarray]]] = {}
+    for name in objectives:
+        sa, sb = a.outcomes.get(name, {}), b.outcomes.get(name, {})
+        xa, xb = aligned_values(sa, sb)
+        if xa.shape[0] < 2:
+            return None
+        key = tuple(sorted((leaf, min(len(decode_outcomes(sa[leaf])), len(decode_outcomes(sb[leaf]))))
+                           for leaf in sa if leaf in sb))
+        groups.setdefault(key, []).append((xa, xb))
+    diffs = [
+        paired_difference(np.mean([p[0] for p in pairs], axis=0), np.mean([p[1] for p in pairs], axis=0),
+                          confidence=confidence)
+        for pairs in groups.values()
+    ]
+    return mean_task_difference(diffs, confidence=confidence, weights=[len(p) for p in groups.values()])
 
 
 def aligned_values(

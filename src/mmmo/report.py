@@ -16,6 +16,7 @@ from mmmo.config import SearchSpec
 from mmmo.overview_plot import plot_overview
 from mmmo.run_store import RunState, atomic_write_bytes_via, atomic_write_text
 from mmmo.run_summary import RunSummary, summarize_run
+from mmmo.trial import Trial
 
 
 def _pareto_records(summary: RunSummary) -> list[dict[str, Any]]:
@@ -208,12 +209,47 @@ def _front_table(summary: RunSummary) -> list[str]:
     return lines
 
 
+def trial_note(summary: RunSummary, t: Trial) -> str:
+    """How a done trial stands: on the front, chosen, stopped early (evaluation.stages)."""
+    best = summary.best()
+    notes = ["chosen" if best is not None and t.id == best.id else "", "front" if t in summary.pareto else ""]
+    if t.stopped:
+        notes.append(f"stopped after {t.stages_scored} stage(s)")
+    return ", ".join(n for n in notes if n)
+
+
+def _trials_list(summary: RunSummary) -> list[str]:
+    lines = ["## Every trial", "", "| trial | batch | step | mean task | docs | |", "|---|---|---|---|---|---|"]
+    for t in summary.done:
+        lines.append(
+            f"| {t.id} | {t.batch} | {t.step} | {summary.mean_task_score(t):.4f} | {_docs(summary.documents(t))} "
+            f"| {trial_note(summary, t)} |"
+        )
+    return lines
+
+
+def trials_table(summary: RunSummary, *, title: str = "Every trial") -> Any:
+    """A rich Table of every done trial: its mean task score, the documents it was scored on, how it stands."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name, justify in (("trial", "right"), ("batch", "right"), ("step", "left"), ("mean task", "right"),
+                          ("docs", "right"), ("", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for t in summary.done:
+        table.add_row(
+            str(t.id), str(t.batch), t.step, f"{summary.mean_task_score(t):.4f}", _docs(summary.documents(t)),
+            trial_note(summary, t),
+        )
+    return table
+
+
 def report_markdown(summary: RunSummary, spec: SearchSpec) -> str:
     """report.md: what to decide on first (the chosen merge against the sources), then the sources and the front."""
     lines = [f"# mmmo run: {spec.name}", "", *_lead_bullets(summary, spec), "", *chosen_merge_section(summary)]
-    if summary.done:
+    if summary.best() is not None:  # write_summaries draws it then
         lines += ["![Overview: the merges and the chosen one per task](overview.png)", ""]
-    lines += [*_sources_table(summary), "", *_front_table(summary)]
+    lines += [*_sources_table(summary), "", *_front_table(summary), "", *_trials_list(summary)]
     if summary.failed:
         lines += ["", "## Failed trials", ""]
         lines += [f"- trial {t.id}: {t.error}" for t in summary.failed]
@@ -234,7 +270,7 @@ def write_summaries(run_dir: Path, spec: SearchSpec, state: RunState) -> RunSumm
     atomic_write_text(run_dir / "pareto.csv", pareto_csv(summary))
     if summary.done and len(summary.objective_names) >= 2:
         plot_pareto(summary, run_dir / "pareto.png")
-    if summary.done:
+    if summary.best() is not None:  # a trial scored in full to choose (not only trials stopped early)
         plot_overview(summary, run_dir / "overview.png")
     if summary.hypervolumes:
         plot_hypervolume(summary, spec, run_dir / "hypervolume.png")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmmo.documents import decode_outcomes, plan_differences
+from mmmo.environment import use_project_cache
 from mmmo.errors import MmmoError
 from mmmo.evaluate import build_objectives, merge_dtype
 from mmmo.objectives.device import resolve_device
@@ -42,6 +43,7 @@ def rescore_model(
     from mmmo.merge.checkpoint import open_checkpoint
     from mmmo.merge.live_model import load_live_model, load_tokenizer
 
+    use_project_cache(Path.cwd())  # datasets and models from the project's caches, as a search reads them
     spec, state, summary = load_run(run_dir)
     folder = Path(model_dir).expanduser()
     trial_id = trial if trial is not None else trial_of_folder(folder)

@@ -31,6 +31,7 @@ from mmmo.objectives.lm_eval_tasks import (
     TaskCatalog,
     TaskUnit,
     allow_code_eval,
+    averages_documents,
     build_unit,
     normalize_limit,
     resolve_metric,
@@ -127,6 +128,8 @@ class LmEvalObjectives:
             unit = units[key]
             self._targets.append(_Target(spec.name, unit, resolve_metric(spec, unit)))
         self._runs = _plan_runs(units.values())
+        if self.stages:
+            _check_stages(self._targets, len(self.stages))
 
     @property
     def names(self) -> list[str]:
@@ -220,7 +223,7 @@ class LmEvalObjectives:
         # Per unit, not per name: one task at two limits (or two num_fewshot) is scored in two runs.
         reported: dict[int, tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]] = {}
         for index, run in enumerate(self._runs):
-            self._lm.run_key = index  # the batch size probed for one run's requests fits only those
+            self._lm.run_key = (index, stage)  # the batch size probed for one call's requests fits only those
             chosen = {leaf: sorted(ids) for u in run.units for leaf, ids in self.stage_documents(u, stage).items()}
             out = lm_eval_evaluate(
                 lm=self._lm,
@@ -239,10 +242,29 @@ class LmEvalObjectives:
         return reported
 
 
+def _check_stages(targets: Sequence[_Target], n_stages: int) -> None:
+    """Stages combine per-document values: every objective must average them, and fill every stage."""
+    for t in targets:
+        if not averages_documents(t.unit, t.metric_key):
+            raise MmmoError(
+                f"objective {t.objective!r}: {t.metric_key} is not a mean over documents, so evaluation.stages "
+                "cannot combine its stages; turn stages off or choose a mean metric (exact_match, acc, ...)"
+            )
+        for leaf, docs in t.unit.documents.items():
+            if len(docs.ids) < n_stages:
+                raise MmmoError(
+                    f"objective {t.objective!r}: task {leaf!r} has {len(docs.ids)} document(s) for "
+                    f"{n_stages} evaluation.stages; raise its limit or use fewer stages"
+                )
+
+
 def _per_document(
     target: _Target, samples: dict[str, list[dict[str, Any]]], order: dict[str, list[int]]
 ) -> dict[str, list[float]] | None:
-    """Per leaf task, the target metric's value on each document of `order` (None if any is not a number)."""
+    """Per leaf task, the target metric's value on each document of `order`; None unless the metric is a mean
+    over documents with a number per document (a paired comparison of anything else would not be of the score)."""
+    if not averages_documents(target.unit, target.metric_key):
+        return None
     metric, _, filt = target.metric_key.partition(",")
     out: dict[str, list[float]] = {}
     for leaf, ids in order.items():
@@ -255,7 +277,7 @@ def _per_document(
 
 
 def _plan_runs(units: Iterable[TaskUnit]) -> list[_Run]:
-    """The units grouped into as few lm-eval runs as their limits and shared leaf tasks allow, in order."""
+    """The units grouped into as few lm-eval runs as their shared leaf tasks allow (a task once per run), in order."""
     runs: list[_Run] = []
     for unit in units:
         run = next((r for r in runs if r.accepts(unit)), None)

@@ -14,7 +14,7 @@ import copy
 import functools
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -197,13 +197,13 @@ class BatchSizeProbedOnce(_HFLMMixin):
     `batch_size_per_gpu` attribute. mmmo: remembers the size the first call of a request type probed (the smallest,
     where one call probes several times) under (`run_key`, request type), and sets `batch_size_per_gpu` to it for
     later calls. Why: memory needs do not depend on the weights, only on the requests, which a run never changes;
-    the caller sets `run_key` to tell one run's requests from another's.
+    the caller sets `run_key` to tell one call's requests from another's (a run and its stage).
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._auto = self.batch_size_per_gpu == "auto"
-        self.run_key: int = 0
+        self.run_key: Hashable = 0
         self._probed: dict[tuple[int, str], int] = {}
         self._last_probe: int | None = None
 

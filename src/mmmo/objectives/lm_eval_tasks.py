@@ -228,6 +228,21 @@ def _group_metric_keys(group: Group) -> list[str]:
     return keys
 
 
+def averages_documents(unit: TaskUnit, metric_key: str) -> bool:
+    """Whether the objective's value is a mean of per-document values: every leaf aggregates the metric with
+    lm-eval's `mean` (and a group, if any, weights its leaves by size, as a pooled mean does)."""
+    from lm_eval.api.metrics import mean
+
+    metric = metric_key.split(",", 1)[0]
+    if any(task.aggregation().get(metric) is not mean for task in unit.tasks.values()):
+        return False
+    for group in unit.groups.values():
+        for agg in group.aggregate_metric_list or []:
+            if agg.metric == metric and not agg.weight_by_size:
+                return False
+    return True
+
+
 def resolve_metric(spec: ObjectiveSpec, unit: TaskUnit) -> str:
     """The full "metric,filter" key an objective reads; MmmoError naming the choices when there is none."""
     assert spec.metric is not None

@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from mmmo.config import OptimizerSpec
+from mmmo.config import EvaluationSpec, OptimizerSpec
 from mmmo.errors import MmmoError
 from mmmo.search.acquisition import AcqBudget
 from mmmo.search.gp import observation_variance
@@ -79,8 +79,8 @@ class LoopOptions:
     initial_points: Tensor | None = None
     to_params: Callable[[list[float]], dict[str, float]] | None = None
     stages: Sequence[float] | None = None
-    stage_min_chance: float = 0.1
-    stage_min_gain: float = 0.01
+    stage_min_chance: float = EvaluationSpec.model_fields["stage_min_chance"].default
+    stage_min_gain: float = EvaluationSpec.model_fields["stage_min_gain"].default
     parallel: int = 1
 
     def __post_init__(self) -> None:
@@ -263,7 +263,7 @@ def run_loop(
             _evaluate_pending(history, pending, evaluate, options, watch, ref)
 
         if ref is None:
-            _, Y_first, _ = done_arrays([t for t in history if t.batch <= b], names, dim)
+            _, Y_first, _ = done_arrays([t for t in history if t.batch <= b], names, dim, scored_in_full=True)
             if Y_first.shape[0]:
                 ref = infer_ref_point(Y_first).tolist()
                 watch.on_ref_point(list(ref))

@@ -8,7 +8,7 @@ left, per task objective:
     full = f * partial + r * rest,   rest ~ N(mu, s^2 + sigma_doc^2 / (r * N))
 
 where `mu, s^2` are the GP posterior of the candidate's true score (fitted on every finished trial and on the
-partial scores themselves, each with its own known noise) and `sigma_doc^2 / N = yvar * f` (the partial score's
+partial scores themselves, each with its own noise under optimizer.known_noise) and `sigma_doc^2 / N = yvar * f` (the partial score's
 variance `yvar` is `sigma_doc^2 / (f * N)`). Hence mean `f * partial + r * mu` and variance `r^2 s^2 + r f yvar`.
 Exact objectives (sparsity) are known already. The chance is estimated from seeded draws; objectives are drawn
 independently, as the GPs are independent. Without enough trials for a GP the partial score is its own posterior.
