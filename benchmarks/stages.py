@@ -538,7 +538,7 @@ def report(
 # -------------------------------------------------------------------------------------------------------- main
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--problem", choices=PROBLEMS, default="bernoulli")
     p.add_argument(
@@ -585,35 +585,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--fresh", action="store_true", help="ignore runs already in the results file")
     p.add_argument("--report-only", action="store_true", help="only print the table of stored runs")
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    import logging
-    import warnings
+    return p.parse_args(argv)
 
-    logging.getLogger("mmmo").setLevel(logging.ERROR)
-    warnings.filterwarnings(
-        "ignore", message=r"`torch\.jit\.script(_method)?` is deprecated", category=DeprecationWarning
-    )
 
-    out = a.out or default_out(a.problem, a.smoke)
-    variant_args = a.variant if a.variant is not None else DEFAULT_VARIANTS
-    variants = dict(parse_variant(v) for v in [FULL, *variant_args])
-    if a.report_only:
-        if not out.is_file():
-            sys.exit(f"no results at {out}")
-        stored = json.loads(out.read_text())
-        runs = merge_runs(stored["runs"], stored["key"], parts(out) if a.out is None else [])
-        report(runs, stored["key"], out, list(variants) if a.variant is not None else None)
-        return
-
-    options = parse_assignments(a.option)
-    if "stages" in options:
-        sys.exit("--option stages=... would stage the full runs too: give stages in --variant")
-    budget = SMOKE_BUDGET if a.smoke else BUDGET
-    seeds = parse_seeds(a.seeds or (SMOKE_SEEDS if a.smoke else DEFAULT_SEEDS[a.problem]))
-    n_docs = a.docs or (SMOKE_DOCS if a.smoke else sq.DEMO_EXAMPLES)
-    _, Y_table, _ = sq.load_table(sq.table_path(1))
-    ref = sq.fixed_ref_point(Y_table)
+def make_runner(
+    a: argparse.Namespace, options: dict[str, Any], variants: dict[str, dict[str, Any]], budget: Any, n_docs: int,
+    ref: list[float],
+) -> tuple[dict[str, Any], Callable[[int, dict[str, Any]], dict[str, Any]]]:
+    """The results key of this problem and options, and the function that makes one run of it."""
     key: dict[str, Any] = {
         "problem": a.problem,
         "budget": vars(budget),
@@ -629,31 +608,69 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(f"LoopOptions has no field(s) {unknown}")
         problem = sq.surrogate_problem("demo", 1, budget)
         key.update(docs=n_docs, rho=a.rho, **problem.info)
-        run: Callable[[int, dict[str, Any]], dict[str, Any]] = (  # noqa: E731
-            lambda seed, kw: run_bernoulli(problem, budget, seed, n_docs, a.rho, kw)
-        )
-    else:
-        check_demo(a.demo_dir)
-        from mmmo.demo import DEFAULT_PARAMS
+        return json.loads(json.dumps(key)), lambda seed, kw: run_bernoulli(problem, budget, seed, n_docs, a.rho, kw)
+    check_demo(a.demo_dir)
+    from mmmo.demo import DEFAULT_PARAMS
 
-        key.update(
-            limit=n_docs, demo=DEFAULT_PARAMS.digest(), search_ref="inferred" if a.infer_ref else "fixed"
-        )
-        run = lambda seed, kw: run_demo_real(a.demo_dir, n_docs, budget, seed, ref, kw, a.infer_ref)  # noqa: E731
-    key = json.loads(json.dumps(key))
+    key.update(limit=n_docs, demo=DEFAULT_PARAMS.digest(), search_ref="inferred" if a.infer_ref else "fixed")
+    return json.loads(json.dumps(key)), lambda seed, kw: run_demo_real(
+        a.demo_dir, n_docs, budget, seed, ref, kw, a.infer_ref
+    )
 
-    runs: list[dict[str, Any]] = []
-    if out.is_file() and not a.fresh:
-        old = json.loads(out.read_text())
-        if old.get("key") == key:
-            runs = old["runs"]
-        else:
-            print(
-                f"{out}: stored runs are for another problem, budget or options; starting over",
-                file=sys.stderr,
-            )
-    others = merge_runs([], key, parts(out) if a.out is None else [])
-    done = {(r["variant"], r["seed"]) for r in runs + others}
+
+def stored_runs(out: Path, key: dict[str, Any], fresh: bool) -> list[dict[str, Any]]:
+    """The runs already in `out` for this key (none with `fresh`, or for another problem or options)."""
+    if not out.is_file() or fresh:
+        return []
+    old = json.loads(out.read_text())
+    if old.get("key") == key:
+        return list(old["runs"])
+    print(f"{out}: stored runs are for another problem, budget or options; starting over", file=sys.stderr)
+    return []
+
+
+def save_runs(out: Path, key: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"key": key, "runs": runs}, separators=(",", ":")))
+    tmp.replace(out)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    a = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    import logging
+    import warnings
+
+    logging.getLogger("mmmo").setLevel(logging.ERROR)
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.jit\.script(_method)?` is deprecated", category=DeprecationWarning
+    )
+
+    out = a.out or default_out(a.problem, a.smoke)
+    extra = parts(out) if a.out is None else []
+    variant_args = a.variant if a.variant is not None else DEFAULT_VARIANTS
+    variants = dict(parse_variant(v) for v in [FULL, *variant_args])
+    if a.report_only:
+        if not out.is_file():
+            sys.exit(f"no results at {out}")
+        stored = json.loads(out.read_text())
+        report(merge_runs(stored["runs"], stored["key"], extra), stored["key"], out,
+               list(variants) if a.variant is not None else None)
+        return
+
+    options = parse_assignments(a.option)
+    if "stages" in options:
+        sys.exit("--option stages=... would stage the full runs too: give stages in --variant")
+    budget = SMOKE_BUDGET if a.smoke else BUDGET
+    seeds = parse_seeds(a.seeds or (SMOKE_SEEDS if a.smoke else DEFAULT_SEEDS[a.problem]))
+    n_docs = a.docs or (SMOKE_DOCS if a.smoke else sq.DEMO_EXAMPLES)
+    _, Y_table, _ = sq.load_table(sq.table_path(1))
+    ref = sq.fixed_ref_point(Y_table)
+    key, run = make_runner(a, options, variants, budget, n_docs, ref)
+
+    runs = stored_runs(out, key, a.fresh)
+    done = {(r["variant"], r["seed"]) for r in runs + merge_runs([], key, extra)}
     if any((label, seed) not in done for seed in seeds for label in variants):  # untimed warm-up
         if a.problem == "demo-real":
             warm_demo_real(a.demo_dir, n_docs, ref)
@@ -665,16 +682,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 continue
             r = {"variant": label, "seed": seed, **run(seed, {**options, **kw})}
             runs.append(r)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({"key": key, "runs": runs}, separators=(",", ":")))
-            tmp.replace(out)
+            save_runs(out, key, runs)
             print(
                 f"seed {seed} {label:40s} HV {r['hv']:.4g}  best task {r['best_task']:.3f}  docs {r['docs']}  "
                 f"stopped {r['stopped']}  ({r['seconds']:.1f} s)",
                 flush=True,
             )
-    runs = merge_runs(runs, key, parts(out) if a.out is None else [])
+    runs = merge_runs(runs, key, extra)
     runs = [r for r in runs if r["variant"] in variants]  # every stored seed: split runs join the table
     report(runs, key, out, list(variants))
 
