@@ -91,7 +91,7 @@ def _finish_search(result: Any, as_json: bool, quiet: bool) -> None:
         console.print(
             pareto_table(result.summary, title=f"Pareto front — {result.spec.name}", width=console.width)
         )
-        console.print(f"run folder: {result.run_dir}  (report.md, pareto.csv, pareto.png, trials.jsonl)")
+        console.print(f"run folder: {result.run_dir}  (report.md, overview.png, pareto.csv, pareto.png, trials.jsonl)")
         for p in result.exported:
             console.print(f"exported: {p}")
         front = len(result.summary.pareto)
