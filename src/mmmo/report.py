@@ -16,7 +16,6 @@ from mmmo.config import SearchSpec
 from mmmo.overview_plot import plot_overview
 from mmmo.run_store import RunState, atomic_write_bytes_via, atomic_write_text
 from mmmo.run_summary import RunSummary, summarize_run
-from mmmo.trial import Trial
 
 
 def _pareto_records(summary: RunSummary) -> list[dict[str, Any]]:
@@ -209,38 +208,40 @@ def _front_table(summary: RunSummary) -> list[str]:
     return lines
 
 
-def trial_note(summary: RunSummary, t: Trial) -> str:
-    """How a done trial stands: on the front, chosen, stopped early (evaluation.stages)."""
+TRIAL_COLUMNS = ("trial", "batch", "step", "mean task", "docs", "")
+
+
+def trial_rows(summary: RunSummary) -> list[list[str]]:
+    """One row of TRIAL_COLUMNS per done trial: its mean task score, documents, and how it stands (chosen, on the
+    front, stopped early by evaluation.stages)."""
     best = summary.best()
-    notes = ["chosen" if best is not None and t.id == best.id else "", "front" if t in summary.pareto else ""]
-    if t.stopped:
-        notes.append(f"stopped after {t.stages_scored} stage(s)")
-    return ", ".join(n for n in notes if n)
+    front = {t.id for t in summary.pareto}
+    rows = []
+    for t in summary.done:
+        notes = ["chosen" if best is not None and t.id == best.id else "", "front" if t.id in front else ""]
+        if t.stopped:
+            notes.append(f"stopped after {t.stages_scored} stage(s)")
+        rows.append([
+            str(t.id), str(t.batch), t.step, f"{summary.mean_task_score(t):.4f}", _docs(summary.documents(t)),
+            ", ".join(n for n in notes if n),
+        ])
+    return rows
 
 
 def _trials_list(summary: RunSummary) -> list[str]:
-    lines = ["## Every trial", "", "| trial | batch | step | mean task | docs | |", "|---|---|---|---|---|---|"]
-    for t in summary.done:
-        lines.append(
-            f"| {t.id} | {t.batch} | {t.step} | {summary.mean_task_score(t):.4f} | {_docs(summary.documents(t))} "
-            f"| {trial_note(summary, t)} |"
-        )
-    return lines
+    lines = ["## Every trial", "", "| " + " | ".join(TRIAL_COLUMNS) + " |", "|---" * len(TRIAL_COLUMNS) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in trial_rows(summary)]
 
 
 def trials_table(summary: RunSummary, *, title: str = "Every trial") -> Any:
-    """A rich Table of every done trial: its mean task score, the documents it was scored on, how it stands."""
+    """A rich Table of every done trial (the rows of `trial_rows`)."""
     from rich.table import Table
 
     table = Table(title=title)
-    for name, justify in (("trial", "right"), ("batch", "right"), ("step", "left"), ("mean task", "right"),
-                          ("docs", "right"), ("", "left")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for t in summary.done:
-        table.add_row(
-            str(t.id), str(t.batch), t.step, f"{summary.mean_task_score(t):.4f}", _docs(summary.documents(t)),
-            trial_note(summary, t),
-        )
+    for name in TRIAL_COLUMNS:
+        table.add_column(name, justify="left" if name in ("step", "") else "right")
+    for row in trial_rows(summary):
+        table.add_row(*row)
     return table
 
 

@@ -87,6 +87,7 @@ class _Target:
     objective: str
     unit: TaskUnit
     metric_key: str  # "metric,filter", as lm-eval reports it
+    averages: bool  # the value is a mean of per-document values (lm_eval_tasks.averages_documents)
 
 
 class LmEvalObjectives:
@@ -126,7 +127,8 @@ class LmEvalObjectives:
             if key not in units:
                 units[key] = build_unit(spec, limit, catalog, confirm_run_unsafe_code, subset, subset_seed)
             unit = units[key]
-            self._targets.append(_Target(spec.name, unit, resolve_metric(spec, unit)))
+            metric_key = resolve_metric(spec, unit)
+            self._targets.append(_Target(spec.name, unit, metric_key, averages_documents(unit, metric_key)))
         self._runs = _plan_runs(units.values())
         if self.stages:
             _check_stages(self._targets, len(self.stages))
@@ -245,7 +247,7 @@ class LmEvalObjectives:
 def _check_stages(targets: Sequence[_Target], n_stages: int) -> None:
     """Stages combine per-document values: every objective must average them, and fill every stage."""
     for t in targets:
-        if not averages_documents(t.unit, t.metric_key):
+        if not t.averages:
             raise MmmoError(
                 f"objective {t.objective!r}: {t.metric_key} is not a mean over documents, so evaluation.stages "
                 "cannot combine its stages; turn stages off or choose a mean metric (exact_match, acc, ...)"
@@ -263,7 +265,7 @@ def _per_document(
 ) -> dict[str, list[float]] | None:
     """Per leaf task, the target metric's value on each document of `order`; None unless the metric is a mean
     over documents with a number per document (a paired comparison of anything else would not be of the score)."""
-    if not averages_documents(target.unit, target.metric_key):
+    if not target.averages:
         return None
     metric, _, filt = target.metric_key.partition(",")
     out: dict[str, list[float]] = {}

@@ -389,7 +389,7 @@ def _stage_decisions(
     if not stages:
         raise MmmoError(f"trial {partial[0].id} is partly scored, but the run has no evaluation.stages")
     X, Y, usable = done_arrays(history, names, dim)
-    _, front, _ = done_arrays(history, names, dim, scored_in_full=True)
+    front = Y[torch.tensor([not t.stopped for t in usable], dtype=torch.bool)]  # the trials scored in full
     known = options.opt.known_noise
     tasks = set(options.task_objective_names)
     scored = torch.tensor(
