@@ -9,7 +9,6 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-export RAY_AUTH_MODE := disabled
 export MPLBACKEND := Agg
 
 .PHONY: install demo test test-demo-other-kernel lint clean lock gpu-wheels

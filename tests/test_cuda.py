@@ -1,15 +1,10 @@
 """On a CUDA device: merges equal the CPU's, bf16 scoring agrees with float32 on CPU, the fused kernel with eager.
 
 Every test is marked `cuda` and skipped where torch sees no CUDA device; `scripts/gpu_check.sh` runs them on a GPU
-box (`pytest -m cuda`). None of them has run on a GPU yet: the tolerances below are reasoned, not measured there.
+box (`pytest -m cuda`). None of them has run on a GPU yet: the tolerances are reasoned, not measured there.
 
-Why not bit for bit everywhere:
-- CUDA's elementwise kernels are compiled with multiply-add contraction (an FMA rounds once where the CPU's
-  separate multiply and add round twice), so float32 merges on CUDA may differ from the CPU's in the last bits.
-- DARE's draws come from a CUDA generator, which gives other numbers than the CPU's for the same seed: DARE
-  merges are compared within CUDA only (tables against the generator path), never against the CPU.
-- Triton (the fused kernel on CUDA) contracts multiply-adds too, unless inductor's `emulate_precision_casts` is on.
-- bf16 rounds every weight to 8 bits of mantissa; a greedy answer flips where two tokens were nearly tied.
+Why not bit for bit everywhere, and the tolerances: see device_cases.py (shared with test_bf16_cpu.py, which runs
+the bfloat16 cases on the CPU on every commit).
 """
 
 from __future__ import annotations
@@ -19,6 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from device_cases import (
+    F32,
+    FUSED_CASES,
+    D,
+    W,
+    assert_scores_agree,
+    random_case,
+    same_bits,
+    score_demo_merges,
+)
 from tiny_models import make_family
 
 from mmmo.merge import fused
@@ -34,25 +39,8 @@ pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
 ]
 
-# float32 on CUDA against float32 on CPU: rtol is 8 ulp; atol covers entries near zero, whose error is that of
-# the (much larger) operands they were computed from.
-F32 = {"rtol": 1e-6, "atol": 1e-7}
-# Exact match on the demo tasks (50 examples each), CUDA bf16 against CPU float32. On CPU, bf16 against float32
-# moved a task by at most 0.02 (one example) over 4 ties merges and the 4 source models; CUDA's other matmul
-# accumulation order can flip a few more, so the bound is 5 examples per task and 0.05 on the mean of the three.
-TASK_TOL, MEAN_TOL = 0.10, 0.05
-W = torch.tensor([[0.7, 0.2], [0.4, 0.5], [0.9, 0.1]], dtype=torch.float64)
-D = torch.tensor([[0.5, 0.9], [0.3, 0.2], [0.8, 0.6]], dtype=torch.float64)
-
-
 def cuda() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
-
-
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal bit patterns (torch.equal would take -0 for +0)."""
-    ints = {torch.float32: torch.int32, torch.float64: torch.int64}[a.dtype]
-    return a.dtype == b.dtype and torch.equal(a.view(ints), b.view(ints))
 
 
 @pytest.fixture(scope="module")
@@ -115,62 +103,17 @@ def test_bf16_scores_on_cuda_match_cpu_float32(demo_paths, tmp_path: Path) -> No
     CPU and in bfloat16 on CUDA (ties: no random draws, so only the dtype and the device differ)."""
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bfloat16")
-    from demo_specs import write_demo_spec
-
-    from mmmo.config import load_spec
-    from mmmo.evaluate import CandidateEvaluator
-    from mmmo.trial import Trial
-
-    merges = [([0.9, 0.5, 0.1], [0.7, 0.7, 0.7]), ([0.3, 0.9, 0.5], [0.3, 0.8, 0.6])]
-    scores = {}
-    for device, dtype in (("cpu", "float32"), ("cuda", "bfloat16")):
-        spec = load_spec(write_demo_spec(
-            demo_paths, tmp_path / device, limit=50, merge={"method": "ties", "dtype": dtype},
-            evaluation={"device": device, "batch_size": 64},
-        ))
-        evaluator = CandidateEvaluator(spec)
-        assert evaluator.merger.dtype == getattr(torch, dtype)
-        for i, (w, d) in enumerate(merges):
-            x = evaluator.space.to_unit(torch.tensor(w + d, dtype=torch.float64)).tolist()
-            trial = evaluator.evaluate(Trial(id=i, batch=0, x=x, step="test"))
-            assert trial.status == "done", trial.error
-            scores[device, i] = trial.objectives
-        scores[device, "expert0"] = evaluator.evaluate_source(0).objectives
-    tasks = ["arith", "reverse", "sort"]
-    for key in (0, 1, "expert0"):
-        cpu, gpu = scores["cpu", key], scores["cuda", key]
-        assert max(cpu[t] for t in tasks) > 0.5  # a merge worth comparing
-        for t in tasks:
-            assert gpu[t] == pytest.approx(cpu[t], abs=TASK_TOL), (key, t, cpu, gpu)
-        assert sum(gpu[t] for t in tasks) / 3 == pytest.approx(sum(cpu[t] for t in tasks) / 3, abs=MEAN_TOL)
-        # mean |merged - base|: bf16 task vectors are rounded to 8 mantissa bits (0.4% per entry at most)
-        assert gpu["sparsity"] == pytest.approx(cpu["sparsity"], rel=1e-2)
+    on_cpu = score_demo_merges(demo_paths, tmp_path / "cpu", "cpu", "float32")
+    assert_scores_agree(on_cpu, score_demo_merges(demo_paths, tmp_path / "cuda", "cuda", "bfloat16"))
 
 
 # ------------------------------------------------------------------------------------ the fused kernel (Triton)
 
 
-def _random_case(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(7)
-    base = torch.randn(257, 193, generator=gen)
-    deltas = torch.randn(3, 257, 193, generator=gen) * 0.05
-    deltas[1, 50:60] = 0  # exact zeros never agree
-    return base.to(device), deltas.to(device)
-
-
-# (weights, densities, normalize, lambda): a zero weight and a density of 1; lambda != 1 adds a multiply-add
-CASES = [
-    ([0.6, 0.25, 0.9], [0.3, 0.55, 0.8], None, 1.0),
-    ([0.0, 0.5, 1.0], [0.3, 0.7, 1.0], None, 1.0),
-    ([0.6, 0.25, 0.9], [0.2, 0.55, 0.97], None, 0.7),
-    ([0.6, 0.25, 0.9], [0.3, 1.0, 0.5], "other", 1.0),
-]
-
-
 def _fused_against_eager(method: str) -> tuple[int, int, float]:
     """Every case, with and without tables: asserts the stated tolerance; returns (bit-exact tensors, tensors,
     largest difference in ulp of the eager value)."""
-    base, deltas = _random_case(cuda())
+    base, deltas = random_case(cuda())
     gens = lambda: [dare_generator(3, i, "t", cuda()) for i in range(3)]  # noqa: E731
     values, positions = sorted_magnitudes(deltas)
     u, u_sorted, prefix = dare_tables(deltas, gens())
@@ -178,7 +121,7 @@ def _fused_against_eager(method: str) -> tuple[int, int, float]:
     default_normalize = MergePlan.of(method).normalize
     exact = total = 0
     worst = 0.0
-    for w, d, normalize, lambda_ in CASES:
+    for w, d, normalize, lambda_ in FUSED_CASES:
         norm = (not default_normalize) if normalize == "other" else None
         eager = MergePlan.of(method, normalize=norm, lambda_=lambda_)
         compiled = MergePlan.of(method, normalize=norm, lambda_=lambda_, fused=True)

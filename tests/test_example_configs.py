@@ -74,8 +74,8 @@ def _set(dotted: str, value: Any) -> Callable[[dict[str, Any]], None]:
 # Each: how to break a copy of an example, and the one-line error (after "error: ") that must name the problem.
 BROKEN = {
     "unknown-method": (
-        _set("merge.method", "slerp"),
-        r"merge\.method: got 'slerp': input should be 'linear'",
+        _set("merge.method", "nearswap"),
+        r"merge\.method: got 'nearswap': input should be 'linear'",
     ),
     "weight-above-1": (
         _set("search_space.weight", [0.0, 1.5]),

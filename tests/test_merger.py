@@ -263,7 +263,7 @@ def test_missing_inputs_and_pickles_are_one_line_errors(family: tuple[Path, list
     with pytest.raises(MmmoError, match="architecture mismatch"):
         Merger(base, [other], method="ties")
     with pytest.raises(MmmoError, match="unsupported merge method"):
-        Merger(base, experts, method="slerp")
+        Merger(base, experts, method="nearswap")
 
 
 # ---- export
@@ -343,7 +343,7 @@ def test_recipe_reading_resolves_paths_and_parameters(family: tuple[Path, list[P
     ("yaml_text", "message"),
     [
         ("merge_method: ties\nslices: []\n", "slices: not supported"),
-        ("merge_method: slerp\nbase_model: base\nmodels: [{model: expert0}]\n", "'slerp' is not supported"),
+        ("merge_method: nearswap\nbase_model: base\nmodels: [{model: expert0}]\n", "'nearswap' is not supported"),
         ("merge_method: ties\nbase_model: base\nmodels:\n  - model: expert0\n    parameters: {weight: [0.1, 0.9]}\n",
          "gradient lists are not supported"),
         ("merge_method: ties\nbase_model: base\nmodels:\n  - model: expert0\n    parameters: {weight: 1, gamma: 0.1}\n",

@@ -1,15 +1,22 @@
-"""Ray workers: the same journal as one worker (order aside), and a killed worker's candidate retried elsewhere."""
+"""Ray workers: the same journal as one worker (order aside), a killed worker's candidate retried elsewhere, and a
+full disk in a worker stopping the search as it does in process."""
 
 from __future__ import annotations
 
+import errno
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 import mmmo
+from mmmo.cli import app
 from mmmo.config import load_spec
-from mmmo.parallel import RayPool, ray_temp_dir
+from mmmo.diskspace import DiskFull
+from mmmo.errors import MmmoError
+from mmmo.parallel import AUTH_ENV, RayPool, RayWorker, get_results, ray_temp_dir
 from mmmo.run_store import fold_events, read_events
 from mmmo.testing import worker_killed_on_trial
 
@@ -27,9 +34,13 @@ def _by_id(run_dir: Path) -> dict[int, tuple[list[float], dict[str, float] | Non
     return {t.id: (t.x, t.objectives, t.status) for t in state.trials}
 
 
-def test_two_workers_give_the_same_journal_as_one(demo_paths, tmp_path: Path) -> None:
+def test_two_workers_give_the_same_journal_as_one(
+    demo_paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from demo_specs import write_demo_spec
 
+    for name in AUTH_ENV:  # Ray's auth as a user who configured none gets it: the run's own token
+        monkeypatch.delenv(name, raising=False)
     before = _ray_temp_folders()
     one = mmmo.search(write_demo_spec(demo_paths, tmp_path / "one", optimizer=OPT), show_progress=False)
     spec_two = write_demo_spec(demo_paths, tmp_path / "two", optimizer=OPT, evaluation={"workers": 2})
@@ -96,3 +107,79 @@ def test_a_local_ray_listens_on_loopback_only(demo_paths, tmp_path: Path) -> Non
         assert exposed == []
     finally:
         pool.close()
+
+
+def _worker_with_full_disk_on_trial(trial_id: int, error: Exception) -> type[RayWorker]:
+    """A Ray worker class whose merge of trial `trial_id` raises `error`, inside the evaluator as a full disk would.
+
+    Made inside a function so that Ray ships the class to its workers by value, `trial_id` and `error` included.
+    """
+
+    class FullDiskOnTrial(RayWorker):
+        def evaluate(self, trial_data: dict[str, Any]) -> dict[str, Any]:
+            if trial_data["id"] == trial_id:
+
+                def apply(*_args: Any, **_kwargs: Any) -> float:
+                    raise error
+
+                self.evaluator.merger.apply = apply
+            return super().evaluate(trial_data)
+
+    return FullDiskOnTrial
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ENOSPC", "DiskFull"])
+def test_a_full_disk_in_a_worker_stops_the_search_as_it_does_locally(
+    demo_paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Not a worker failure to retry elsewhere (the next candidate would hit the same disk): the search stops with
+    the one line it says in process, exit code 2, and the trial stays pending in the journal for a resume."""
+    from demo_specs import write_demo_spec
+
+    run = tmp_path / "run"
+    if kind == "ENOSPC":  # the errno says the disk is full, whatever the text (here not the usual one) says
+        error: Exception = OSError(errno.ENOSPC, "cannot write the lm-eval cache")
+        said = (
+            f"error: no space left on the device of {run}; every finished evaluation is saved in trials.jsonl: "
+            f"free some space, then continue with: mmmo resume {run}"
+        )
+    else:
+        error = DiskFull("not enough free space for the lm-eval cache in /scratch: about 2 GB needed, 1 MB free")
+        said = f"error: {error}"
+    monkeypatch.setattr(RayPool, "worker_class", _worker_with_full_disk_on_trial(1, error))
+    spec = write_demo_spec(demo_paths, tmp_path, optimizer=OPT, evaluation={"workers": 2})
+    r = CliRunner().invoke(app, ["search", str(spec), "--quiet"])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines() == [said]
+    events = read_events(run / "trials.jsonl")
+    assert [e for e in events if e["event"] == "attempt_failed"] == []  # not retried as a dead worker
+    trials = {t.id: t for t in fold_events(events).trials}
+    assert trials[1].status == "proposed" and trials[1].attempts == 0  # pending: a resume evaluates it
+    assert all(t.status in ("proposed", "done") for t in trials.values())
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [OSError(errno.ENOSPC, "cannot write"), DiskFull("not enough free space for x"), MmmoError("bad task")],
+    ids=["ENOSPC", "DiskFull", "MmmoError"],
+)
+def test_what_a_worker_raised_reaches_the_driver_as_itself(cause: Exception) -> None:
+    """A full disk or one of mmmo's errors in a worker, as it would be raised in process (one line, the errno kept);
+    anything else stays Ray's error with the worker's traceback."""
+    from ray.exceptions import RayTaskError
+
+    class StandInRay:
+        def __init__(self, err: Exception) -> None:
+            self.err = RayTaskError("RayWorker.evaluate", "Traceback (most recent call last): ...", err)
+
+        def get(self, refs: list[Any]) -> Any:
+            raise self.err.as_instanceof_cause()  # what ray.get raises: a subclass of the cause's class too
+
+    with pytest.raises(type(cause)) as got:
+        get_results(StandInRay(cause), ["ref"])
+    assert got.value is cause and not isinstance(got.value, RayTaskError)
+    bug = RuntimeError("a bug")
+    with pytest.raises(RayTaskError) as other:
+        get_results(StandInRay(bug), ["ref"])
+    assert other.value.cause is bug

@@ -138,7 +138,7 @@ def test_a_full_disk_while_scoring_stops_the_search_instead_of_failing_the_candi
         def __init__(self, err: Exception) -> None:
             self.err = err
 
-        def apply(self, weights: object, densities: object) -> float:
+        def apply(self, weights: object, densities: object, *_args: object, **_options: object) -> float:
             raise self.err
 
     evaluator = object.__new__(CandidateEvaluator)  # the sources and tasks are not needed to reach the merge
@@ -151,3 +151,75 @@ def test_a_full_disk_while_scoring_stops_the_search_instead_of_failing_the_candi
     evaluator.merger = Merger(OSError(errno.ENOSPC, "No space left on device"))
     with pytest.raises(OSError, match="No space left"):
         evaluator.evaluate(trial)
+
+
+TRY = """
+import sys
+from mmmo.run_lock import RunFolderBusy, run_lock
+try:
+    with run_lock(sys.argv[1], "intruder"):
+        print("taken")
+except RunFolderBusy as busy:
+    print(f"refused: {busy}")
+"""
+
+
+class _Stop(Exception):
+    """Ends the search once the probes are done: the test's run has no models to evaluate."""
+
+
+@pytest.mark.parametrize("entry", ["search", "resume"])
+def test_fresh_holds_one_lock_from_before_the_move_to_the_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: str
+) -> None:
+    """--fresh moves the old run aside and starts the new one under the same lock: a second process that tries
+    the folder right after the move, or when the new run opens its journal, is refused naming this process."""
+    run_dir, spec_path = _run_folder(tmp_path)
+    old = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != LOCK_FILE}
+    probes: list[tuple[str, str]] = []
+
+    def probe(when: str) -> None:
+        out = subprocess.run([sys.executable, "-c", TRY, str(run_dir)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        probes.append((when, out.stdout.strip()))
+
+    real_move, real_open = RunStore.move_aside, RunStore.open
+
+    def move_then_probe(self: RunStore) -> Path:
+        backup = real_move(self)
+        probe("after the move")
+        return backup
+
+    def probe_then_stop(self: RunStore, *args: object, **kwargs: object) -> object:
+        probe("when the new run opens")
+        raise _Stop
+
+    monkeypatch.setattr(RunStore, "move_aside", move_then_probe)
+    monkeypatch.setattr(RunStore, "open", probe_then_stop)
+    with pytest.raises(_Stop):
+        if entry == "search":
+            mmmo.search(spec_path, fresh=True, show_progress=False)
+        else:
+            mmmo.resume(run_dir, fresh=True, show_progress=False)
+    assert [when for when, _ in probes] == ["after the move", "when the new run opens"]
+    for when, said in probes:
+        assert said.startswith(f"refused: {run_dir.resolve()} is in use by process {os.getpid()} (mmmo "), (when, said)
+    # the old run is whole in its backup; the folder kept only its lock file, released and nameless now
+    (backup,) = tmp_path.glob("run.bak-*")
+    assert {p.name: p.read_bytes() for p in backup.iterdir()} == old
+    assert [p.name for p in run_dir.iterdir()] == [LOCK_FILE]
+    assert (run_dir / LOCK_FILE).read_text() == ""
+    monkeypatch.setattr(RunStore, "open", real_open)
+    with run_lock(run_dir, "mmmo search"):
+        pass
+
+
+def test_fresh_twice_in_one_second_keeps_both_backups(tmp_path: Path) -> None:
+    run_dir, _ = _run_folder(tmp_path)
+    first = RunStore(run_dir).move_aside()
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "trials.jsonl").write_text("second run\n")
+    second = RunStore(run_dir).move_aside()
+    assert first != second and first.name.startswith("run.bak-") and second.name.startswith("run.bak-")
+    assert (second / "trials.jsonl").read_text() == "second run\n"
+    assert {p.name for p in first.iterdir()} == {"spec.yaml", "trials.jsonl"}

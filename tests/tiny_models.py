@@ -28,17 +28,22 @@ def make_tokenizer() -> Any:
 VOCAB_SIZE = len(SPECIALS) + len(CHARS)
 
 
-def tiny_config(**overrides: Any) -> Any:
-    """A LlamaConfig small enough to build and run in milliseconds (overrides win)."""
-    from transformers import LlamaConfig
+ARCHITECTURES = ("llama", "qwen2")  # qwen2: biases on q/k/v, tied embeddings (no lm_head tensor)
+
+
+def tiny_config(architecture: str = "llama", **overrides: Any) -> Any:
+    """A config of `architecture` (ARCHITECTURES) small enough to build and run in milliseconds (overrides win)."""
+    from transformers import LlamaConfig, Qwen2Config
 
     kwargs: dict[str, Any] = {
         "vocab_size": VOCAB_SIZE, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 4,
         "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64,
         "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
     }
+    if architecture == "qwen2":
+        kwargs["tie_word_embeddings"] = True
     kwargs.update(overrides)
-    return LlamaConfig(**kwargs)
+    return {"llama": LlamaConfig, "qwen2": Qwen2Config}[architecture](**kwargs)
 
 
 def _save(model: Any, tokenizer: Any, path: Path, shard_size: str | int | None) -> Path:
@@ -59,11 +64,13 @@ def make_base(
     dtype: torch.dtype = torch.float32,
     **config_overrides: Any,
 ) -> Path:
-    """Save a random tiny Llama (weights ~ N(0, 0.02), norms ~ 1 ± 0.1) with its tokenizer to `path`."""
-    from transformers import LlamaForCausalLM
+    """Save a random tiny Llama (or `architecture=`, see `tiny_config`) (weights ~ N(0, 0.02), norms ~ 1 ± 0.1)
+    with its tokenizer to `path`."""
+    from transformers import LlamaForCausalLM, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_config(**config_overrides))
+    config = tiny_config(**config_overrides)
+    model = (Qwen2ForCausalLM if config.model_type == "qwen2" else LlamaForCausalLM)(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):

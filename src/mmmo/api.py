@@ -14,7 +14,7 @@ from mmmo.environment import use_project_cache
 from mmmo.errors import MmmoError
 from mmmo.export import export_trials, select_trials
 from mmmo.pool import EvaluatorPool, make_pool
-from mmmo.progress import SearchProgress
+from mmmo.progress import ProgressDisplay, search_progress
 from mmmo.quiet import quiet_libraries
 from mmmo.report import write_summaries
 from mmmo.run_lock import run_lock
@@ -33,6 +33,7 @@ from mmmo.search.acquisition import budget_for
 from mmmo.search.loop import BatchSummary, LoopOptions, run_loop
 from mmmo.search.space import SearchSpace, standard_recipes
 from mmmo.trial import Trial
+from mmmo.validate import check_memory
 
 
 @dataclass
@@ -79,7 +80,7 @@ class SearchRecorder:
     A `LoopObserver` for the loop; `on_attempt_failed` is the Ray pool's hook for a worker that died under a trial.
     """
 
-    def __init__(self, journal: Journal, progress: SearchProgress):
+    def __init__(self, journal: Journal, progress: ProgressDisplay):
         self.journal = journal
         self.progress = progress
 
@@ -130,16 +131,17 @@ def search(
     spec = _spec_to_run(spec_or_path, workers, device)
     store = RunStore(spec.run_dir)
     use_project_cache(Path.cwd())
-    if fresh and store.exists:
-        with run_lock(store.dir, "mmmo search --fresh"):  # nobody may be writing the folder that is moved aside
-            store.move_aside()
     full = (
         f"every finished evaluation is saved in {JOURNAL}: free some space, then continue with: "
         f"mmmo resume {store.dir}"
     )
-    # One writer per run folder, from reading the journal to the last exported merge.
-    with run_lock(store.dir, "mmmo search"), disk_full_as_error(store.dir, full):
-        return _search_locked(spec, store, show_progress)
+    # One writer per run folder and one lock, from before --fresh moves the old run aside (the lock file stays in
+    # the folder) to the last exported merge: no other process can take the folder in between.
+    with run_lock(store.dir, "mmmo search --fresh" if fresh else "mmmo search"):
+        if fresh and store.exists:
+            store.move_aside()
+        with disk_full_as_error(store.dir, full):
+            return _search_locked(spec, store, show_progress)
 
 
 def _search_locked(spec: SearchSpec, store: RunStore, show_progress: bool) -> SearchResult:
@@ -151,8 +153,10 @@ def _search_locked(spec: SearchSpec, store: RunStore, show_progress: bool) -> Se
         return SearchResult(store.dir, spec, state.trials, summary, _existing_exports(store.dir))
 
     space = SearchSpace.from_spec(spec)
-    progress = SearchProgress(spec, enabled=show_progress)
+    progress = search_progress(spec, enabled=show_progress)
     recorder = SearchRecorder(journal, progress)
+    # From the tensor headers, before any weight is loaded: a run that cannot fit anywhere stops here.
+    progress.note(check_memory(spec))
     pool = make_pool(spec, on_attempt_failed=recorder.on_attempt_failed)
     try:
         _record_documents(pool, journal, state, store)
@@ -219,6 +223,7 @@ def _run(
         ended_batches=set(state.hypervolumes),
         initial_points=standard_recipes(space) if spec.optimizer.standard_recipes else None,
         to_params=space.named,
+        space=space,
         stages=spec.evaluation.stages,
         stage_min_chance=spec.evaluation.stage_min_chance,
         stage_min_gain=spec.evaluation.stage_min_gain,

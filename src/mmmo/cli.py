@@ -48,7 +48,8 @@ def _guard(fn: Callable[[], T], run_dir_hint: str | None = None) -> T:
     """Run a command body: user errors become one line on stderr and exit code 2.
 
     SIGTERM (Slurm, Kubernetes, `timeout`) unwinds like Ctrl-C: the journal stays whole, Ray is shut down, the run
-    folder's lock and partial exports are released, and the same hint is printed; the exit status is 143.
+    folder's lock and partial exports are released, and the same hint is printed; the exit status is 143 (130 for
+    Ctrl-C), with --debug too, which prints the traceback first.
     """
     from mmmo.signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
 
@@ -62,7 +63,9 @@ def _guard(fn: Callable[[], T], run_dir_hint: str | None = None) -> T:
         raise typer.Exit(2) from None
     except KeyboardInterrupt as stop:
         if _state["debug"]:
-            raise
+            import traceback  # --debug shows where it stopped; the exit status stays what schedulers act on
+
+            traceback.print_exc()
         hint = f"; continue with: mmmo resume {run_dir_hint}" if run_dir_hint else ""
         if isinstance(stop, Terminated):
             saved = ": every finished evaluation is saved" if run_dir_hint else ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,7 +18,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # No field of a search takes NaN or an infinity (YAML's .nan, .inf): a NaN lambda or reference point would
+    # only show up as NaN scores or hypervolumes, far from the line that caused them.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class ModelRef(_Strict):
@@ -36,7 +38,9 @@ class ModelRef(_Strict):
 
 
 class MergeSpec(_Strict):
-    method: MethodName = "dare_ties"
+    # One method, or a list of them: the search then chooses each candidate's method too (a list of one is that
+    # method).
+    method: MethodName | list[MethodName] = "dare_ties"
     dtype: Literal["float32", "bfloat16", "float16"] | None = None  # None: bfloat16 on cuda, float32 on cpu
     granularity: str = "model"
     seed: int = 0
@@ -45,6 +49,32 @@ class MergeSpec(_Strict):
     trust_remote_code: bool = False
     allow_pickle: bool = False
     fused: bool | None = None  # None: the compiled ties / dare_ties kernel on CPU from 50M parameters
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _methods(cls, v: Any) -> Any:
+        names = v if isinstance(v, list) else [v]
+        if not names:
+            raise ValueError("an empty list names no method: give one method or a list of them")
+        known = list(get_args(MethodName))
+        for name in names:
+            if name not in known:
+                choices = ", ".join(repr(k) for k in known[:-1]) + f" or {known[-1]!r}"
+                raise ValueError(f"got {name!r}: input should be {choices}")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"method(s) listed twice: {', '.join(dupes)}")
+        return names[0] if isinstance(v, list) and len(v) == 1 else v
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """Every method the search may merge with, in the spec's order (one for a single method)."""
+        return (self.method,) if isinstance(self.method, str) else tuple(self.method)
+
+    @property
+    def is_mixed(self) -> bool:
+        """True when the search chooses among two or more methods."""
+        return len(self.methods) > 1
 
     @field_validator("granularity")
     @classmethod
@@ -63,7 +93,8 @@ class MergeSpec(_Strict):
 
     @property
     def has_density(self) -> bool:
-        return method_info(self.method).uses_density
+        """True when any of the methods has a density."""
+        return any(method_info(m).uses_density for m in self.methods)
 
 
 Bounds = tuple[float, float]
@@ -234,6 +265,15 @@ class SearchSpec(_Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     output: OutputSpec = OutputSpec()
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, v: str) -> str:
+        # The default run folder is runs/<name>: an empty name, a separator or '..' would put it elsewhere, and a
+        # control character would break the one-line messages and reports that show the name.
+        if v in ("", ".", "..") or re.search(r"[/\\\x00-\x1f\x7f]", v):
+            raise ValueError(f"{v!r} cannot name a run folder: use a name without '/', '\\' or control characters")
+        return v
+
     @field_validator("models", mode="before")
     @classmethod
     def _models_from_strings(cls, v: Any) -> Any:
@@ -265,8 +305,14 @@ class SearchSpec(_Strict):
     def _cross_checks(self) -> SearchSpec:
         if self.search_space.density is not None and not self.merge.has_density:
             raise ValueError(
-                f"search_space.density: method {self.merge.method!r} has no density "
+                f"search_space.density: method {', '.join(map(repr, self.merge.methods))} has no density "
                 f"(only {', '.join(sorted(DENSITY_METHODS))} do)"
+            )
+        opt, methods = self.optimizer, self.merge.methods
+        if self.merge.is_mixed and opt.standard_recipes and opt.initial < len(methods):
+            raise ValueError(
+                f"optimizer.initial ({opt.initial}) is smaller than the {len(methods)} methods of merge.method: the "
+                "initial design opens with one standard recipe per method"
             )
         names = [m.name or default_model_name(m.path) for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -278,7 +324,7 @@ class SearchSpec(_Strict):
 
     @property
     def density_bounds(self) -> Bounds | None:
-        """Density bounds searched, or None when the method has no density."""
+        """Density bounds searched, or None when no method has a density."""
         if not self.merge.has_density:
             return None
         return self.search_space.density or DEFAULT_DENSITY_BOUNDS
@@ -306,9 +352,19 @@ def is_hub_id(ref: str) -> bool:
     return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "/", "~"))
 
 
+def _local_path(ref: str, root: Path, field: str) -> Path:
+    """`ref` with `~` expanded, relative to `root`; SpecError for what no file system takes (a NUL, `~nobody`)."""
+    if "\x00" in ref:
+        raise SpecError(f"{field}: a path cannot hold a NUL character: {ref!r}")
+    try:
+        p = Path(ref).expanduser()
+    except RuntimeError:  # `~name` of a user this machine does not have
+        raise SpecError(f"{field}: cannot expand '~' in {ref!r} (no such user's home)") from None
+    return p if p.is_absolute() else root / p
+
+
 def _resolve_model_path(ref: str, root: Path, field: str) -> str:
-    p = Path(ref).expanduser()
-    candidate = p if p.is_absolute() else root / p
+    candidate = _local_path(ref, root, field)
     if candidate.exists():
         return str(candidate.resolve())
     if is_hub_id(ref):
@@ -316,9 +372,15 @@ def _resolve_model_path(ref: str, root: Path, field: str) -> str:
     raise SpecError(f"{field}: path does not exist: {candidate}")
 
 
+def _loc_part(part: str | int) -> str:
+    """One step of a field's location: as written when it is a plain name or index, else quoted (a key such as
+    ':' or one with a line break in it is the user's typo, shown as such)."""
+    return str(part) if re.fullmatch(r"[\w-]+", str(part)) else repr(part)
+
+
 def _format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    loc = ".".join(_loc_part(p) for p in first["loc"])
     msg = first["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         msg = msg.removeprefix(prefix)
@@ -330,7 +392,7 @@ def _format_validation_error(err: ValidationError) -> str:
         msg = f"got {first.get('input')!r}: {msg.lower()}"
     where = f"{loc}: " if loc else ""
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{where}{msg}{more}"
+    return one_line(f"{where}{msg}{more}")  # a value quoted in msg may hold line breaks
 
 
 def spec_from_dict(data: Any, root: Path, check_paths: bool = True) -> SearchSpec:
@@ -346,13 +408,11 @@ def spec_from_dict(data: Any, root: Path, check_paths: bool = True) -> SearchSpe
         for i, m in enumerate(spec.models):
             m.path = _resolve_model_path(m.path, root, f"models.{i}.path")
         if spec.tasks_dir is not None:
-            td = Path(spec.tasks_dir).expanduser()
-            td = td if td.is_absolute() else root / td
+            td = _local_path(spec.tasks_dir, root, "tasks_dir")
             if not td.is_dir():
                 raise SpecError(f"tasks_dir: folder does not exist: {td}")
             spec.tasks_dir = str(td.resolve())
-        out = Path(spec.output.dir or f"runs/{spec.name}").expanduser()
-        spec.output.dir = str((out if out.is_absolute() else root / out).resolve())
+        spec.output.dir = str(_local_path(spec.output.dir or f"runs/{spec.name}", root, "output.dir").resolve())
     return spec
 
 
@@ -370,8 +430,14 @@ def load_spec(path: str | Path, *, check_paths: bool = True) -> SearchSpec:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or one_line(str(err))
-        raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError(one_line(f"{path}: malformed YAML{where}: {problem}")) from None
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x})") from None
+    except RecursionError:  # the YAML parser recurses once per level
+        raise SpecError(f"{path}: malformed YAML: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the spec must be a YAML mapping (key: value pairs) at the top level")
     return spec_from_dict(data, path.parent.resolve(), check_paths=check_paths)
 
 

@@ -21,8 +21,8 @@ class DiskFull(MmmoError):
 
 
 def is_disk_full(err: BaseException) -> bool:
-    """True for an out-of-space (or out-of-quota) error, whichever library raised it."""
-    if isinstance(err, OSError) and err.errno in _FULL_ERRNOS:
+    """True for an out-of-space (or out-of-quota) error, whichever library raised it (mmmo's own DiskFull too)."""
+    if isinstance(err, DiskFull) or (isinstance(err, OSError) and err.errno in _FULL_ERRNOS):
         return True
     text = str(err)
     return any(t in text for t in _FULL_TEXTS)

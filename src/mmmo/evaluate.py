@@ -14,6 +14,7 @@ from mmmo.config import SearchSpec, is_hub_id
 from mmmo.diskspace import is_disk_full
 from mmmo.documents import DocumentPlan, EncodedOutcomes, decode_outcomes, encode_outcomes
 from mmmo.errors import MmmoError, one_line
+from mmmo.hub import hub_model_folder
 from mmmo.objectives.device import default_dtype, resolve_device
 from mmmo.objectives.lm_eval import LmEvalObjectives, TaskScore
 from mmmo.run_store import SourceScore
@@ -36,14 +37,7 @@ def local_model_folder(ref: str) -> str:
     """A local folder for a model reference: itself, or the hub snapshot (weights, config, tokenizer only)."""
     if Path(ref).is_dir() or not is_hub_id(ref):
         return ref
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(
-            ref, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py"]
-        )
-    except Exception as err:  # noqa: BLE001 - offline, unknown repo, gated: all one line for the user
-        raise MmmoError(f"cannot fetch hub model {ref!r}: {one_line(err)}") from None
+    return hub_model_folder(ref)
 
 
 def build_merger(spec: SearchSpec, device: torch.device) -> Merger:
@@ -53,7 +47,8 @@ def build_merger(spec: SearchSpec, device: torch.device) -> Merger:
     return Merger(
         local_model_folder(spec.base_model),
         [local_model_folder(m.path) for m in spec.models],
-        method=spec.merge.method,
+        method=spec.merge.methods[0],
+        methods=spec.merge.methods,
         dtype=merge_dtype(spec, device),
         device=device,
         layer_groups=spec.merge.layer_groups,
@@ -142,7 +137,10 @@ class CandidateEvaluator:
         if self._live is not None and self._live[0] == x:
             return self._live[1]
         self._live = None  # until the merge below is complete, the live model holds no known merge
-        delta_l1 = self.merger.apply(weights, densities)
+        x_t = torch.tensor(x, dtype=torch.float64)
+        method = self.space.method_of(x_t) if self.space.is_mixed else None
+        parameters = self.space.method_parameters(x_t)
+        delta_l1 = self.merger.apply(weights, densities, parameters or None, method=method)
         self._live = (list(x), delta_l1)
         return delta_l1
 

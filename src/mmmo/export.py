@@ -29,21 +29,34 @@ def trial_arrays(spec: SearchSpec, trial: Trial) -> tuple[torch.Tensor, torch.Te
     return SearchSpace.from_spec(spec).from_unit(torch.tensor(trial.x, dtype=torch.float64))
 
 
+def trial_method(spec: SearchSpec, trial: Trial) -> str:
+    """The method a trial merged with: its own in a search that chooses it, else the spec's one method (what a
+    trial journaled before methods could be listed merged with)."""
+    return trial.method_or(spec.merge.methods[0])
+
+
+def trial_parameters(spec: SearchSpec, trial: Trial) -> dict[str, float]:
+    """The searched method-level parameters of a trial's method (e.g. della's epsilon), by mergekit name."""
+    return SearchSpace.from_spec(spec).method_parameters(torch.tensor(trial.x, dtype=torch.float64))
+
+
 def trial_recipe(spec: SearchSpec, trial: Trial) -> MergeRecipe:
-    """The mergekit-format recipe that reproduces a trial's merge."""
+    """The mergekit-format recipe that reproduces a trial's merge, with the trial's method."""
     from mmmo.merge.recipe import MergeRecipe
 
     weights, densities = trial_arrays(spec, trial)
+    extra = {"parameters": dict(parameters)} if (parameters := trial_parameters(spec, trial)) else {}
     return MergeRecipe.from_arrays(
         spec.base_model,
         [m.path for m in spec.models],
-        spec.merge.method,
+        trial_method(spec, trial),
         weights,
         densities,
         normalize=spec.merge.normalize,
         lambda_=spec.merge.lambda_,
         dtype=spec.merge.dtype,
         seed=spec.merge.seed,
+        **extra,
     )
 
 
@@ -105,7 +118,10 @@ def export_trials(
         ):
             paths.append(
                 save_merged(
-                    merger.merged_state_dict(weights, densities),
+                    merger.merged_state_dict(
+                        weights, densities, trial_parameters(spec, t) or None,
+                        method=trial_method(spec, t) if spec.merge.is_mixed else None,
+                    ),
                     folder,
                     base_path=merger.base_path,
                     recipe=trial_recipe(spec, t),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmmo.config import SearchSpec, spec_from_dict, spec_to_dict
+from mmmo.diskspace import is_disk_full
 from mmmo.documents import DocumentPlan, plan_differences, plan_from_json, plan_to_json
 from mmmo.environment import use_project_cache
 from mmmo.errors import MmmoError, one_line
@@ -75,6 +77,54 @@ def _loopback_only() -> Iterator[None]:
             os.environ[_CLUSTERS_ENV] = old_env
 
 
+# It is also for this run only: on loopback any user of the machine could still connect to it and run code as this
+# user, so it admits only clients that hold a token made for the run. Ray reads the token from the environment, which
+# its processes (GCS, raylet, workers) inherit and which other users cannot read (/proc/PID/environ is private): it is
+# never written to a file, neither in the run folder nor in ~/.ray/auth_token. A user who set any of these variables
+# configured Ray's auth themselves, and Ray gets it as they set it.
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def _reload_ray_auth() -> None:
+    """Make this process's Ray see the auth variables as they are now (it caches the mode and the token)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")  # the mode first: a Ray thread that reloads a dropped token must not find token mode
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+class RunToken:
+    """Token authentication with a fresh random token, set in this process's environment until `restore`."""
+
+    def __init__(self) -> None:
+        self._saved = {name: os.environ.get(name) for name in AUTH_ENV}
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # 256 bits, as Ray's own generator
+        _reload_ray_auth()
+
+    def restore(self) -> None:
+        """Put the caller's auth variables back (after Ray is shut down)."""
+        for name, value in self._saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _reload_ray_auth()
+
+
+def get_results(ray: Any, refs: Any) -> Any:
+    """`ray.get(refs)`, except that an error a worker raised that mmmo would show in one line in process (its own
+    errors, a full disk) is raised here as itself, not as Ray's wrapper whose message is the worker's traceback."""
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(refs)
+    except RayTaskError as err:
+        if isinstance(err.cause, MmmoError) or (err.cause is not None and is_disk_full(err.cause)):
+            raise err.cause from err
+        raise
+
+
 class RayWorker:
     """The body of a Ray actor: one CandidateEvaluator kept resident for the whole search."""
 
@@ -112,12 +162,13 @@ class RayPool:
         self.on_attempt_failed = on_attempt_failed or (lambda t: None)
         self._started_ray = False
         self._own_tmp: str | None = None
+        self._token: RunToken | None = None
         self.actors: list[Any] = []
         try:
             self._init_ray()
             self.actors = self._start_actors(spec.evaluation.workers)
             # Fail at start-up, in this process, if any worker cannot build its merger or tasks.
-            self._pids = self.ray.get([a.pid.remote() for a in self.actors])
+            self._pids = get_results(self.ray, [a.pid.remote() for a in self.actors])
         except BaseException:
             self.close()  # the caller gets no pool to close: stop the Ray it started and remove its folder
             raise
@@ -131,7 +182,8 @@ class RayPool:
             with keep_signal_handlers():
                 ray.init(address=address, include_dashboard=False, log_to_driver=True)
         else:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            if not any(name in os.environ for name in AUTH_ENV):
+                self._token = RunToken()
             tmp = ray_temp_dir(self.spec)
             if tmp is None:
                 # The run folder's path is too long for Ray's sockets. A folder left in the system temp by each run
@@ -173,7 +225,8 @@ class RayPool:
             [ready], _ = ray.wait(list(running), num_returns=1)
             trial, actor = running.pop(ready)
             try:
-                result = Trial.from_json(ray.get(ready))
+                # A full disk raised in the worker stops the search, as in process: every later candidate would hit it
+                result = Trial.from_json(get_results(ray, ready))
             except ray.exceptions.RayActorError as err:
                 self.actors.remove(actor)
                 failed = replace(
@@ -192,11 +245,11 @@ class RayPool:
     def evaluate_sources(self, indices: Iterable[int | None]) -> list[SourceScore]:
         indices = list(indices)
         refs = [self.actors[k % len(self.actors)].evaluate_source.remote(i) for k, i in enumerate(indices)]
-        return [SourceScore(**d) for d in self.ray.get(refs)]
+        return [SourceScore(**d) for d in get_results(self.ray, refs)]
 
     def documents(self) -> DocumentPlan:
         """The documents the workers score, as each of them chose them (they must agree)."""
-        plans = [plan_from_json(p) for p in self.ray.get([a.documents.remote() for a in self.actors])]
+        plans = [plan_from_json(p) for p in get_results(self.ray, [a.documents.remote() for a in self.actors])]
         for other in plans[1:]:
             if plan_differences(plans[0], other):
                 raise MmmoError(
@@ -218,6 +271,9 @@ class RayPool:
         self.actors = []
         if self._started_ray and self.ray.is_initialized():
             self.ray.shutdown()
+        if self._token is not None:
+            self._token.restore()
+            self._token = None
         if self._own_tmp is not None:
             shutil.rmtree(self._own_tmp, ignore_errors=True)
             self._own_tmp = None

@@ -1,8 +1,9 @@
-"""A rich progress bar for a search: current trial, best value per objective, hypervolume and ETA (on stderr)."""
+"""A search's progress on stderr: a rich bar on a terminal (current trial, best value per objective,
+hypervolume, ETA), plain time-stamped lines elsewhere (a log file, a pipe: see `progress_lines`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
 from rich.progress import (
@@ -15,6 +16,7 @@ from rich.progress import (
 )
 
 from mmmo.config import SearchSpec
+from mmmo.progress_lines import LogProgress
 from mmmo.run_store import SourceScore
 from mmmo.trial import Trial
 
@@ -22,16 +24,49 @@ if TYPE_CHECKING:
     from mmmo.search.loop import BatchSummary
 
 
-class SearchProgress:
-    """Progress display; every method is a no-op when disabled (--quiet, --json)."""
+class ProgressDisplay(Protocol):
+    """What a search tells its user, as it happens (a context manager around the evaluations)."""
 
-    def __init__(self, spec: SearchSpec, *, enabled: bool = True):
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: Any) -> None: ...
+
+    def resume_from(self, trials: list[Trial]) -> None:
+        """The run's trials so far, before the loop starts (a resume's finished ones count)."""
+
+    def note(self, text: str) -> None: ...
+
+    def source(self, score: SourceScore) -> None: ...
+
+    def started(self, trial: Trial) -> None: ...
+
+    def finished(self, trial: Trial) -> None:
+        """A trial is done (scored in full or stopped) or failed."""
+
+    def batch_end(self, summary: BatchSummary) -> None: ...
+
+
+def search_progress(
+    spec: SearchSpec, *, enabled: bool = True, console: Console | None = None
+) -> ProgressDisplay:
+    """The display for a search: none when disabled (--quiet, --json), the rich bar when stderr is an
+    interactive terminal, else plain lines (a log file or pipe, where a live bar shows nothing until the end)."""
+    console = console if console is not None else Console(stderr=True)
+    if enabled and not console.is_interactive:
+        return LogProgress(spec)
+    return SearchProgress(spec, enabled=enabled, console=console)
+
+
+class SearchProgress:
+    """The rich progress bar; every method is a no-op when disabled (--quiet, --json)."""
+
+    def __init__(self, spec: SearchSpec, *, enabled: bool = True, console: Console | None = None):
         self.enabled = enabled
         self.names = [o.name for o in spec.objectives]
         self.budget = spec.optimizer.budget
         self.best: dict[str, float] = {}
         self.hypervolume: float | None = None
-        self.console = Console(stderr=True)
+        self.console = console if console is not None else Console(stderr=True)
         self._progress: Progress | None = None
         self._task: Any = None
         self._finished = 0

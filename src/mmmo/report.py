@@ -24,6 +24,7 @@ def _pareto_records(summary: RunSummary) -> list[dict[str, Any]]:
             "trial": t.id,
             "batch": t.batch,
             "step": t.step,
+            **({"method": summary.method(t)} if summary.is_mixed else {}),
             "objectives": t.objectives,
             "mean_task_score": summary.mean_task_score(t),
             "documents": summary.documents(t),
@@ -50,11 +51,12 @@ def pareto_csv(summary: RunSummary) -> str:
     param_names = sorted({k for t in summary.pareto for k in t.params})
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["trial", "batch", "step", *summary.objective_names, "mean_task_score", *param_names])
+    method = ["method"] if summary.is_mixed else []
+    writer.writerow(["trial", "batch", "step", *method, *summary.objective_names, "mean_task_score", *param_names])
     for t in summary.pareto:
         assert t.objectives is not None
         writer.writerow(
-            [t.id, t.batch, t.step]
+            [t.id, t.batch, t.step, *([summary.method(t)] if method else [])]
             + [f"{t.objectives[n]:.6g}" for n in summary.objective_names]
             + [f"{summary.mean_task_score(t):.6g}"]
             + [f"{t.params.get(p, float('nan')):.6g}" for p in param_names]
@@ -156,7 +158,8 @@ def stopped_line(summary: RunSummary) -> str | None:
 
 def _lead_bullets(summary: RunSummary, spec: SearchSpec) -> list[str]:
     lines = [
-        f"- strategy: {spec.optimizer.strategy}, method: {spec.merge.method}, granularity: {spec.merge.granularity}",
+        f"- strategy: {spec.optimizer.strategy}, method: {', '.join(spec.merge.methods)}"
+        + (" (searched)" if spec.merge.is_mixed else "") + f", granularity: {spec.merge.granularity}",
         f"- evaluations: {len(summary.done)} done, {len(summary.failed)} failed, budget {summary.budget}",
         f"- reference point: {_fmt_list(summary.ref_point)}",
     ]
@@ -169,10 +172,16 @@ def _lead_bullets(summary: RunSummary, spec: SearchSpec) -> list[str]:
         for t in summary.done:
             if t.step == "standard":  # the recipe a user would try by hand, evaluated in the initial design
                 gain = summary.mean_task_score(best) - summary.mean_task_score(t)
+                which = f" ({summary.method(t)})" if summary.is_mixed else ""
                 lines.append(
-                    f"- standard recipe: trial {t.id} ({summary.mean_task_score(t):.4f}); "
+                    f"- standard recipe{which}: trial {t.id} ({summary.mean_task_score(t):.4f}); "
                     f"the best merge is {gain:+.4f} beyond it"
                 )
+    if summary.is_mixed and best is not None:
+        per = summary.best_per_method()
+        lines.append("- best mean task score per method: " + ", ".join(
+            f"{m} {summary.mean_task_score(t):.4f} (trial {t.id})" for m, t in per.items()
+        ))
     stopped = stopped_line(summary)
     return lines + ([stopped] if stopped else [])
 
@@ -195,13 +204,16 @@ def _sources_table(summary: RunSummary) -> list[str]:
 
 def _front_table(summary: RunSummary) -> list[str]:
     names = summary.objective_names
-    lines = ["## Pareto front", "", "| trial | step | " + " | ".join(names) + " | mean task | docs | parameters |",
-             "|---" * (len(names) + 5) + "|"]
+    method = " method |" if summary.is_mixed else ""
+    lines = ["## Pareto front", "",
+             f"| trial | step |{method} " + " | ".join(names) + " | mean task | docs | parameters |",
+             "|---" * (len(names) + 5 + summary.is_mixed) + "|"]
     for t in summary.pareto:
         assert t.objectives is not None
         params = ", ".join(f"{k}={v:.3f}" for k, v in t.params.items())
+        cell = f" {summary.method(t)} |" if summary.is_mixed else ""
         lines.append(
-            f"| {t.id} | {t.step} | " + " | ".join(f"{t.objectives[n]:.4g}" for n in names)
+            f"| {t.id} | {t.step} |{cell} " + " | ".join(f"{t.objectives[n]:.4g}" for n in names)
             + f" | {summary.mean_task_score(t):.4f} | {_docs(summary.documents(t))} | {params} |"
         )
     lines += ["", "docs: the documents each trial was scored on (a task shared by two objectives counts once)."]
@@ -211,9 +223,14 @@ def _front_table(summary: RunSummary) -> list[str]:
 TRIAL_COLUMNS = ("trial", "batch", "step", "mean task", "docs", "")
 
 
+def trial_columns(summary: RunSummary) -> tuple[str, ...]:
+    """TRIAL_COLUMNS, with a method column after the step in a run that chose each trial's method."""
+    return TRIAL_COLUMNS[:3] + ("method",) + TRIAL_COLUMNS[3:] if summary.is_mixed else TRIAL_COLUMNS
+
+
 def trial_rows(summary: RunSummary) -> list[list[str]]:
-    """One row of TRIAL_COLUMNS per done trial: its mean task score, documents, and how it stands (chosen, on the
-    front, stopped early by evaluation.stages)."""
+    """One row of `trial_columns` per done trial: its mean task score, documents, and how it stands (chosen, on
+    the front, stopped early by evaluation.stages)."""
     best = summary.best()
     front = {t.id for t in summary.pareto}
     rows = []
@@ -222,14 +239,15 @@ def trial_rows(summary: RunSummary) -> list[list[str]]:
         if t.stopped:
             notes.append(f"stopped after {t.stages_scored} stage(s)")
         rows.append([
-            str(t.id), str(t.batch), t.step, f"{summary.mean_task_score(t):.4f}", _docs(summary.documents(t)),
-            ", ".join(n for n in notes if n),
+            str(t.id), str(t.batch), t.step, *([summary.method(t)] if summary.is_mixed else []),
+            f"{summary.mean_task_score(t):.4f}", _docs(summary.documents(t)), ", ".join(n for n in notes if n),
         ])
     return rows
 
 
 def _trials_list(summary: RunSummary) -> list[str]:
-    lines = ["## Every trial", "", "| " + " | ".join(TRIAL_COLUMNS) + " |", "|---" * len(TRIAL_COLUMNS) + "|"]
+    columns = trial_columns(summary)
+    lines = ["## Every trial", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in trial_rows(summary)]
 
 
@@ -238,8 +256,8 @@ def trials_table(summary: RunSummary, *, title: str = "Every trial") -> Any:
     from rich.table import Table
 
     table = Table(title=title)
-    for name in TRIAL_COLUMNS:
-        table.add_column(name, justify="left" if name in ("step", "") else "right")
+    for name in trial_columns(summary):
+        table.add_column(name, justify="left" if name in ("step", "method", "") else "right")
     for row in trial_rows(summary):
         table.add_row(*row)
     return table
@@ -297,6 +315,9 @@ def pareto_table(summary: RunSummary, *, title: str = "Pareto front", width: int
         table.caption = "parameters: pareto.csv in the run folder, or `mmmo show RUN --json`"
     table.add_column("trial", justify="right")
     table.add_column("step")
+    method = ["method"] if summary.is_mixed else []
+    for name in method:
+        table.add_column(name)
     for n in names:
         table.add_column(n, justify="right")
     table.add_column("mean task", justify="right")
@@ -309,7 +330,7 @@ def pareto_table(summary: RunSummary, *, title: str = "Pareto front", width: int
         params = " ".join(f"{k}={v:.2f}" for k, v in t.params.items())
         mark = " *" if best is not None and t.id == best.id else ""
         table.add_row(
-            f"{t.id}{mark}", t.step, *[f"{t.objectives[n]:.4g}" for n in names],
+            f"{t.id}{mark}", t.step, *([summary.method(t)] if method else []), *[f"{t.objectives[n]:.4g}" for n in names],
             f"{summary.mean_task_score(t):.4f}", _docs(summary.documents(t)), *([params] if show_params else []),
         )
     for s in summary.sources:
@@ -317,10 +338,10 @@ def pareto_table(summary: RunSummary, *, title: str = "Pareto front", width: int
         if s.objectives is None or mean is None:
             error = s.error or ""
             cells = ["", "", error] if show_params else [error, ""]  # without parameters, in the mean column
-            table.add_row(s.name, "source", *["failed"] * len(names), *cells, style="dim")
+            table.add_row(s.name, "source", *[""] * len(method), *["failed"] * len(names), *cells, style="dim")
             continue
         table.add_row(
-            s.name, "source", *[f"{s.objectives[n]:.4g}" for n in names], f"{mean:.4f}",
+            s.name, "source", *[""] * len(method), *[f"{s.objectives[n]:.4g}" for n in names], f"{mean:.4f}",
             _docs(summary.documents(s)), *([""] if show_params else []), style="dim",
         )
     return table

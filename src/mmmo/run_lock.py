@@ -2,7 +2,8 @@
 
 The lock is `fcntl.flock` on `mmmo.lock` in the run folder. The kernel drops it when the holding process ends,
 however it ends (kill -9 included), so a lock is never stale; the file's content (who holds it, since when) is
-only what a refused process reports. Read-only commands (`mmmo show`) take no lock.
+only what a refused process reports. Read-only commands (`mmmo show`) take no lock. The lock file never moves:
+`--fresh` moves the old run's other files aside under the lock and starts the new run under that same lock.
 """
 
 from __future__ import annotations

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mmmo.config import SearchSpec, spec_from_dict, spec_to_dict
-from mmmo.documents import DocumentPlan, EncodedOutcomes, plan_from_json
-from mmmo.errors import MmmoError
+from mmmo.documents import DocumentPlan, plan_from_json
+from mmmo.errors import MmmoError, one_line
+from mmmo.journal_events import TRIAL_EVENTS, EventKind, JournalLineError, SourceScore, check_payload
+from mmmo.run_lock import LOCK_FILE
 from mmmo.trial import Trial
 
 JOURNAL = "trials.jsonl"
@@ -34,42 +37,8 @@ RESUMABLE_CHANGES: tuple[str, ...] = (
 NOT_RESUMABLE: tuple[str, ...] = ("evaluation.subset", "evaluation.subset_seed", "evaluation.stages")
 
 
-class EventKind(str, Enum):
-    """Every kind of journal line. A line of another kind is an error naming it, never silently skipped."""
-
-    PROPOSED = "proposed"  # a trial the strategy proposed, before it is evaluated
-    # A trial scored on a stage of evaluation.stages short of the last: its outcomes so far. A resume continues it
-    # from there (decides whether it goes on, then scores only the next stage's documents).
-    PARTIAL = "partial"
-    DONE = "done"  # a trial evaluated: its objectives
-    FAILED = "failed"  # a trial that failed for good (merge or evaluation error, or its last attempt died)
-    # A worker died under a trial; the trial stays pending and is retried (once) on another worker. Folded as an
-    # attempt count on the pending trial, not as its result: a resume retries it, without a third attempt.
-    ATTEMPT_FAILED = "attempt_failed"
-    SOURCE = "source"  # a source model (base or fine-tuned) scored for reference
-    REF_POINT = "ref_point"  # the hypervolume reference point, fixed after the initial design
-    BATCH_END = "batch_end"  # a batch finished: the hypervolume at its end
-    DOCUMENTS = "documents"  # the documents every candidate is scored on, per objective and task (once, first)
-
-
-TRIAL_EVENTS = (EventKind.PROPOSED, EventKind.PARTIAL, EventKind.DONE, EventKind.FAILED)
-
-
 class TornJournalWarning(UserWarning):
     """The journal's last line was cut short (the process was killed while writing it)."""
-
-
-@dataclass
-class SourceScore:
-    """A source model (the base or one fine-tuned model) scored on the run's objectives."""
-
-    name: str
-    objectives: dict[str, float] | None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    stderr: dict[str, float] = field(default_factory=dict)
-    n_examples: dict[str, int] = field(default_factory=dict)
-    outcomes: dict[str, dict[str, EncodedOutcomes]] = field(default_factory=dict)  # as Trial.outcomes
 
 
 @dataclass
@@ -156,16 +125,9 @@ class Journal:
         self.append(EventKind(trial.status), trial=trial.to_json())
 
 
-class JournalLineError(ValueError):
-    """One journal line that cannot be read: not JSON, not an object, an unknown event kind or a bad payload."""
-
-    def __init__(self, message: str, *, not_json: bool = False):
-        super().__init__(message)
-        self.not_json = not_json  # what a write cut short by a kill looks like
-
-
-def parse_event(raw: bytes) -> dict[str, Any]:
-    """One journal line as an event dict whose payload has what its kind needs; JournalLineError otherwise."""
+def parse_event(raw: bytes, objectives: Sequence[str] = ()) -> dict[str, Any]:
+    """One journal line as an event dict whose payload has what its kind needs (`journal_events.check_payload`,
+    with a score for each of the run's `objectives`); JournalLineError otherwise."""
     try:
         event = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -180,6 +142,7 @@ def parse_event(raw: bytes) -> dict[str, Any]:
             f"has an unknown event kind {event.get('event')!r} (this mmmo knows {known}; "
             "was the run written by a newer mmmo?)"
         ) from None
+    check_payload(kind, event, objectives)
     try:
         _fold_one(kind, event, {}, {}, RunState([], [], None, {}))
     except (KeyError, TypeError, ValueError) as err:
@@ -191,8 +154,11 @@ def _is_blank_after(lines: list[bytes], i: int) -> bool:
     return all(not rest.strip() for rest in lines[i + 1 :])
 
 
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """Parse the journal; a torn last line is skipped with a warning, an unreadable earlier line is an error."""
+def read_events(path: Path, objectives: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Parse the journal; a torn last line is skipped with a warning, an unreadable earlier line is an error.
+
+    `objectives`: the run's objective names, each of which a done or partial trial and a scored source must have.
+    """
     if not path.exists():
         return []
     lines = path.read_bytes().split(b"\n")
@@ -201,7 +167,7 @@ def read_events(path: Path) -> list[dict[str, Any]]:
         if not raw.strip():
             continue
         try:
-            events.append(parse_event(raw))
+            events.append(parse_event(raw, objectives))
         except JournalLineError as err:
             if err.not_json and _is_blank_after(lines, i):
                 warnings.warn(
@@ -210,10 +176,10 @@ def read_events(path: Path) -> list[dict[str, Any]]:
                     stacklevel=2,
                 )
                 continue
-            raise MmmoError(
+            raise MmmoError(one_line(  # a key quoted from the line may hold a line break
                 f"{path}: line {i + 1} {err}; the journal is damaged: `mmmo resume {path.parent} --repair` "
-                "moves unreadable lines aside and re-runs their trials"
-            ) from None
+                "moves unreadable lines aside and re-runs their trials", limit=1000,
+            )) from None
     return events
 
 
@@ -226,8 +192,10 @@ class RepairReport:
     side_file: Path | None  # None when nothing was moved
 
 
-def repair_journal(path: Path) -> RepairReport:
+def repair_journal(path: Path, objectives: Sequence[str] | None = None) -> RepairReport:
     """Move every unreadable line of the journal to a side file and keep the rest, in order.
+
+    Unreadable as `read_events` reads it: `objectives` None takes the objectives of the spec beside the journal.
 
     The side file (`trials.damaged-<time>.jsonl` next to the journal) gets the lines as they were, so nothing is
     lost; the journal is rewritten atomically. Trials whose result was on a moved line fold as pending (or are
@@ -235,12 +203,14 @@ def repair_journal(path: Path) -> RepairReport:
     """
     if not path.exists():
         return RepairReport(0, 0, None)
+    if objectives is None:
+        objectives = RunStore(path.parent).objective_names()
     lines = [ln for ln in path.read_bytes().split(b"\n") if ln.strip()]
     good: list[bytes] = []
     bad: list[bytes] = []
     for raw in lines:
         try:
-            parse_event(raw)
+            parse_event(raw, objectives)
             good.append(raw)
         except JournalLineError:
             bad.append(raw)
@@ -337,7 +307,7 @@ def with_fields_added_later(data: dict[str, Any]) -> tuple[dict[str, Any], list[
         *parents, leaf = dotted.split(".")
         node = out
         for key in parents:
-            node = node.setdefault(key, {})
+            node = node.setdefault(key, {}) if isinstance(node, dict) else None  # a damaged spec: schema says
         if isinstance(node, dict) and leaf not in node:
             node[leaf] = value
             filled.append(dotted)
@@ -365,13 +335,39 @@ class RunStore:
     def stored_spec(self) -> SearchSpec:
         if not self.spec_path.exists():
             raise MmmoError(f"{self.dir} is not an mmmo run folder (no {SPEC_FILE})")
-        data, _ = with_fields_added_later(yaml.safe_load(self.spec_path.read_text()))
-        return spec_from_dict(data, self.dir, check_paths=False)
+        try:
+            data = yaml.safe_load(self.spec_path.read_bytes())
+        except (yaml.YAMLError, RecursionError) as err:
+            raise MmmoError(one_line(f"{self.spec_path}: malformed YAML ({type(err).__name__})")) from None
+        if not isinstance(data, dict):
+            raise MmmoError(f"{self.spec_path}: not a spec (a YAML mapping expected)")
+        try:
+            return spec_from_dict(with_fields_added_later(data)[0], self.dir, check_paths=False)
+        except MmmoError as err:
+            raise type(err)(f"{self.spec_path}: {err}") from None
+
+    def objective_names(self) -> list[str]:
+        """The stored spec's objective names; none when the folder has no spec (yet)."""
+        return [o.name for o in self.stored_spec().objectives] if self.spec_path.exists() else []
 
     def move_aside(self) -> Path:
-        """Rename the run folder to `<name>.bak-<time>` (for --fresh); returns the backup's path."""
-        backup = self.dir.with_name(f"{self.dir.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.move(str(self.dir), str(backup))
+        """Move the run's files into a new `<name>.bak-<time>[-n]` folder beside it (for --fresh); returns that.
+
+        The folder and its lock file stay: the lock held on that file keeps the folder its holder's from the move
+        to the end of the new run, where renaming the folder would carry the lock off with it.
+        """
+        stamp = f"{self.dir.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
+        for n in itertools.count(1):
+            backup = self.dir.with_name(stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                backup.mkdir()
+                break
+            except FileExistsError:  # a second --fresh within the same second
+                continue
+        # The journal first: a move cut short never leaves a journal behind to be continued under another spec.
+        for entry in sorted(self.dir.iterdir(), key=lambda p: p.name != JOURNAL):
+            if entry.name != LOCK_FILE:
+                shutil.move(str(entry), str(backup / entry.name))
         return backup
 
     def open(self, spec: SearchSpec, *, fresh: bool = False) -> Journal:
@@ -405,7 +401,7 @@ class RunStore:
         return Journal(self.journal_path)
 
     def load(self) -> RunState:
-        return fold_events(read_events(self.journal_path))
+        return fold_events(read_events(self.journal_path, self.objective_names()))
 
     def read_run(self) -> tuple[SearchSpec, RunState]:
         """The stored spec and the journal's state of a run that has started; MmmoError otherwise."""

@@ -3,6 +3,7 @@ and how many documents each candidate was scored on (no plots, no text)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -38,16 +39,36 @@ class RunSummary:
     document_objectives: list[str] = field(default_factory=list)
     # Documents a candidate scored on all of them takes (from the run's document plan); None where unrecorded.
     full_documents: int | None = None
+    # The spec's merge methods: one, or those a search chose among (each trial then records its own).
+    methods: tuple[str, ...] = ()
+
+    @property
+    def is_mixed(self) -> bool:
+        """True when the run chose each trial's method among two or more."""
+        return len(self.methods) > 1
+
+    def method(self, trial: Trial) -> str:
+        """The method a trial merged with: its own, else the run's one method."""
+        return trial.method_or(self.methods[0] if self.methods else "")
+
+    def best_per_method(self) -> dict[str, Trial]:
+        """Per method (in the spec's order) the trial `best` would choose among that method's trials alone."""
+        out = {}
+        for m in self.methods:
+            mine = [t for t in self.scored_in_full if self.method(t) == m]
+            if mine:
+                out[m] = max(mine, key=lambda t: (self.mean_task_score(t), -t.id))
+        return out
 
     def mean_task_score(self, trial: Trial) -> float:
         assert trial.objectives is not None
-        return sum(trial.objectives[n] for n in self.task_names) / len(self.task_names)
+        return mean_task_score(trial.objectives, self.task_names)
 
     def source_mean_task_score(self, source: SourceScore) -> float | None:
         """A source model's mean task score; None when it failed."""
         if source.objectives is None:
             return None
-        return sum(source.objectives[n] for n in self.task_names) / len(self.task_names)
+        return mean_task_score(source.objectives, self.task_names)
 
     @property
     def sparsity_name(self) -> str | None:
@@ -59,8 +80,7 @@ class RunSummary:
 
         None when it recorded no counts (a failed source, or a run written before counts were kept).
         """
-        counts = [candidate.n_examples[n] for n in self.document_objectives if n in candidate.n_examples]
-        return sum(counts) if counts else None
+        return documents_scored(candidate, self.document_objectives)
 
     @property
     def scored_in_full(self) -> list[Trial]:
@@ -94,6 +114,18 @@ class RunSummary:
         # trials that none of them dominates are exactly the tied trials on the whole front.
         front = [t for t, keep in zip(tied, pareto_mask(self.objective_matrix(tied)).tolist()) if keep]
         return min(front, key=lambda t: t.id)
+
+
+def mean_task_score(objectives: Mapping[str, float], task_names: Sequence[str]) -> float:
+    """The take-home score: the plain mean of the task objectives' values."""
+    return sum(objectives[n] for n in task_names) / len(task_names)
+
+
+def documents_scored(candidate: Scored, document_names: Sequence[str]) -> int | None:
+    """Documents a trial or source was scored on, counting `document_names` (see `document_objectives`) only;
+    None when it recorded no counts."""
+    counts = [candidate.n_examples[n] for n in document_names if n in candidate.n_examples]
+    return sum(counts) if counts else None
 
 
 def objective_matrix(trials: list[Trial], names: list[str]) -> torch.Tensor:
@@ -138,6 +170,7 @@ def summarize_run(spec: SearchSpec, state: RunState) -> RunSummary:
         budget=spec.optimizer.budget,
         document_objectives=counted,
         full_documents=_full_documents(counted, state),
+        methods=spec.merge.methods,
     )
 
 

@@ -21,6 +21,9 @@ class Trial:
     step: str  # which strategy step proposed it: sobol, acquisition, weak_to_strong, random, nsga2, ...
     status: TrialStatus = "proposed"
     params: dict[str, float] = field(default_factory=dict)  # named merge parameters in real units
+    # The merge method, in a search that chooses it (merge.method a list); None: the spec's one method, which is
+    # also what a trial journaled without this field merged with.
+    method: str | None = None
     objectives: dict[str, float] | None = None  # every objective, maximised
     metrics: dict[str, Any] = field(default_factory=dict)  # raw lm-eval metrics per task
     n_examples: dict[str, int] = field(default_factory=dict)
@@ -39,7 +42,14 @@ class Trial:
     worker: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["method"] is None:  # a single method's journal reads as it did before methods could be listed
+            del data["method"]
+        return data
+
+    def method_or(self, default: str) -> str:
+        """The method this trial merges with: its own, else the spec's single `default`."""
+        return self.method if self.method is not None else default
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Trial:

@@ -1,13 +1,22 @@
-"""`mmmo validate`: check a spec, its model folders (headers only) and its lm-eval tasks, loading no weights.
+"""`mmmo validate`: check a spec, its model folders (headers only), the memory its run needs and its lm-eval tasks,
+loading no weights; `check_memory` is the same memory check for `mmmo search`, before it loads anything.
 
 `--offline` checks the fields alone, so a spec can be checked before its models and datasets are at hand.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmmo.config import SearchSpec, is_hub_id, load_spec
+from mmmo.errors import MmmoError
+
+if TYPE_CHECKING:
+    import torch
+
+    from mmmo.merge.memory_plan import RunMemoryPlan
 
 
 def check_sources(spec: SearchSpec) -> str:
@@ -36,6 +45,90 @@ def _prod(shape: tuple[int, ...]) -> int:
     return out
 
 
+@dataclass(frozen=True)
+class DeviceProbe:
+    """The evaluation device a run would use, its merge dtype, and the memory free there and on the host (bytes)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    free_bytes: int | None  # None: not measured here (why says why)
+    host_bytes: int
+    why: str = ""
+
+
+def probe_device(spec: SearchSpec, *, strict: bool) -> DeviceProbe:
+    """The spec's device and merge dtype (the `objectives.device` policy) and what is free now.
+
+    `strict` (a search): a device this machine lacks is the evaluator's own one-line MmmoError; otherwise (validate)
+    the run is planned without a free-memory figure. Ray workers measure their own GPUs: the driver measuring one
+    would hold a CUDA context on it for the whole search.
+    """
+    import torch
+
+    from mmmo.dtypes import DTYPES
+    from mmmo.merge.memory import available_host_bytes, free_device_bytes
+    from mmmo.objectives.device import default_dtype, resolve_device
+
+    host = available_host_bytes()
+    try:
+        device = resolve_device(spec.evaluation.device)
+        dtype = default_dtype(device, spec.merge.dtype)
+    except MmmoError:
+        if strict:
+            raise
+        device = torch.device(spec.evaluation.device)
+        dtype = DTYPES[spec.merge.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
+        return DeviceProbe(device, dtype, None, host, f"{device} is not available on this machine")
+    if spec.evaluation.workers > 1:
+        return DeviceProbe(device, dtype, None, host, f"each of the {spec.evaluation.workers} workers plans its own")
+    return DeviceProbe(device, dtype, free_device_bytes(device), host)
+
+
+def plan_spec_memory(
+    spec: SearchSpec, probe: DeviceProbe | None = None, *, strict: bool = True
+) -> RunMemoryPlan | str:
+    """The run's memory plan from the base's tensor headers and config, or one line saying why it is made at
+    load time instead (hub sources, pickled weights). `probe`: by default `probe_device(spec, strict=strict)`."""
+    from mmmo.merge.checkpoint import open_checkpoint
+    from mmmo.merge.memory_plan import ModelDims, SourceSizes, plan_run
+    from mmmo.merge.registry import method_info
+    from mmmo.objectives.lm_eval import NON_CUDA_AUTO_BATCH
+
+    refs = [spec.base_model, *(m.path for m in spec.models)]
+    if any(is_hub_id(r) and not Path(r).is_dir() for r in refs):
+        return "memory: planned at load time (hub sources: their tensor headers are not on this machine yet)"
+    base = open_checkpoint(spec.base_model, allow_pickle=spec.merge.allow_pickle)
+    if base.pickled:
+        return "memory: planned at load time (pickled weights have no header to read)"
+    probe = probe if probe is not None else probe_device(spec, strict=strict)
+    batch = spec.evaluation.batch_size
+    if batch == "auto":  # lm-eval probes the largest batch that fits on CUDA; 1 is the least it needs
+        batch = 1 if probe.device.type == "cuda" else NON_CUDA_AUTO_BATCH
+    return plan_run(
+        SourceSizes.of(base.shapes(), len(spec.models)), ModelDims.from_config(base.config),
+        dtype=probe.dtype, device=probe.device, sparsification=method_info(spec.merge.methods[0]).sparsification,
+        device_free=probe.free_bytes, host_available=probe.host_bytes, batch=batch, unmeasured=probe.why,
+    )
+
+
+def memory_lines(spec: SearchSpec) -> list[str]:
+    """What `mmmo validate` says of memory: every placement's device and host bytes, and which one mmmo chooses."""
+    plan = plan_spec_memory(spec, strict=False)
+    return [plan] if isinstance(plan, str) else plan.lines()
+
+
+def check_memory(spec: SearchSpec) -> str:
+    """Before a search loads any weight: one line on the placement it will use; MmmoError (one line) naming what
+    is needed and what is free when no placement fits."""
+    plan = plan_spec_memory(spec, strict=True)
+    if isinstance(plan, str):
+        return plan
+    refusal = plan.refusal()
+    if refusal is not None:
+        raise MmmoError(refusal)
+    return plan.choice_line()
+
+
 def check_tasks(spec: SearchSpec) -> str:
     """Build the lm-eval tasks once: an unknown task or a metric a task does not produce fails here."""
     from mmmo.objectives.lm_eval import LmEvalObjectives
@@ -56,7 +149,7 @@ def describe_spec(spec: SearchSpec) -> str:
     space = SearchSpace.from_spec(spec)
     opt = spec.optimizer
     return (
-        f"spec: {spec.name}: {spec.merge.method} over {len(spec.models)} model(s), {space.dim} search dimensions "
+        f"spec: {spec.name}: {', '.join(spec.merge.methods)} over {len(spec.models)} model(s), {space.dim} search dimensions "
         f"({', '.join(space.names)}), {len(spec.objectives)} objectives, budget {opt.budget} evaluations "
         f"({opt.strategy}: {opt.initial} initial + {opt.batches}×{opt.batch_size})"
     )
@@ -89,6 +182,7 @@ def validate_spec_file(path: str | Path, *, offline: bool = False) -> list[str]:
     return [
         describe_spec(spec),
         check_sources(spec),
+        *memory_lines(spec),
         check_tasks(spec),
         f"run folder: {spec.run_dir}",
         "ok",

@@ -15,9 +15,9 @@ from torch import Tensor
 
 from mmmo.merge.plan import MergePlan
 from mmmo.merge.reference import NORM_EPS
-from mmmo.merge.selection import trim_chunk
+from mmmo.merge.selection import MagnitudeCut, trim_chunk
 from mmmo.merge.sparsify import accumulate_dtype
-from mmmo.merge.tensor_setup import DIVISOR_START, TensorSetup
+from mmmo.merge.tensor_setup import DIVISOR_START, TensorSetup, della_keep
 from mmmo.merge.workspace import Workspace
 
 
@@ -47,7 +47,7 @@ class _Buffers:
         )
 
 
-def _sum_rows(rows: Tensor, out: Tensor, chain: bool) -> None:
+def sum_rows(rows: Tensor, out: Tensor, chain: bool) -> None:
     """out = the sum over models (dim 0). With `chain` (float32/64): chained adds, the same left-to-right
     rounding as torch.sum(dim=0) without its output fill and slow outer-dim reduction; half types keep
     torch.sum's float32 accumulation."""
@@ -62,41 +62,57 @@ def _sum_rows(rows: Tensor, out: Tensor, chain: bool) -> None:
         out.add_(rows[r])
 
 
-def _drop_edges(setup: TensorSetup, starts: list[int], numel: int, device: torch.device) -> list[list[int] | None]:
+def _drop_edges(cuts: list[MagnitudeCut | None], starts: list[int], numel: int,
+                device: torch.device) -> list[list[int] | None]:
     """Where each chunk's ties to drop begin in the (ascending) drop lists: one search per tensor, not per chunk."""
     return [
         None if cut is None or cut.drop is None
         else torch.searchsorted(cut.drop, torch.tensor([*starts, numel], device=device)).tolist()
-        for cut in setup.cuts
+        for cut in cuts
     ]
 
 
+def _trim(x: Tensor, cut: MagnitudeCut, row: Tensor, a: int, ci: int, seen: int, edges: list[int] | None,
+          ws: Workspace) -> int:
+    """row = the chunk `x` (starting at `a`, chunk index `ci`) trimmed by `cut`; returns the ties met so far."""
+    drop = None
+    if edges is not None and cut.drop is not None and edges[ci + 1] > edges[ci]:
+        drop = cut.drop[edges[ci] : edges[ci + 1]] - a
+    return trim_chunk(x, cut, row, ws, seen, drop)
+
+
 def _sparsified_rows(
-    rows: Tensor, flat: Tensor, a: int, ci: int, plan: MergePlan, setup: TensorSetup, seen: list[int],
-    drop_edges: list[list[int] | None], mask: Tensor, ws: Workspace,
+    rows: Tensor, flat: Tensor, a: int, ci: int, plan: MergePlan, setup: TensorSetup, seen: list[list[int]],
+    drop_edges: list[list[list[int] | None]], mask: Tensor, ws: Workspace,
 ) -> None:
     """rows[j] = the active model j's task vector on the chunk starting at `a` (chunk index `ci`), sparsified;
-    `mask`: scratch of at least the chunk's length."""
+    `seen`, `drop_edges`: per cut list (outer, inner), per model; `mask`: scratch of at least the chunk's length."""
     c = rows.shape[1]
-    sparsification = plan.method.sparsification
+    kind = plan.method.sparsification
     for j, i in enumerate(setup.active):
         x = flat[i, a : a + c]
-        cut = setup.cuts[j] if sparsification == "magnitude" else None
-        u = setup.draws[j] if sparsification == "random" else None
+        cut = setup.cuts[j] if kind in ("magnitude", "magnitude_outliers") else None
+        u = setup.draws[j] if kind in ("random", "della_magprune") else None
         if cut is not None:
-            edges = drop_edges[j]
-            drop = None
-            if edges is not None and cut.drop is not None and edges[ci + 1] > edges[ci]:
-                drop = cut.drop[edges[ci] : edges[ci + 1]] - a
-            seen[j] = trim_chunk(x, cut, rows[j], ws, seen[j], drop)
+            seen[0][j] = _trim(x, cut, rows[j], a, ci, seen[0][j], drop_edges[0][j], ws)
+            inner = setup.inner_cuts[j] if setup.inner_cuts else None
+            if inner is not None:  # Breadcrumbs: less the largest (nested cuts, so the difference is exact)
+                out = mask[:c]
+                seen[1][j] = _trim(x, inner, out, a, ci, seen[1][j], drop_edges[1][j], ws)
+                rows[j].sub_(out)
         elif u is not None:
             keep = mask[:c]
-            torch.lt(u[a : a + c], setup.densities[i], out=keep)
+            if kind == "random":
+                torch.lt(u[a : a + c], setup.densities[i], out=keep)
+            else:
+                rank = setup.ranks[j]
+                assert rank is not None  # drawn, so density < 1
+                della_keep(u[a : a + c], rank[a : a + c], setup.spreads[j], keep)
             torch.mul(x, keep, out=rows[j])
-            if not setup.fold_scales and setup.scales[j] != 1.0:
-                rows[j].mul_(setup.scales[j])  # rounded separately from the weight, as mergekit does
         else:
             rows[j].copy_(x)
+        if setup.scales and not setup.fold_scales and setup.scales[j] != 1.0:
+            rows[j].mul_(setup.scales[j])  # rounded separately from the weight, as mergekit does
 
 
 def _consensus_sum(rows: Tensor, mixed: Tensor, plan: MergePlan, setup: TensorSetup, bufs: _Buffers,
@@ -108,10 +124,10 @@ def _consensus_sum(rows: Tensor, mixed: Tensor, plan: MergePlan, setup: TensorSe
     # nothing agrees either way). An entry agrees when row * s > 0, so relu(row * s) keeps exactly the agreeing
     # magnitudes and sum_j relu(row_j * s) * s is mergekit's masked sum, bit for bit.
     sign = bufs.sign[:c]
-    _sum_rows(rows, sign, chain)
+    sum_rows(rows, sign, chain)
     torch.copysign(bufs.one, sign, out=sign)
     rows.mul_(sign).relu_()
-    _sum_rows(rows, mixed, chain)
+    sum_rows(rows, mixed, chain)
     if plan.normalize:
         w, active = setup.weights, setup.active
         rows.sign_()  # 1 where model j agrees, else 0
@@ -135,7 +151,7 @@ def _consensus_sum(rows: Tensor, mixed: Tensor, plan: MergePlan, setup: TensorSe
 def _plain_sum(rows: Tensor, mixed: Tensor, base: Tensor, plan: MergePlan, total_w: float, chain: bool) -> None:
     """mixed = the weighted sum of the rows, normalised by the sum of the weights `total_w` with normalize
     (linear: the models' weighted average minus `base`, the chunk of the base)."""
-    _sum_rows(rows, mixed, chain)
+    sum_rows(rows, mixed, chain)
     if plan.method.name == "linear":
         if plan.normalize:
             # Weights summing to ~0 have no average: keep the base (mergekit divides by zero here).
@@ -166,10 +182,10 @@ def merge_chunks(
     # w * (delta * mask): the mask product is exact, so this rounds once, like mergekit.
     wcol = torch.tensor(setup.factors, dtype=dtype, device=device).view(m, 1)
     chain = dtype in (torch.float32, torch.float64)
-    seen = [0] * m
+    seen = [[0] * m, [0] * m]  # per cut (outer, Breadcrumbs' inner), per model
     total = torch.zeros((), dtype=torch.float64, device=device)
     starts = list(range(0, numel, step))
-    drop_edges = _drop_edges(setup, starts, numel, device)
+    drop_edges = [_drop_edges(setup.cuts, starts, numel, device), _drop_edges(setup.inner_cuts, starts, numel, device)]
     for ci, a in enumerate(starts):
         b = min(numel, a + step)
         c = b - a

@@ -8,14 +8,16 @@ then does all the elementwise work, either over cache-sized chunks (`chunked`) o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 import mmmo.merge.fused as fused_kernel
 from mmmo.merge.chunked import merge_chunks
+from mmmo.merge.geometric import GeometricMerge
 from mmmo.merge.plan import MergePlan
+from mmmo.merge.sce import sce_merge_chunks
 from mmmo.merge.tables import Precomputed
 from mmmo.merge.tensor_setup import TensorSetup, tensor_setup
 from mmmo.merge.workspace import Workspace
@@ -49,7 +51,7 @@ def merge_into(
     replaces the TIES selection, the DARE draws and DARE's norm pass by lookups. Models with weight 0 or
     density <= 0 contribute nothing in every method, so they are skipped.
 
-    With `plan.fused`, ties and dare_ties in float32/64 (normalized only with weights >= 2^-60) run as one
+    SCE ignores `weights` and `densities` (`mmmo.merge.sce`). With `plan.fused`, ties and dare_ties in float32/64 (normalized only with weights >= 2^-60) run as one
     compiled kernel with the same result bit for bit; other cases, or no compiler, run eagerly. TIES ties at the
     threshold that must go are zeroed in `deltas` for the kernel's pass and restored after it.
     """
@@ -60,7 +62,11 @@ def merge_into(
     flat = deltas.reshape(n, base.numel())
     base_flat = base.reshape(-1)
     out_flat = out.view(-1)
-    setup = tensor_setup(plan, flat, weights, densities, generators, _NO_TABLES if tables is None else tables, ws)
+    tables = _NO_TABLES if tables is None else tables
+    if plan.method.sce:
+        return sce_merge_chunks(out_flat, base_flat, flat, plan.value("select_topk"), tables, ws, plan.chunk,
+                                add_base=add_base)
+    setup = tensor_setup(plan, flat, weights, densities, generators, tables, ws, base.shape)
     if not setup.active:
         return _merge_without_models(out_flat, base_flat, plan, add_base=add_base)
     if _fusable(plan, setup, add_base):
@@ -89,6 +95,7 @@ def _fusable(plan: MergePlan, setup: TensorSetup, add_base: bool) -> bool:
     """Whether the compiled kernel can take this merge (it has no general divisor and no half types)."""
     return (
         plan.fused and plan.method.consensus and add_base and setup.dtype in fused_kernel.FUSED_DTYPES
+        and plan.method.sparsification in fused_kernel.FUSED_SPARSIFICATIONS
         and (not plan.normalize or setup.fast_divisor) and fused_kernel.available()
     )
 
@@ -147,10 +154,17 @@ def merge_tensor(
     lambda_: float = 1.0,
     rescale: bool | None = None,
     generators: Sequence[torch.Generator | None] | None = None,
+    parameters: Mapping[str, float] | None = None,
 ) -> Tensor:
     """Merge one tensor by method name: `base` plus the method's combination of the task vectors `deltas`
-    ([n_models, *base.shape]), in `base.dtype`; None takes the method's mergekit default (`registry`)."""
-    plan = MergePlan.of(method, normalize=normalize, lambda_=lambda_, rescale=rescale)
+    ([n_models, *base.shape]), in `base.dtype`; None takes the method's mergekit default (`registry`), and so
+    does a method-level parameter missing from `parameters`."""
+    plan = MergePlan.of(method, normalize=normalize, lambda_=lambda_, rescale=rescale, parameters=parameters)
+    if plan.method.geometric:  # an interpolation of base + each task vector (`mmmo.merge.geometric`)
+        merged = torch.empty(base.shape, dtype=deltas.dtype, device=deltas.device)
+        GeometricMerge(plan.method, with_base=True).merge_into(
+            merged, "", base.to(deltas.dtype), deltas, [float(w) for w in weights], plan.parameters)
+        return merged.to(base.dtype)
     mixed = torch.empty(base.shape, dtype=deltas.dtype, device=deltas.device)
     merge_into(mixed, plan, base, deltas, weights, densities, generators=generators, add_base=False)
     return (base + mixed).to(base.dtype)

@@ -27,6 +27,7 @@ from mmmo.errors import one_line
 from mmmo.merge.tensor_setup import DIVISOR_START
 
 FUSED_DTYPES = (torch.float32, torch.float64)  # half types: inductor would skip eager's per-op roundings
+FUSED_SPARSIFICATIONS = (None, "magnitude", "random")  # the kernel's; Breadcrumbs and DELLA run eagerly
 _RECOMPILE_LIMIT = 64  # variants (method, normalize, lambda, model count, dtype) are recompiles of one function
 
 

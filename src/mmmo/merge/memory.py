@@ -1,4 +1,5 @@
-"""How much of the task vectors and search-wide tables may stay on the merge device: the memory-budget policy."""
+"""How much of the task vectors and search-wide tables may stay on the merge device: the memory-budget policy, and
+the exact sizes of what a Merger keeps."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from mmmo.merge.registry import Sparsification
 RESIDENT_FRACTION = 0.7
 DRAW_TABLE_BYTES = 12  # DARE, per parameter and model: float32 draw, sorted draw and L1 prefix sum
 POSITION_BYTES = 4  # TIES, per parameter and model, beside the sorted magnitude (in the merge dtype): int32
+DELLA_TABLE_BYTES = 8  # DELLA, per parameter and model: float32 draw and rank (at most float32)
 
 
 def available_host_bytes() -> int:
@@ -34,21 +36,48 @@ def available_host_bytes() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
-def default_resident_budget(device: torch.device) -> int:
-    """Bytes of task vectors that may stay on the device: RESIDENT_FRACTION of what is free there now."""
+def free_device_bytes(device: torch.device) -> int:
+    """Bytes free on `device` now: the driver's count on CUDA (allocates nothing), available RAM elsewhere."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(RESIDENT_FRACTION * free)
-    return int(RESIDENT_FRACTION * available_host_bytes())
+        return int(free)
+    return available_host_bytes()
+
+
+def resident_budget(free_bytes: int) -> int:
+    """Bytes of task vectors and tables that may stay where `free_bytes` are free: RESIDENT_FRACTION of them."""
+    return int(RESIDENT_FRACTION * max(0, free_bytes))
+
+
+def default_resident_budget(device: torch.device) -> int:
+    """Bytes of task vectors that may stay on the device: RESIDENT_FRACTION of what is free there now."""
+    return resident_budget(free_device_bytes(device))
+
+
+def itemsize(dtype: torch.dtype) -> int:
+    """Bytes per entry of `dtype`."""
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def store_bytes(numel: int, n_models: int, dtype: torch.dtype) -> int:
+    """The base copy and one task vector per model, `numel` parameters each, in `dtype`."""
+    return numel * itemsize(dtype) * (n_models + 1)
 
 
 def table_bytes_per_entry(sparsification: Sparsification | None, itemsize: int) -> int:
     """Bytes of search-wide tables per parameter and model (`mmmo.merge.tables`); 0 for methods without any."""
-    if sparsification == "magnitude":
+    if sparsification in ("magnitude", "magnitude_outliers"):
         return itemsize + POSITION_BYTES  # sorted magnitude + its position
     if sparsification == "random":
         return DRAW_TABLE_BYTES
+    if sparsification == "della_magprune":
+        return DELLA_TABLE_BYTES
     return 0
+
+
+def table_bytes(numel: int, n_models: int, dtype: torch.dtype, sparsification: Sparsification | None) -> int:
+    """The search-wide tables of every model's task vector (0 for methods without any)."""
+    return numel * n_models * table_bytes_per_entry(sparsification, itemsize(dtype))
 
 
 @dataclass(frozen=True)
@@ -72,12 +101,14 @@ def plan_memory(
     want_tables: bool,
 ) -> MemoryPlan:
     """Task vectors stay on `device` when they fit in `max_resident_bytes` (default: `default_resident_budget`);
-    the tables only when wanted, resident, and fitting in the same budget too."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    need = numel * itemsize * (n_models + 1)
+    the tables only when wanted, resident, and fitting in the same budget too.
+
+    The one placement rule: the Merger calls it after loading the live model, and `memory_plan` before loading
+    anything, with the budget the live model would leave.
+    """
+    need = store_bytes(numel, n_models, dtype)
     budget = default_resident_budget(device) if max_resident_bytes is None else max_resident_bytes
     resident = need <= budget
-    per_entry = table_bytes_per_entry(sparsification, itemsize)
-    extra = numel * n_models * per_entry
-    tables = want_tables and per_entry > 0 and resident and need + extra <= budget
+    extra = table_bytes(numel, n_models, dtype, sparsification)
+    tables = want_tables and extra > 0 and resident and need + extra <= budget
     return MemoryPlan(resident, need, tables, extra if tables else 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -15,13 +15,14 @@ import mmmo.merge.fused as fused_kernel
 from mmmo.errors import MmmoError
 from mmmo.merge.checkpoint import check_compatible, open_checkpoint
 from mmmo.merge.fast_merge import abs_sum, merge_into
+from mmmo.merge.geometric import GeometricMerge
 from mmmo.merge.layers import count_layers, layer_group_of
 from mmmo.merge.live_model import load_live_model, load_tokenizer, map_parameters
-from mmmo.merge.memory import plan_memory
+from mmmo.merge.memory import default_resident_budget, plan_memory
 from mmmo.merge.plan import MergePlan
 from mmmo.merge.registry import MethodInfo, method_info
 from mmmo.merge.sparsify import dare_generator
-from mmmo.merge.task_vectors import load_task_vectors
+from mmmo.merge.task_vectors import add_tables, load_task_vectors
 from mmmo.merge.workspace import Workspace
 
 # From this many parameters the fused kernel's one-off compile (seconds) is repaid within a few candidates of a
@@ -36,7 +37,12 @@ class MergerOptions:
 
     `normalize` / `rescale` None: the method's mergekit default. `max_resident_bytes` None: the memory budget of
     `mmmo.merge.memory`. `precompute`: search-wide tables where they fit. `fused` None: the compiled kernel for
-    CPU models from `fuse_min_params` parameters.
+    CPU models from `fuse_min_params` parameters. `parameters`: the method's method-level scalars
+    (`MethodInfo.parameters`, e.g. slerp's `t`) by name, mergekit's defaults for the rest; `apply` may override
+    them per merge. `with_base` False: mergekit's merge without base_model, for the methods that allow one
+    (nuslerp, multislerp, karcher): the base folder is then only the origin of the task vectors. `methods`: the
+    other methods `apply` may merge with (a search that chooses the method), each with its mergekit defaults and
+    its own tables under the same memory rules; `method` is the one merged when `apply` names none.
     """
 
     method: str
@@ -53,9 +59,15 @@ class MergerOptions:
     precompute: bool = True
     fused: bool | None = None
     fuse_min_params: int = FUSE_MIN_PARAMS
+    parameters: Mapping[str, float] | None = None
+    with_base: bool = True
+    methods: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         method_info(self.method)  # MmmoError naming the supported methods
+        object.__setattr__(self, "methods", tuple(m for m in dict.fromkeys(self.methods) if m != self.method))
+        for m in self.methods:
+            self.plan_for(m)
         if self.layer_groups < 1:
             raise MmmoError(f"layer_groups must be >= 1, got {self.layer_groups}")
         if not self.dtype.is_floating_point:
@@ -68,7 +80,12 @@ class MergerOptions:
 
     def plan(self) -> MergePlan:
         """The per-tensor merge these options describe (eager: the Merger turns `fused` on once compiled)."""
-        return MergePlan.of(self.method, normalize=self.normalize, lambda_=self.lambda_, rescale=self.rescale)
+        return MergePlan.of(self.method, normalize=self.normalize, lambda_=self.lambda_, rescale=self.rescale,
+                            parameters=self.parameters)
+
+    def plan_for(self, method: str) -> MergePlan:
+        """The plan of one of `methods` (mergekit's defaults where `normalize` / `rescale` are None)."""
+        return MergePlan.of(method, normalize=self.normalize, lambda_=self.lambda_, rescale=self.rescale)
 
 
 class Merger:
@@ -105,6 +122,9 @@ class Merger:
             raise TypeError(f"pass MergerOptions or its fields, not both (got {sorted(fields)})")
         if not models:
             raise MmmoError("need at least one model to merge")
+        for info in (options.info, *map(method_info, options.methods)):
+            if info.geometric:
+                info.check_models(len(models), options.with_base)
         self.options = options
         self.dtype = options.dtype
         self.device = torch.device(options.device)
@@ -127,9 +147,12 @@ class Merger:
         self._group = {n: layer_group_of(n, self.n_layers, options.layer_groups) for n in self.names}
         self.numel = sum(p.numel() for p in self._params.values())
 
+        budget = options.max_resident_bytes
+        if options.methods and budget is None:  # one budget for every method's tables, fixed before loading
+            budget = default_resident_budget(self.device)
         memory = plan_memory(
             self.numel, self.n_models, self.dtype, options.info.sparsification, self.device,
-            max_resident_bytes=options.max_resident_bytes, want_tables=options.precompute,
+            max_resident_bytes=budget, want_tables=options.precompute,
         )
         self.resident = memory.resident
         self.store_bytes = memory.store_bytes
@@ -140,15 +163,45 @@ class Merger:
             resident=memory.resident, sparsification=options.info.sparsification, with_tables=memory.tables,
             seed=options.seed,
         )
+        self._more_tables(budget)
         self._workspace = Workspace()
         plan = options.plan()
         self.fused = self._compile_fused(plan)
         self.plan = replace(plan, fused=self.fused)
+        self._geometric = GeometricMerge(plan.method, options.with_base, plan.chunk) if plan.method.geometric else None
+        self._methods = {m: self._method_setup(options.plan_for(m)) for m in options.methods}
+        self._methods[options.method] = (self.plan, self._geometric)
+
+    def _more_tables(self, budget: int | None) -> None:
+        """The tables of the other methods' sparsifications, each where it fits in `budget` beside what is kept."""
+        kinds = {method_info(m).sparsification for m in self.options.methods} - {None, self.options.info.sparsification}
+        for kind in sorted(kinds):  # type: ignore[type-var]
+            left = None if budget is None else budget - self.precompute_bytes
+            more = plan_memory(self.numel, self.n_models, self.dtype, kind, self.device, max_resident_bytes=left,
+                               want_tables=self.options.precompute)
+            add_tables(self.task_vectors, kind, with_tables=more.tables, seed=self.options.seed)
+            self.precomputed = self.precomputed or more.tables
+            self.precompute_bytes += more.table_bytes
+
+    def _method_setup(self, plan: MergePlan) -> tuple[MergePlan, GeometricMerge | None]:
+        """One more method's plan (fused where it compiles) and, for an interpolation, its merge."""
+        plan = replace(plan, fused=self._compile_fused(plan))
+        geometric = GeometricMerge(plan.method, self.options.with_base, plan.chunk) if plan.method.geometric else None
+        return plan, geometric
+
+    def _method(self, method: str | None) -> tuple[MergePlan, GeometricMerge | None]:
+        """The plan (and interpolation) `apply` merges `method` with (None: the options' method)."""
+        if method is None:
+            return self.plan, self._geometric
+        if method not in self._methods:
+            raise MmmoError(f"this merger was not loaded for method {method!r} (its methods: {', '.join(self._methods)})")
+        return self._methods[method]
 
     def _compile_fused(self, plan: MergePlan) -> bool:
         """Whether merges run the fused kernel: supported, wanted (or large enough on CPU), and compiled."""
         info, wanted = plan.method, self.options.fused
-        if not (info.consensus and self.dtype in fused_kernel.FUSED_DTYPES):
+        if not (info.consensus and not info.sce and self.dtype in fused_kernel.FUSED_DTYPES
+                and info.sparsification in fused_kernel.FUSED_SPARSIFICATIONS):
             if wanted:
                 warnings.warn(
                     f"fused merge kernel not used: it runs ties / dare_ties in float32 or float64, not "
@@ -181,7 +234,9 @@ class Merger:
 
     # ---- merging
 
-    def _check(self, weights: Any, densities: Any) -> tuple[Tensor, list[list[float]] | None]:
+    def _check(
+        self, weights: Any, densities: Any, plan: MergePlan | None = None
+    ) -> tuple[Tensor, list[list[float]] | None]:
         n, k = self.n_models, self.layer_groups
 
         def shaped(x: Any, what: str) -> Tensor:
@@ -194,16 +249,34 @@ class Merger:
                 raise MmmoError(f"{what} contain non-finite values")
             return t
 
-        w = shaped(weights, "weights")
-        if not self.plan.method.uses_density or densities is None:
+        w = shaped(torch.ones(n) if weights is None else weights, "weights")
+        if not (plan or self.plan).method.uses_density or densities is None:
             return w, None
         d = shaped(densities, "densities")
         return w, [d[:, g].tolist() for g in range(k)]
 
-    def _merged(self, weights: Any, densities: Any) -> Iterator[tuple[str, Callable[[Tensor], Tensor]]]:
+    def _group_plans(self, parameters: Mapping[str, Any] | None, plan: MergePlan | None = None) -> list[MergePlan]:
+        """The plan of each layer group, with `parameters` (name -> a value, or one per layer group) in it."""
+        k = self.layer_groups
+        per_group: dict[str, list[float]] = {}
+        for key, v in (parameters or {}).items():
+            values = [float(x) for x in v] if isinstance(v, (list, tuple, Tensor)) else [float(v)] * k
+            if len(values) != k:
+                raise MmmoError(f"parameter {key}: expected one value or {k} (one per layer group), got {len(values)}")
+            per_group[key] = values
+        return [(plan or self.plan).with_parameters({key: v[g] for key, v in per_group.items()}) for g in range(k)]
+
+    def _merged(
+        self, weights: Any, densities: Any, parameters: Mapping[str, Any] | None = None, method: str | None = None
+    ) -> Iterator[tuple[str, Callable[[Tensor], Tensor]]]:
         """Yield (name, write) per tensor: `write(out)` puts the merge into `out` and returns |merged - base|_1."""
-        w, dens = self._check(weights, densities)
-        random = self.plan.method.sparsification == "random"
+        plan, geometric = self._method(method)
+        w, dens = self._check(weights, densities, plan)
+        plans = self._group_plans(parameters, plan)
+        if geometric is not None:
+            yield from self._geometric_writes(w, plans, geometric)
+            return
+        random = plan.method.sparsification in ("random", "della_magprune")  # drawn masks: DARE, DELLA
         seed = self.options.seed
         for name in self.names:
             g = self._group[name]
@@ -215,31 +288,51 @@ class Merger:
                 if random and (tables is None or tables.uniforms is None):
                     gens = [dare_generator(seed, i, name, self.device) for i in range(self.n_models)]
                 return merge_into(
-                    out, self.plan, base, deltas, w[:, g], None if dens is None else dens[g],
+                    out, plans[g], base, deltas, w[:, g], None if dens is None else dens[g],
                     generators=gens, tables=tables, workspace=self._workspace,
                 )
 
             yield name, write
 
+    def _geometric_writes(
+        self, w: Tensor, plans: list[MergePlan], geometric: GeometricMerge
+    ) -> Iterator[tuple[str, Callable[[Tensor], Tensor]]]:
+        """(name, write) per tensor for an interpolating method (`mmmo.merge.geometric`)."""
+        for name in self.names:
+            g = self._group[name]
+
+            def write(out: Tensor, name: str = name, g: int = g) -> Tensor:
+                base, deltas = self.task_vectors.fetch(name)
+                return geometric.merge_into(out, name, base, deltas, w[:, g].tolist(), plans[g].parameters)
+
+            yield name, write
+
     @torch.no_grad()
-    def apply(self, weights: Tensor | Sequence[Any], densities: Tensor | Sequence[Any] | None = None) -> float:
+    def apply(
+        self, weights: Tensor | Sequence[Any] | None, densities: Tensor | Sequence[Any] | None = None,
+        parameters: Mapping[str, Any] | None = None, *, method: str | None = None,
+    ) -> float:
         """Write the merge into `self.model` in place; return mean |merged - base| over all merged entries.
 
         `weights`, `densities`: shaped (n_models, layer_groups) (a (n_models,) vector applies to every group);
-        densities are ignored by methods without density and default to 1 (no sparsification).
+        densities are ignored by methods without density and default to 1 (no sparsification); weights may be
+        None for methods without (slerp, model_stock, karcher). `parameters`: method-level scalars by name (a
+        value, or one per layer group) over the options' (`MergerOptions.parameters`). `method`: the options'
+        `method` (None) or one of their `methods`, with its mergekit defaults.
         """
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for name, write in self._merged(weights, densities):
+        for name, write in self._merged(weights, densities, parameters, method):
             total += write(self._params[name].data)
         return float(total) / max(1, self.numel)
 
     @torch.no_grad()
     def merged_state_dict(
-        self, weights: Tensor | Sequence[Any], densities: Tensor | Sequence[Any] | None = None
+        self, weights: Tensor | Sequence[Any] | None, densities: Tensor | Sequence[Any] | None = None,
+        parameters: Mapping[str, Any] | None = None, *, method: str | None = None,
     ) -> dict[str, Tensor]:
-        """The merge as CPU tensors keyed by checkpoint name, without touching the live model."""
+        """The merge as CPU tensors keyed by checkpoint name, without touching the live model (see `apply`)."""
         out: dict[str, Tensor] = {}
-        for name, write in self._merged(weights, densities):
+        for name, write in self._merged(weights, densities, parameters, method):
             t = torch.empty(self.task_vectors.base[name].shape, dtype=self.dtype, device=self.device)
             write(t)
             out[name] = t.to("cpu")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,19 +47,30 @@ class MergeRecipe:
     out_dtype: str | None = None
     seed: int = 0
     int8_mask: bool | None = None  # accepted for mergekit compatibility; no numerical effect
+    # method-level parameters (`MethodInfo.parameters`, e.g. slerp's t) by mergekit name; unset: mergekit's default
+    parameters: dict[str, Value] = field(default_factory=dict)
 
     @property
     def layer_groups(self) -> int:
         """Number of layer groups (1 when every parameter is a scalar)."""
         sizes = {len(v) for m in self.models for v in (m.weight, m.density) if isinstance(v, list)}
+        sizes |= {len(v) for v in self.parameters.values() if isinstance(v, list)}
         if len(sizes) > 1:
             raise MmmoError(f"per-layer-group parameters have different lengths: {sorted(sizes)}")
         return sizes.pop() if sizes else 1
 
     @property
     def base_path(self) -> str:
-        """The base of the task vectors (for linear without a base: the first model, which cancels out)."""
+        """The base of the task vectors (without a base_model: the first model, whose task vector is then 0)."""
         return self.base_model or self.models[0].path
+
+    @property
+    def with_base(self) -> bool:
+        """Whether the method merges over base_model (`MergerOptions.with_base`): False without one, and for karcher
+        when the base is also listed among the models (it is then one of them)."""
+        if self.base_model is None:
+            return False
+        return method_info(self.method).base != "input" or all(m.path != self.base_model for m in self.models)
 
     def weights(self) -> torch.Tensor:
         """Weights as a float64 tensor (n_models, layer_groups)."""
@@ -167,20 +178,25 @@ def to_mergekit_yaml(recipe: MergeRecipe) -> str:
         doc["base_model"] = recipe.base_model
     models = []
     for m in recipe.models:
-        params: dict[str, Any] = {"weight": setting(m.weight)}
+        params: dict[str, Any] = {"weight": setting(m.weight)} if info.uses_weight else {}
         if info.uses_density and m.density is not None:
             params["density"] = setting(m.density)
         models.append({"model": m.path, "parameters": params})
-    doc["models"] = models
+    doc["models"] = [m if m["parameters"] else {"model": m["model"]} for m in models]
     gparams: dict[str, Any] = {}
-    if recipe.normalize is not None:
+    task_vectors = not info.geometric and not info.sce  # they take none of the task-vector parameters
+    if recipe.normalize is not None and task_vectors:
         gparams["normalize"] = bool(recipe.normalize)
-    if recipe.lambda_ != 1.0 and info.name != "linear":
+    if recipe.lambda_ != 1.0 and info.name != "linear" and task_vectors:
         gparams["lambda"] = float(recipe.lambda_)
-    if recipe.rescale is not None and info.sparsification == "random":
+    if recipe.rescale is not None and info.uses_density:
         gparams["rescale"] = bool(recipe.rescale)
-    if recipe.int8_mask is not None and info.name != "linear":
+    if recipe.int8_mask is not None and info.name != "linear" and task_vectors:
         gparams["int8_mask"] = bool(recipe.int8_mask)
+    for p in info.parameters:
+        if p.name in recipe.parameters or p.required:
+            v = recipe.parameters.get(p.name, p.default)
+            gparams[p.name] = bool(v) if p.kind == "flag" else int(v) if p.kind == "int" else setting(v)
     if gparams:
         doc["parameters"] = gparams
     if recipe.dtype:
@@ -188,7 +204,7 @@ def to_mergekit_yaml(recipe: MergeRecipe) -> str:
     if recipe.out_dtype:
         doc["out_dtype"] = recipe.out_dtype
     header = "# Written by mmmo (mergekit-compatible recipe)."
-    if info.sparsification == "random":
+    if info.sparsification in ("random", "della_magprune"):
         header += (
             "\n# mergekit draws DARE masks from its own random state; mmmo reproduces this merge exactly with:"
         )

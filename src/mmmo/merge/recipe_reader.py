@@ -1,10 +1,10 @@
 """Read a mergekit YAML recipe (`mmmo merge RECIPE OUT`) into a `MergeRecipe`.
 
 Supported: `models:` with per-model `weight` / `density` (a scalar, or mergekit's filter form when the values
-follow mmmo's layer groups), `base_model`, `merge_method` (linear, task_arithmetic, ties, dare_ties,
-dare_linear), global `parameters` (normalize, lambda, rescale, int8_mask, and weight/density defaults), `dtype`
-and `out_dtype`. Anything else (`slices:`, gradient lists, other methods or parameters) is a one-line MmmoError
-naming it. The DARE seed is read from a `# mmmo-seed: N` comment (0 without one).
+follow mmmo's layer groups), `base_model`, `merge_method` (every method of `mmmo.merge.registry`), global
+`parameters` (normalize, lambda, rescale, int8_mask, weight/density defaults, and each method's own parameters,
+e.g. slerp's `t`, which may take the filter form too), `dtype` and `out_dtype`. Anything else (`slices:`,
+gradient lists, other methods or parameters) is a one-line MmmoError naming it. The DARE seed is read from a `# mmmo-seed: N` comment (0 without one).
 """
 
 from __future__ import annotations
@@ -134,18 +134,28 @@ def recipe_from_dict(data: Mapping[str, Any], *, root: Path, seed_text: str = ""
         raise MmmoError("models: needs a list of at least one model")
     base = data.get("base_model")
     base_path = _resolve_path(base, root, "base_model") if base is not None else None
-    if base_path is None and info.name != "linear":
+    if base_path is None and info.name != "linear" and info.base == "required":
         raise MmmoError(f"base_model: required by {info.name}")
     gparams = data.get("parameters") or {}
     if not isinstance(gparams, dict):
         raise MmmoError("parameters: expected a mapping")
+    # The interpolations take their own parameters and a weight default where they have weights, nothing else.
+    shared_keys = ({"weight"} if info.uses_weight else set()) if info.geometric else set(_GLOBAL_PARAMS)
+    if info.sce:  # SCE takes no weight, density, normalize, lambda or rescale
+        shared_keys = {"int8_mask"}
+    allowed = {p.name for p in info.parameters} | shared_keys
     for key in gparams:
-        if key not in _GLOBAL_PARAMS:
-            raise MmmoError(f"parameters.{key}: not supported by mmmo")
-    base_path, entries = _without_base(info, base_path, [_model_entry(m, i, root) for i, m in enumerate(models_raw)])
-    scalars = _model_values(info, entries, gparams, base_path)
+        if key not in allowed:
+            raise MmmoError(f"parameters.{key}: not supported by mmmo for {info.name}")
+    own = tuple(p.name for p in info.parameters if p.per_model)
+    base_path, entries = _without_base(
+        info, base_path, [_model_entry(m, i, root, own) for i, m in enumerate(models_raw)]
+    )
+    fixed, varying = _method_settings(info, gparams)
+    fixed.update(_shared_per_model_values(info, entries, gparams))
+    scalars = _model_values(info, entries, gparams, base_path, varying)
     models = [
-        RecipeModel(path=p, weight=scalars[(i, "weight")], density=scalars.get((i, "density")))
+        RecipeModel(path=p, weight=scalars.get((i, "weight"), 1.0), density=scalars.get((i, "density")))
         for i, (p, _) in enumerate(entries)
     ]
 
@@ -159,18 +169,22 @@ def recipe_from_dict(data: Mapping[str, Any], *, root: Path, seed_text: str = ""
 
     lam = shared("lambda", float)
     seed_m = _SEED_COMMENT.search(seed_text)
-    return MergeRecipe(
+    recipe = MergeRecipe(
         base_model=base_path,
         models=models,
         method=info.name,
         normalize=shared("normalize", bool),
         lambda_=1.0 if lam is None else lam,
-        rescale=shared("rescale", bool) if info.uses_density and info.sparsification == "random" else None,
+        rescale=shared("rescale", bool) if info.uses_density else None,
         dtype=dtypes["dtype"],
         out_dtype=dtypes["out_dtype"],
         seed=int(seed_m.group(1)) if seed_m else 0,
         int8_mask=shared("int8_mask", bool),
+        parameters={**fixed, **{name: scalars[(-1, name)] for _, name in varying}},
     )
+    if info.geometric:
+        info.check_models(len(models), recipe.with_base)
+    return recipe
 
 
 def _method_and_dtypes(data: Mapping[str, Any]) -> tuple[MethodInfo, dict[str, str | None]]:
@@ -200,8 +214,9 @@ def _method_and_dtypes(data: Mapping[str, Any]) -> tuple[MethodInfo, dict[str, s
     return method_info(method), dtypes
 
 
-def _model_entry(m: Any, i: int, root: Path) -> Entry:
-    """One item of `models:` (a path, or a mapping with `model` and `parameters`), checked."""
+def _model_entry(m: Any, i: int, root: Path, own: Sequence[str] = ()) -> Entry:
+    """One item of `models:` (a path, or a mapping with `model` and `parameters`, which may also set the method's
+    per-model parameters `own`), checked."""
     where = f"models[{i}]"
     if isinstance(m, str):
         m = {"model": m}
@@ -215,15 +230,41 @@ def _model_entry(m: Any, i: int, root: Path) -> Entry:
     if not isinstance(params, dict):
         raise MmmoError(f"{where}.parameters: expected a mapping")
     for key in params:
-        if key not in _MODEL_PARAMS:
+        if key not in _MODEL_PARAMS and key not in own:
             raise MmmoError(f"{where}.parameters.{key}: not supported by mmmo")
     return mpath, params
+
+
+def _shared_per_model_values(info: MethodInfo, entries: list[Entry], gparams: Mapping[str, Any]) -> dict[str, float]:
+    """The method parameters mergekit takes per model (Breadcrumbs' gamma, DELLA's epsilon) that the models set:
+    mmmo merges with one value for all, so the models' values (theirs, else the global one, else the default)
+    must agree."""
+    out: dict[str, float] = {}
+    for p in info.parameters:
+        if not p.per_model or all(p.name not in params for _, params in entries):
+            continue
+        values = set()
+        for i, (_, params) in enumerate(entries):
+            where = f"models[{i}].parameters.{p.name}" if p.name in params else f"parameters.{p.name}"
+            v = params.get(p.name, gparams.get(p.name, p.default))
+            if _is_filter_form(v):
+                raise MmmoError(f"{where}: per-tensor filters are not supported for {p.name}")
+            values.add(p.check(_number(v, where), where))
+        if len(values) > 1:
+            raise MmmoError(
+                f"models[*].parameters.{p.name}: the models' values differ ({', '.join(map(str, sorted(values)))}); "
+                f"mmmo merges with one {p.name} for all models"
+            )
+        out[p.name] = values.pop()
+    return out
 
 
 def _without_base(info: MethodInfo, base_path: str | None, entries: list[Entry]) -> tuple[str | None, list[Entry]]:
     """The base of the task vectors and the models merged over it, as mergekit treats a listed base."""
     if base_path is None:
         return None, entries
+    if info.base == "input":  # karcher: the base is one more input, where the recipe lists it or else last
+        return base_path, entries
     if info.name == "linear":
         # linear averages its inputs and mergekit adds an unlisted base as one more input (weighted by the
         # global weight); mmmo's origin of task vectors is then irrelevant and taken from the first model.
@@ -234,14 +275,42 @@ def _without_base(info: MethodInfo, base_path: str | None, entries: list[Entry])
     return base_path, [(p, prm) for p, prm in entries if p != base_path] or entries
 
 
+def _method_settings(
+    info: MethodInfo, gparams: Mapping[str, Any]
+) -> tuple[dict[str, Value], dict[tuple[int, str], tuple[str, Any]]]:
+    """The method's own parameters: those set once (by name), and the filter forms by (-1, name) slot."""
+    fixed: dict[str, Value] = {}
+    varying: dict[tuple[int, str], tuple[str, Any]] = {}
+    for p in info.parameters:
+        where = f"parameters.{p.name}"
+        if p.name not in gparams:
+            if p.required:
+                raise MmmoError(f"{where}: required by {info.name}")
+            continue
+        v = gparams[p.name]
+        if p.kind == "flag":
+            fixed[p.name] = float(_flag(v, where))
+        elif p.kind == "float" and _is_filter_form(v):
+            varying[(-1, p.name)] = (where, v)
+        else:
+            fixed[p.name] = p.check(_number(v, where), where)
+    return fixed, varying
+
+
 def _model_values(
-    info: MethodInfo, entries: list[Entry], gparams: Mapping[str, Any], base_path: str | None
+    info: MethodInfo, entries: list[Entry], gparams: Mapping[str, Any], base_path: str | None,
+    method_settings: Mapping[tuple[int, str], tuple[str, Any]] | None = None,
 ) -> dict[tuple[int, str], Value]:
-    """Every model's weight (and density) by (model index, key): scalars directly, filter forms per layer group."""
-    settings: dict[tuple[int, str], tuple[str, Any]] = {}
+    """Every model's weight (and density) by (model index, key), and the method's filter-form parameters by
+    (-1, name): scalars directly, filter forms per layer group (one layer grouping for all)."""
+    settings: dict[tuple[int, str], tuple[str, Any]] = dict(method_settings or {})
     for i, (_, params) in enumerate(entries):
         for key in _MODEL_PARAMS:
             if key == "density" and not info.uses_density:
+                continue
+            if key == "weight" and not info.uses_weight:
+                if key in params:
+                    raise MmmoError(f"models[{i}].parameters.weight: {info.name} takes no per-model weight")
                 continue
             if key in params:
                 settings[(i, key)] = (f"models[{i}].parameters.{key}", params[key])

@@ -38,9 +38,10 @@ def run_recipe(
         # One merge: sorting for search-wide tables costs more than the one selection it replaces.
         precompute=False,
         fuse_min_params=ONE_MERGE_FUSE_MIN_PARAMS,
+        with_base=recipe.with_base,
     )
     merger = Merger(recipe.base_path, [m.path for m in recipe.models], options)
-    merger.apply(recipe.weights(), recipe.densities())
+    merger.apply(recipe.weights(), recipe.densities(), recipe.parameters)
     out_dtype = DTYPES[recipe.out_dtype] if recipe.out_dtype else None
     return save_merged(
         merger.live_state_dict(), out_dir, base_path=recipe.base_path, recipe=recipe, overwrite=overwrite,

@@ -33,6 +33,7 @@ class MagnitudeCut(NamedTuple):
 
 
 KEEP_NONZERO = MagnitudeCut(0.0, 0.0, None)  # threshold 0: kept zeros contribute nothing, so keep |x| > 0
+KEEP_NOTHING = MagnitudeCut(math.inf, math.inf, None)
 
 
 def _prev_float(t: Tensor) -> float:
@@ -135,17 +136,21 @@ def magnitude_cuts(
 ) -> list[MagnitudeCut | None]:
     """The cut of each active model's task vector (rows of `flat`, [n, numel]); None keeps it whole."""
     numel = flat.shape[1]
-    cuts: list[MagnitudeCut | None] = []
-    for i in active:
-        k = magnitude_keep_count(numel, densities[i])
-        if k >= numel:
-            cuts.append(None)
-        elif tables.sorted_mag is not None:
-            positions = None if tables.sorted_pos is None else tables.sorted_pos[i]
-            cuts.append(cut_from_sorted(tables.sorted_mag[i], k, positions))
-        else:
-            cuts.append(cut_by_selection(flat[i], k, ws))
-    return cuts
+    return [top_cut(flat, i, magnitude_keep_count(numel, densities[i]), tables, ws) for i in active]
+
+
+def top_cut(flat: Tensor, i: int, k: int, tables: Precomputed, ws: Workspace) -> MagnitudeCut | None:
+    """The cut keeping the k largest |flat[i]| (a lookup with the sorted tables, else a selection); None keeps
+    the whole row."""
+    numel = flat.shape[1]
+    if k >= numel:
+        return None
+    if k <= 0:
+        return KEEP_NOTHING
+    if tables.sorted_mag is not None:
+        positions = None if tables.sorted_pos is None else tables.sorted_pos[i]
+        return cut_from_sorted(tables.sorted_mag[i], k, positions)
+    return cut_by_selection(flat[i], k, ws)
 
 
 def trim_chunk(

@@ -8,6 +8,10 @@ flat index first, so exactly k survive; mergekit breaks them arbitrarily). DARE 
 A DARE mask is `uniform < density` with the uniforms drawn from a generator seeded by (seed, model index, tensor
 name) (`dare_generator`): reproducible, independent of tensor order, nested as density grows.
 
+Model Breadcrumbs (`outlier_mask`) drops the smallest magnitudes and `gamma` of the largest; DELLA
+(`della_prune`) keeps each entry with a probability from density - epsilon to density + epsilon by its magnitude's
+rank in its row, with draws as DARE's.
+
 These are the reference: the fast path (`mmmo.merge.selection`, `mmmo.merge.tables`) gives the same masks.
 """
 
@@ -42,11 +46,17 @@ def magnitude_keep_count(numel: int, density: float) -> int:
 
 def magnitude_mask(delta: Tensor, density: float) -> Tensor | None:
     """Boolean mask of the `k` largest |delta| (ties at the threshold: lowest flat index first); None keeps all."""
-    numel = delta.numel()
     if density >= 1:
         return None
-    k = magnitude_keep_count(numel, density)
-    if k == 0:
+    return top_mask(delta, magnitude_keep_count(delta.numel(), density))
+
+
+def top_mask(delta: Tensor, k: int) -> Tensor:
+    """Boolean mask of the `k` largest |delta| (0 <= k <= numel; ties at the threshold: lowest flat index first)."""
+    numel = delta.numel()
+    if k >= numel:
+        return torch.ones_like(delta, dtype=torch.bool)
+    if k <= 0:
         return torch.zeros_like(delta, dtype=torch.bool)
     mag = delta.detach().reshape(-1).abs()
     if mag.device.type == "cpu" and mag.dtype in (torch.float16, torch.bfloat16):
@@ -68,6 +78,86 @@ def magnitude_prune(delta: Tensor, density: float) -> Tensor:
     """TIES trim: zero all but the `max(1, int(density * numel))` largest-magnitude entries."""
     keep = magnitude_mask(delta, density)
     return delta if keep is None else delta * keep
+
+
+# ---- Model Breadcrumbs: drop the largest and the smallest magnitudes
+
+
+def outlier_band(numel: int, density: float, gamma: float) -> tuple[int, int]:
+    """Which magnitudes Breadcrumbs keeps, as (k_inner, k_outer): the `k_outer` largest less the `k_inner` largest.
+
+    mergekit keeps `int(density * numel)` entries after dropping `int(gamma * numel)` largest ones, dropping
+    fewer of the largest where the smallest run out.
+    """
+    target = int(density * numel)
+    n_top = int(gamma * numel)
+    n_bottom = max(0, numel - target - n_top)
+    # mergekit keeps ascending ranks [n_bottom, n_bottom + target), cut off at numel
+    hi = min(numel, n_bottom + target)
+    lo = min(n_bottom, hi)
+    return numel - hi, numel - lo
+
+
+def outlier_mask(delta: Tensor, density: float, gamma: float) -> Tensor | None:
+    """Breadcrumbs' mask (descending magnitude, ties at either edge: lowest flat index first); None keeps all."""
+    if density >= 1:
+        return None
+    k_inner, k_outer = outlier_band(delta.numel(), density, gamma)
+    return top_mask(delta, k_outer) & ~top_mask(delta, k_inner)
+
+
+# ---- DELLA: keep with a probability that rises with the magnitude's rank
+
+
+def della_epsilon(density: float, epsilon: float) -> float:
+    """DELLA's spread of keep probabilities, `density` +- epsilon. mergekit refuses an epsilon with density +-
+    epsilon outside (0, 1); mmmo narrows it to fit (min(epsilon, density, 1 - density)), so a search can reach
+    every density: the same masks wherever mergekit accepts the values."""
+    return max(0.0, min(epsilon, density, 1.0 - density))
+
+
+def della_work_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """mergekit's dtype for DELLA's ranks and probabilities: the tensor's own, but float32 for CPU float16/32."""
+    return dtype if device.type != "cpu" or dtype == torch.bfloat16 else torch.float32
+
+
+def della_rank_norm(delta: Tensor) -> Tensor:
+    """Each entry's magnitude rank within its row (dim 1 of a 2-d+ tensor; a 1-d tensor is one row), scaled to
+    [0, 1] as mergekit does, in `della_work_dtype` (shape of `delta`; equal magnitudes: lower index ranks lower).
+    A row of one entry gets 1/2."""
+    work = della_work_dtype(delta.dtype, delta.device)
+    rows = delta.unsqueeze(0) if delta.dim() < 2 else delta
+    order = torch.sort(rows.abs(), dim=1, stable=True).indices
+    ranks = order.argsort(dim=1).to(work) + 1
+    lo = ranks.min(dim=1, keepdim=True).values
+    hi = ranks.max(dim=1, keepdim=True).values
+    norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
+    return torch.nan_to_num(norm, nan=0.5).reshape(delta.shape)
+
+
+def della_probabilities(rank_norm: Tensor, density: float, epsilon: float) -> Tensor:
+    """Keep probabilities `(density - eps) + rank_norm * 2 * eps` in mergekit's order of operations."""
+    eps = della_epsilon(density, epsilon)
+    return (density - eps) + rank_norm * 2 * eps
+
+
+def della_prune(
+    delta: Tensor,
+    density: float,
+    epsilon: float,
+    generator: torch.Generator | None = None,
+    *,
+    rescale: bool = True,
+) -> Tensor:
+    """DELLA's MagPrune: keep each entry with its rank's probability (`uniform < p`, draws as DARE's), then with
+    `rescale` restore the L1 norm (mergekit's rescale, not the paper's 1 / p)."""
+    if density >= 1:
+        return delta
+    if density <= 0 or delta.numel() == 0:
+        return torch.zeros_like(delta)
+    p = della_probabilities(della_rank_norm(delta), density, epsilon)
+    keep = torch.empty(delta.shape, dtype=torch.float32, device=delta.device).uniform_(generator=generator) < p
+    return l1_rescaled(delta, keep) if rescale else delta * keep
 
 
 # ---- DARE: random drop, L1 rescale

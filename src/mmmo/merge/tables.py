@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mmmo.merge.sparsify import della_rank_norm
+
 
 @dataclass(frozen=True)
 class Precomputed:
@@ -20,6 +22,10 @@ class Precomputed:
     u_sorted: Tensor | None = None  # the draws ascending
     l1_prefix: Tensor | None = None  # cumulative |delta_i| in draw order
     l1_norms: Tensor | None = None  # [n] `rescale_l1(delta_i)`, for DARE's rescale without the tables
+    ranks: Tensor | None = None  # DELLA: `sparsify.della_rank_norm` of each task vector, flat
+    variance: Tensor | None = None  # SCE: [numel] variance across the models (`sce.variance`)
+    sorted_var: Tensor | None = None  # [numel] the same ascending
+    var_pos: Tensor | None = None  # [numel] their flat positions
 
 
 def sorted_magnitudes(deltas: Tensor) -> tuple[Tensor, Tensor]:
@@ -87,6 +93,18 @@ def dare_tables(deltas: Tensor, generators: Sequence[torch.Generator | None]) ->
         prefix[i] = torch.cumsum((keys & 0xFFFFFFFF).to(torch.int32).view(torch.float32).double(), 0)
         prefix[i, -1] = rescale_l1(flat[i])  # the same total whichever order summed it (see `rescale_l1`)
     return u, u_sorted, prefix
+
+
+def della_tables(deltas: Tensor, generators: Sequence[torch.Generator | None]) -> tuple[Tensor, Tensor]:
+    """What DELLA needs for any density and epsilon, per task vector ([n, numel] each): the uniforms drawn from
+    `generators[i]` (float32, the draws `della_prune` makes) and `sparsify.della_rank_norm` (flat, in its dtype).
+    Each merge then compares the draws with probabilities made from the ranks: no RNG, no sort."""
+    n = deltas.shape[0]
+    u = torch.empty((n, deltas[0].numel()), dtype=torch.float32, device=deltas.device)
+    ranks = [della_rank_norm(deltas[i]).reshape(-1) for i in range(n)]
+    for i in range(n):
+        u[i].uniform_(generator=generators[i])
+    return u, torch.stack(ranks)
 
 
 def masked_l1(u_sorted: Tensor, prefix: Tensor, density: float) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -13,7 +13,7 @@ from torch import Tensor
 from mmmo.merge.checkpoint import Checkpoint
 from mmmo.merge.registry import Sparsification
 from mmmo.merge.sparsify import dare_generator
-from mmmo.merge.tables import Precomputed, dare_tables, rescale_l1, sorted_magnitudes
+from mmmo.merge.tables import Precomputed, dare_tables, della_tables, rescale_l1, sorted_magnitudes
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,17 @@ def load_task_vectors(
     return out
 
 
+def add_tables(tv: TaskVectors, sparsification: Sparsification, *, with_tables: bool, seed: int) -> None:
+    """Give every tensor of `tv` the tables of one more sparsification (a merger that merges with several methods):
+    what `load_task_vectors` computes for its own, kept beside the tables already there."""
+    for name, deltas in tv.deltas.items():
+        extra = _tables(deltas, name, sparsification, with_tables, seed, tv.device)
+        old = tv.tables.get(name, Precomputed())
+        tv.tables[name] = replace(
+            old, **{f.name: getattr(extra, f.name) for f in fields(extra) if getattr(extra, f.name) is not None}
+        )
+
+
 def _tables(
     deltas: Tensor, name: str, sparsification: Sparsification, with_tables: bool, seed: int, device: torch.device
 ) -> Precomputed:
@@ -91,9 +102,13 @@ def _tables(
         gens = [dare_generator(seed, i, name, device) for i in range(deltas.shape[0])]
         u, u_sorted, prefix = dare_tables(deltas, gens)
         return Precomputed(uniforms=u, u_sorted=u_sorted, l1_prefix=prefix)
+    if sparsification == "della_magprune" and with_tables:
+        gens = [dare_generator(seed, i, name, device) for i in range(deltas.shape[0])]
+        u, ranks = della_tables(deltas, gens)
+        return Precomputed(uniforms=u, ranks=ranks, l1_norms=torch.stack([rescale_l1(d) for d in deltas]))
     if with_tables:
         values, positions = sorted_magnitudes(deltas)
         return Precomputed(sorted_mag=values, sorted_pos=positions)
-    if sparsification == "random":  # DARE's rescale needs each task vector's L1 norm: fixed, so computed once
+    if sparsification in ("random", "della_magprune"):  # the rescale needs each task vector's L1 norm: once
         return Precomputed(l1_norms=torch.stack([rescale_l1(d) for d in deltas]).to(device))
     return Precomputed()

@@ -7,14 +7,14 @@ elementwise (`mmmo.merge.chunked`, or the compiled kernel of `mmmo.merge.fused`)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from mmmo.merge.plan import MergePlan
-from mmmo.merge.selection import MagnitudeCut, magnitude_cuts
-from mmmo.merge.sparsify import rescale_factor
+from mmmo.merge.selection import MagnitudeCut, magnitude_cuts, top_cut, trim_chunk
+from mmmo.merge.sparsify import della_epsilon, della_rank_norm, outlier_band, rescale_factor
 from mmmo.merge.tables import Precomputed, masked_l1, rescale_l1
 from mmmo.merge.workspace import Workspace
 
@@ -43,6 +43,11 @@ class TensorSetup:
     fold_scales: bool
     factors: list[float]  # what each active model's sparsified row is multiplied by
     fast_divisor: bool  # normalize may start its divisor at 2^-100 (see FAST_DIVISOR_DTYPES)
+    # Breadcrumbs: the row is its `cuts` entry less this cut (None: nothing more to drop)
+    inner_cuts: list[MagnitudeCut | None] = field(default_factory=list)
+    # DELLA: each active model's flat rank_norm (None: density >= 1) and (density - eps, eps) of its probabilities
+    ranks: list[Tensor | None] = field(default_factory=list)
+    spreads: list[tuple[float, float]] = field(default_factory=list)
 
 
 def _weights_list(weights: Tensor | Sequence[float], dtype: torch.dtype, n: int) -> list[float]:
@@ -89,6 +94,8 @@ def _dare_draws(
             u = ws.get(f"uniform{j}", numel, torch.float32, flat.device)
             u.uniform_(generator=gens[i])
         draws.append(u)
+        if plan.method.sparsification != "random":
+            continue  # DELLA: its scales need the ranks (`_masked_scales`)
         if not plan.rescale:
             scales.append(1.0)
         elif tables.u_sorted is not None and tables.l1_prefix is not None:
@@ -112,22 +119,123 @@ def tensor_setup(
     generators: Sequence[torch.Generator | None] | None,
     tables: Precomputed,
     ws: Workspace,
+    shape: Sequence[int] | None = None,
 ) -> TensorSetup:
     """The decisions for the task vectors `flat` ([n, numel]); `weights`, `densities`: [n] (densities ignored,
-    and taken as 1, by methods without density). Only the models that take part get cuts or draws."""
+    and taken as 1, by methods without density); `shape`: the tensor's (DELLA ranks within its rows). Only the
+    models that take part get cuts or draws."""
     n = flat.shape[0]
     w = _weights_list(weights, flat.dtype, n)
     dens = _as_densities(densities, n) if plan.method.uses_density else [1.0] * n
     active = [i for i in range(n) if w[i] != 0 and dens[i] > 0]
     cuts: list[MagnitudeCut | None] = []
+    inner: list[MagnitudeCut | None] = []
     draws: list[Tensor | None] = []
     scales: list[float] = []
-    if active and plan.method.sparsification == "magnitude":
+    ranks: list[Tensor | None] = []
+    spreads: list[tuple[float, float]] = []
+    kind = plan.method.sparsification
+    if active and kind == "magnitude":
         cuts = magnitude_cuts(flat, active, dens, tables, ws)
-    elif active and plan.method.sparsification == "random":
+    elif active and kind == "magnitude_outliers":
+        cuts, inner = _outlier_cuts(plan, flat, active, dens, tables, ws)
+    elif active and kind == "random":
         draws, scales = _dare_draws(plan, flat, active, dens, generators, tables, ws)
+    elif active and kind == "della_magprune":
+        draws, _ = _dare_draws(plan, flat, active, dens, generators, tables, ws)
+        ranks, spreads = _della(plan, flat, shape, active, dens, draws, tables)
+    if active and plan.rescale and kind in ("magnitude", "magnitude_outliers", "della_magprune"):
+        scales = _masked_scales(flat, active, dens, cuts, inner, draws, ranks, spreads, tables, ws)
     dtype = flat.dtype
     fold_scales = bool(scales) and dtype in (torch.float32, torch.float64)
     factors = [w[i] * scales[j] for j, i in enumerate(active)] if fold_scales else [w[i] for i in active]
     fast_divisor = dtype in FAST_DIVISOR_DTYPES and all(w[i] >= MIN_FAST_DIVISOR_WEIGHT for i in active)
-    return TensorSetup(dtype, active, w, dens, cuts, draws, scales, fold_scales, factors, fast_divisor)
+    return TensorSetup(dtype, active, w, dens, cuts, draws, scales, fold_scales, factors, fast_divisor, inner, ranks,
+                       spreads)
+
+
+def _outlier_cuts(
+    plan: MergePlan, flat: Tensor, active: list[int], dens: list[float], tables: Precomputed, ws: Workspace
+) -> tuple[list[MagnitudeCut | None], list[MagnitudeCut | None]]:
+    """Breadcrumbs' band per active model: the cut keeping its k_outer largest, and the one of its k_inner."""
+    numel, gamma = flat.shape[1], plan.value("gamma")
+    outer: list[MagnitudeCut | None] = []
+    inner: list[MagnitudeCut | None] = []
+    for i in active:
+        if dens[i] >= 1:
+            outer.append(None)
+            inner.append(None)
+            continue
+        k_inner, k_outer = outlier_band(numel, dens[i], gamma)
+        outer.append(top_cut(flat, i, k_outer, tables, ws))
+        inner.append(None if k_inner <= 0 else top_cut(flat, i, k_inner, tables, ws))
+    return outer, inner
+
+
+def _della(
+    plan: MergePlan, flat: Tensor, shape: Sequence[int] | None, active: list[int], dens: list[float],
+    draws: list[Tensor | None], tables: Precomputed,
+) -> tuple[list[Tensor | None], list[tuple[float, float]]]:
+    """Each active model's flat rank_norm (from `tables`, else ranked now over `shape`) and probability spread."""
+    epsilon = plan.value("epsilon")
+    ranks: list[Tensor | None] = []
+    spreads: list[tuple[float, float]] = []
+    for j, i in enumerate(active):
+        eps = della_epsilon(dens[i], epsilon)
+        spreads.append((dens[i] - eps, eps))
+        if draws[j] is None:
+            ranks.append(None)
+        elif tables.ranks is not None:
+            ranks.append(tables.ranks[i])
+        else:
+            row = flat[i] if shape is None else flat[i].view(tuple(shape))
+            ranks.append(della_rank_norm(row).reshape(-1))
+    return ranks, spreads
+
+
+def della_keep(u: Tensor, rank: Tensor, spread: tuple[float, float], out: Tensor) -> Tensor:
+    """out = DELLA's keep mask (1/0 in out's dtype) from draws `u` and `rank` (flat, the length of `out`):
+    `u < (density - eps) + rank * 2 * eps`, the probabilities in rank's dtype and mergekit's order of operations."""
+    low, eps = spread
+    p = rank * 2
+    p.mul_(eps).add_(low)
+    return torch.lt(u, p, out=out)
+
+
+def _masked_scales(
+    flat: Tensor, active: list[int], dens: list[float], cuts: list[MagnitudeCut | None],
+    inner: list[MagnitudeCut | None], draws: list[Tensor | None], ranks: list[Tensor | None],
+    spreads: list[tuple[float, float]], tables: Precomputed, ws: Workspace,
+) -> list[float]:
+    """The L1 rescale factor of each active model's sparsified row (a pass over the tensor per model)."""
+    numel = flat.shape[1]
+    row = ws.get("rescale_row", numel, flat.dtype, flat.device)
+    scratch = ws.get("rescale_scratch", numel, flat.dtype, flat.device)
+    scales: list[float] = []
+    for j, i in enumerate(active):
+        x = flat[i]
+        if dens[i] >= 1:
+            scales.append(1.0)
+            continue
+        if ranks:
+            u, r = draws[j], ranks[j]
+            assert u is not None and r is not None  # density < 1
+            torch.mul(x, della_keep(u, r, spreads[j], scratch), out=row)
+        else:
+            _trimmed(x, cuts[j], row, ws)
+            if inner and inner[j] is not None:
+                _trimmed(x, inner[j], scratch, ws)
+                row.sub_(scratch)
+        before = rescale_l1(x) if tables.l1_norms is None else tables.l1_norms[i]
+        scales.append(rescale_factor(float(before), float(rescale_l1(row))))
+    return scales
+
+
+def _trimmed(x: Tensor, cut: MagnitudeCut | None, out: Tensor, ws: Workspace) -> None:
+    """out = the whole task vector `x` trimmed by `cut` (None keeps it whole)."""
+    if cut is None:
+        out.copy_(x)
+        return
+    trim_chunk(x, cut, out, ws)
+    if cut.drop is not None and cut.drop.numel():
+        out[cut.drop] = 0

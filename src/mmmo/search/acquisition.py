@@ -13,7 +13,7 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -23,7 +23,7 @@ from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolu
 from botorch.acquisition.multi_objective.monte_carlo import qExpectedHypervolumeImprovement
 from botorch.exceptions.warnings import BadInitialCandidatesWarning, NumericsWarning
 from botorch.models.model import Model
-from botorch.optim import optimize_acqf
+from botorch.optim import optimize_acqf, optimize_acqf_mixed
 from botorch.sampling import SobolQMCNormalSampler
 from botorch.utils.multi_objective.box_decompositions.non_dominated import FastNondominatedPartitioning
 from torch import Tensor
@@ -49,6 +49,14 @@ class AcqBudget:
     mc_samples: int = 128
     maxiter: int = 200
 
+    def shared(self, k: int) -> AcqBudget:
+        """This effort shared among `k` separate optimisations (a mixed space's methods): restarts and raw samples
+        divided, so that a batch costs about what one method's does."""
+        if k <= 1:
+            return self
+        return replace(self, num_restarts=max(1, math.ceil(self.num_restarts / k)),
+                       raw_samples=max(MIN_RAW_SAMPLES, self.raw_samples // k))
+
     def optimizer_options(self, seed: int) -> dict[str, int]:
         """The `options` of BoTorch's optimize_acqf for this budget."""
         return {"seed": seed, "batch_limit": self.num_restarts, "init_batch_limit": self.raw_samples,
@@ -56,6 +64,7 @@ class AcqBudget:
 
 
 DEFAULT_BUDGET = AcqBudget()
+MIN_RAW_SAMPLES = 16  # raw samples for each method of a mixed space at least
 
 
 def budget_for(n_objectives: int) -> AcqBudget:
@@ -136,6 +145,28 @@ def build_acquisition(
     raise ValueError(f"unknown acquisition {kind!r} (qlognehvi or qehvi)")
 
 
+FixedFeatures = list[dict[int, float]]
+
+
+def maximize(
+    acqf: AcquisitionFunction, bounds: Tensor, q: int, budget: AcqBudget, seed: int,
+    fixed_features_list: FixedFeatures | None = None, sequential: bool = True,
+) -> Tensor:
+    """`q` points `[q, d]` maximising `acqf` by sequential greedy L-BFGS; with `fixed_features_list` (a mixed
+    space: one dict of fixed coordinates per method) each point is the best over those choices (BoTorch's
+    `optimize_acqf_mixed`)."""
+    kwargs = {"num_restarts": budget.num_restarts, "raw_samples": budget.raw_samples,
+              "options": budget.optimizer_options(seed)}
+    if fixed_features_list:
+        shared = budget.shared(len(fixed_features_list))
+        kwargs = {"num_restarts": shared.num_restarts, "raw_samples": shared.raw_samples,
+                  "options": shared.optimizer_options(seed)}
+        X, _ = optimize_acqf_mixed(acqf, bounds=bounds, q=q, fixed_features_list=fixed_features_list, **kwargs)
+    else:
+        X, _ = optimize_acqf(acqf, bounds=bounds, q=q, sequential=sequential, **kwargs)
+    return X.detach().clamp(0.0, 1.0)
+
+
 def best_in_pool(acqf: AcquisitionFunction, pool: Tensor, avoid: Tensor, tol: float = DEDUPE_TOL) -> int | None:
     """Index of the row of `pool [p, d]` with the highest acquisition value (given the acquisition's pending
     points), among those farther than `tol` from `avoid`; None if none is. Ties go to the lower index."""
@@ -161,6 +192,7 @@ def propose_hvi_pooled(
     seed: int = 0,
     budget: AcqBudget = DEFAULT_BUDGET,
     Y_baseline: Tensor | None = None,
+    fixed_features_list: FixedFeatures | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(At most) `n` points `[k, d]`, and a `[k]` mask of those taken from `pool [p, d]`.
 
@@ -171,6 +203,7 @@ def propose_hvi_pooled(
     Points within DEDUPE_TOL of `X_avoid` (the evaluated ones) or of an earlier choice are skipped.
     `optimize=False` leaves the optimum out: a discrete greedy choice from the pool alone, as BoTorch's
     `optimize_acqf_discrete`. `budget` is the acquisition effort (MC samples, and L-BFGS's when optimising).
+    `fixed_features_list`: a mixed space's choices (see `maximize`).
     """
     X_baseline = X_baseline.to(torch.float64)
     d = X_baseline.shape[-1]
@@ -189,15 +222,7 @@ def propose_hvi_pooled(
             acqf.set_X_pending(torch.stack(chosen) if chosen else None)
             own = avoid[:0]
             if optimize:
-                x_opt, _ = optimize_acqf(
-                    acqf,
-                    bounds=bounds,
-                    q=1,
-                    num_restarts=budget.num_restarts,
-                    raw_samples=budget.raw_samples,
-                    options=budget.optimizer_options(seed),
-                )
-                own = x_opt.detach().clamp(0.0, 1.0)
+                own = maximize(acqf, bounds, 1, budget, seed, fixed_features_list, sequential=False)
             candidates = torch.cat([own, left])
             taken = torch.stack(chosen) if chosen else avoid[:0]
             i = best_in_pool(acqf, candidates, torch.cat([avoid, taken]))
@@ -223,11 +248,13 @@ def propose_hvi(
     budget: AcqBudget = DEFAULT_BUDGET,
     Y_baseline: Tensor | None = None,
     prune_baseline: bool = True,
+    fixed_features_list: FixedFeatures | None = None,
 ) -> Tensor:
     """`n` points `[n, d]` in the unit cube, chosen by sequential greedy maximisation of the acquisition.
 
     `ref_point` is in raw objective units; None infers it from `Y_baseline` (or the posterior mean).
     `budget` is the acquisition effort (MC samples, L-BFGS restarts, raw samples and iterations).
+    `fixed_features_list`: a mixed space's choices, one dict of fixed coordinates per method (see `maximize`).
     """
     X_baseline = X_baseline.to(torch.float64)
     d = X_baseline.shape[-1]
@@ -245,13 +272,4 @@ def propose_hvi(
             mc_samples=budget.mc_samples,
             prune_baseline=prune_baseline,
         )
-        candidates, _ = optimize_acqf(
-            acqf,
-            bounds=bounds,
-            q=n,
-            num_restarts=budget.num_restarts,
-            raw_samples=budget.raw_samples,
-            options=budget.optimizer_options(seed),
-            sequential=True,
-        )
-    return candidates.detach().clamp(0.0, 1.0)
+        return maximize(acqf, bounds, n, budget, seed, fixed_features_list)

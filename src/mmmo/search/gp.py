@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from botorch.exceptions.warnings import InputDataWarning, OptimizationWarning
 from botorch.fit import fit_gpytorch_mll
-from botorch.models import ModelListGP, SingleTaskGP
+from botorch.models import MixedSingleTaskGP, ModelListGP, SingleTaskGP
+from botorch.models.kernels.categorical import CategoricalKernel
 from botorch.models.transforms.input import Normalize
 from botorch.models.transforms.outcome import Standardize
+from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
+from gpytorch.constraints import GreaterThan
+from gpytorch.kernels import Kernel
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.utils.warnings import NumericalWarning
 from torch import Tensor
@@ -63,17 +68,48 @@ def resolve_prior_mean(n_objectives: int, prior_mean: PriorMean) -> ResolvedPrio
     return "worst" if n_objectives >= PINNED_PRIOR_MIN_OBJECTIVES else "fitted"
 
 
-def _gp(x: Tensor, y: Tensor, yvar: Tensor | None, prior_mean: ResolvedPrior) -> SingleTaskGP:
+# The kernel of a mixed space (the method a categorical coordinate). "product": BoTorch's default kernel on the
+# continuous dimensions times its CategoricalKernel on the method, one GP whose method lengthscale says how much
+# methods share; "sum+product": BoTorch's MixedSingleTaskGP (both combinations, twice the hyperparameters), whose
+# 4 GPs took 17.8 s to fit on the demo's 10 initial points against 11.5 s for the product and 2.3 s for one
+# method's (benchmarks/RESULTS.md).
+MIXED_KERNEL: Literal["product", "sum+product"] = "product"
+
+
+def product_kernel(d: int, cat_dims: Sequence[int]) -> Kernel:
+    """BoTorch's default (dim-scaled RBF) kernel on the `d - len(cat_dims)` continuous dimensions times a
+    CategoricalKernel on `cat_dims`."""
+    cont = [i for i in range(d) if i not in cat_dims]
+    return get_covar_module_with_dim_scaled_prior(ard_num_dims=len(cont), active_dims=cont) * CategoricalKernel(
+        ard_num_dims=len(cat_dims), active_dims=list(cat_dims), lengthscale_constraint=GreaterThan(1e-6)
+    )
+
+
+def _gp(
+    x: Tensor, y: Tensor, yvar: Tensor | None, prior_mean: ResolvedPrior, cat_dims: Sequence[int] = ()
+) -> SingleTaskGP:
     d = x.shape[-1]
     bounds = torch.stack([torch.zeros(d), torch.ones(d)]).to(x)
+    noise = None if yvar is None else known_variance(y, yvar)
     with expected_warnings(_CONSTANT_OUTCOME_WARNING):
-        gp = SingleTaskGP(
-            x,
-            y,
-            train_Yvar=None if yvar is None else known_variance(y, yvar),
-            input_transform=Normalize(d=d, bounds=bounds),
-            outcome_transform=Standardize(m=1),
-        )
+        if cat_dims and MIXED_KERNEL == "sum+product":
+            gp: SingleTaskGP = MixedSingleTaskGP(
+                x, y, cat_dims=list(cat_dims), train_Yvar=noise, input_transform=Normalize(d=d, bounds=bounds),
+                outcome_transform=Standardize(m=1),
+            )
+        elif cat_dims:
+            gp = SingleTaskGP(
+                x, y, train_Yvar=noise, covar_module=product_kernel(d, cat_dims),
+                input_transform=Normalize(d=d, bounds=bounds), outcome_transform=Standardize(m=1),
+            )
+        else:
+            gp = SingleTaskGP(
+                x,
+                y,
+                train_Yvar=noise,
+                input_transform=Normalize(d=d, bounds=bounds),
+                outcome_transform=Standardize(m=1),
+            )
     if prior_mean == "worst":
         # The unexplored is then no better than the worst seen until the posterior variance says it may be.
         gp.mean_module.constant = gp.train_targets.min()  # standardised units
@@ -81,27 +117,32 @@ def _gp(x: Tensor, y: Tensor, yvar: Tensor | None, prior_mean: ResolvedPrior) ->
     return gp
 
 
-def _fit_one(x: Tensor, y: Tensor, yvar: Tensor | None, index: int, prior_mean: ResolvedPrior) -> SingleTaskGP:
-    gp = _gp(x, y, yvar, prior_mean)
+def _fit_one(
+    x: Tensor, y: Tensor, yvar: Tensor | None, index: int, prior_mean: ResolvedPrior, cat_dims: Sequence[int] = ()
+) -> SingleTaskGP:
+    gp = _gp(x, y, yvar, prior_mean, cat_dims)
     mll = ExactMarginalLogLikelihood(gp.likelihood, gp)
     try:
         with expected_warnings(JITTER_WARNING, _FIT_RETRY_WARNING):
             fit_gpytorch_mll(mll)
     except Exception as err:  # noqa: BLE001 - any fit failure falls back to the prior hyperparameters
         log.warning("GP fit for objective %d failed (%s); using prior hyperparameters", index, err)
-        gp = _gp(x, y, yvar, prior_mean)
+        gp = _gp(x, y, yvar, prior_mean, cat_dims)
     gp.eval()
     return gp
 
 
-def fit_models(X: Tensor, Y: Tensor, Yvar: Tensor | None = None, prior_mean: PriorMean = "auto") -> ModelListGP:
+def fit_models(
+    X: Tensor, Y: Tensor, Yvar: Tensor | None = None, prior_mean: PriorMean = "auto", cat_dims: Sequence[int] = ()
+) -> ModelListGP:
     """One `SingleTaskGP` per column of `Y [n, m]` on inputs `X [n, d]` in the unit cube (float64).
 
     `Yvar [n, m]` holds known observation variances in raw units (NaN: unknown). An objective whose
     every variance is known gets exactly that noise (0 meaning exact); any other infers one noise level.
     Outcomes are standardised by an outcome transform, so posteriors come back in raw units.
     `prior_mean` "worst" pins each GP's constant mean at its worst (lowest) observation; "fitted" fits it;
-    "auto" pins it from 3 objectives on (`resolve_prior_mean`).
+    "auto" pins it from 3 objectives on (`resolve_prior_mean`). `cat_dims`: categorical coordinates (a mixed
+    space's method), modelled by BoTorch's MixedSingleTaskGP; none: a SingleTaskGP, as always.
     Failed trials must already be excluded; a fit that fails keeps the prior hyperparameters.
     """
     if X.dim() != 2 or Y.dim() != 2 or X.shape[0] != Y.shape[0]:
@@ -118,7 +159,7 @@ def fit_models(X: Tensor, Y: Tensor, Yvar: Tensor | None = None, prior_mean: Pri
         yvar = None if Yvar is None else Yvar[:, i : i + 1].to(X)
         if yvar is not None and not bool(torch.isfinite(yvar).all()):
             yvar = None
-        models.append(_fit_one(X, Y[:, i : i + 1], yvar, i, prior))
+        models.append(_fit_one(X, Y[:, i : i + 1], yvar, i, prior, cat_dims))
     return ModelListGP(*models)
 
 

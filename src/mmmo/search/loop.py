@@ -20,6 +20,7 @@ from mmmo.errors import MmmoError
 from mmmo.search.acquisition import AcqBudget
 from mmmo.search.gp import observation_variance
 from mmmo.search.pareto import hypervolume, infer_ref_point, pareto_mask
+from mmmo.search.space import SearchSpace
 from mmmo.search.stages import PartialScores, continue_chances
 from mmmo.search.strategies import propose_batch
 from mmmo.trial import Trial
@@ -65,7 +66,9 @@ class LoopOptions:
     least `stage_min_chance` (with `stage_min_gain` > 0: its chance of adding that fraction of the hypervolume),
     else it is done as it is, `stopped`. With stages, a batch is scored `parallel` trials at a time (the
     evaluators' count), each group through all its stages before the next starts, so that later trials of a batch
-    are judged against the earlier ones' full scores.
+    are judged against the earlier ones' full scores. `space`, when the method is one of its coordinates (a mixed
+    search), projects every proposal onto its configurations and names each new trial's `method`; a single
+    method's space changes nothing (None: the same).
     """
 
     opt: OptimizerSpec
@@ -82,6 +85,7 @@ class LoopOptions:
     stage_min_chance: float = EvaluationSpec.model_fields["stage_min_chance"].default
     stage_min_gain: float = EvaluationSpec.model_fields["stage_min_gain"].default
     parallel: int = 1
+    space: SearchSpace | None = None
 
     def __post_init__(self) -> None:
         # Kept as tuples and a frozenset: the caller's lists cannot change the options afterwards.
@@ -104,6 +108,8 @@ class LoopOptions:
             raise MmmoError(
                 f"ref_point has {len(self.ref_point)} values but there are {len(self.objective_names)} objectives"
             )
+        if self.space is not None and self.space.dim != self.dim:
+            raise MmmoError(f"the search space has {self.space.dim} dimensions, the options say {self.dim}")
         if self.initial_points is not None and self.initial_points.shape[-1] != self.dim:
             raise MmmoError(
                 f"initial points have {self.initial_points.shape[-1]} coordinates, the search space has {self.dim}"
@@ -304,9 +310,11 @@ def _propose(
         initial_points=options.initial_points,
         budget=options.budget,
         device=options.device,
+        space=options.space,
     )
     next_id = max((t.id for t in history), default=-1) + 1
     to_params = options.to_params
+    mixed = options.space if options.space is not None and options.space.is_mixed else None
     return [
         Trial(
             id=next_id + i,
@@ -314,6 +322,7 @@ def _propose(
             x=[float(v) for v in p.x],
             step=p.step,
             params=to_params(p.x) if to_params is not None else {},
+            method=mixed.method_of(p.x) if mixed is not None else None,
         )
         for i, p in enumerate(proposals)
     ]
@@ -410,5 +419,6 @@ def _stage_decisions(
         evidence, torch.tensor(ref, dtype=torch.float64) if ref is not None else None,
         prior_mean=options.opt.prior_mean, seed=options.opt.seed * 100003 + partial[0].id,
         min_gain=options.stage_min_gain,
+        cat_dims=[options.space.method_dim] if options.space is not None and options.space.method_dim is not None else (),
     )
     return [bool(c >= options.stage_min_chance) for c in chances.tolist()]

@@ -16,6 +16,7 @@ independently, as the GPs are independent. Without enough trials for a GP the pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -115,18 +116,20 @@ def continue_chances(
     prior_mean: PriorMean,
     seed: int,
     min_gain: float = 0.0,
+    cat_dims: Sequence[int] = (),
 ) -> Tensor:
     """`[k]` chances that each partially scored candidate improves the front once scored in full.
 
     `X_done [n, d]`, `Y_done [n, m]`, `Yvar_done [n, m]` (None: noise inferred) are every finished trial, those
-    stopped early included; `front [p, m]` is the front of the trials scored in full.
+    stopped early included; `front [p, m]` is the front of the trials scored in full. `cat_dims`: a mixed space's
+    method coordinate (see `fit_models`).
     """
     X = torch.cat([X_done, partial.x]).to(torch.float64)
     Y = torch.cat([Y_done, partial.y]).to(torch.float64)
     mu = s2 = None
     if X.shape[0] >= MIN_TRIALS_FOR_GP:
         Yvar = None if Yvar_done is None else torch.cat([Yvar_done, partial.yvar]).to(torch.float64)
-        model = fit_models(X, Y, Yvar, prior_mean)
+        model = fit_models(X, Y, Yvar, prior_mean, cat_dims=cat_dims)
         with torch.no_grad(), expected_warnings(JITTER_WARNING, NEGATIVE_VARIANCE_WARNING):
             posterior = model.posterior(partial.x.to(torch.float64))
             mu, s2 = posterior.mean, posterior.variance

@@ -28,6 +28,7 @@ from mmmo.search.acquisition import (
 )
 from mmmo.search.fisher import DEDUPE_TOL, far_from, fisher_screen
 from mmmo.search.gp import fit_models
+from mmmo.search.space import SearchSpace
 from mmmo.search.weak_to_strong import de_offspring, weak_to_strong
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,10 @@ def novel_indices(X: Tensor, X_seen: Tensor, tol: float = DEDUPE_TOL) -> list[in
     return kept
 
 
-def _top_up(proposals: list[Proposal], n: int, dim: int, X_seen: Tensor, seed: int) -> list[Proposal]:
-    """Fill `proposals` up to `n` with seeded Sobol points that are new."""
+def _top_up(
+    proposals: list[Proposal], n: int, dim: int, X_seen: Tensor, seed: int, space: SearchSpace | None = None
+) -> list[Proposal]:
+    """Fill `proposals` up to `n` with seeded Sobol points that are new (projected onto a mixed `space`)."""
     if len(proposals) >= n:
         return proposals[:n]
     kept = torch.tensor([p.x for p in proposals], dtype=torch.float64).reshape(-1, dim)
@@ -87,7 +90,7 @@ def _top_up(proposals: list[Proposal], n: int, dim: int, X_seen: Tensor, seed: i
     engine = SobolEngine(dim, scramble=True, seed=seed)
     out = list(proposals)
     for _ in range(64):
-        chunk = engine.draw(max(2 * (n - len(out)), 8), dtype=torch.float64)
+        chunk = _projected(engine.draw(max(2 * (n - len(out)), 8), dtype=torch.float64), space)
         for i in novel_indices(chunk, avoid):
             out.append(Proposal(chunk[i].tolist(), "sobol"))
             avoid = torch.cat([avoid, chunk[i : i + 1]])
@@ -115,6 +118,7 @@ def propose_batch(
     initial_points: Tensor | None = None,
     budget: AcqBudget | None = None,
     device: torch.device | str | None = None,
+    space: SearchSpace | None = None,
 ) -> list[Proposal]:
     """The next batch: `opt.initial` points for batch 0, else `opt.batch_size` points from `opt.strategy`.
 
@@ -124,7 +128,9 @@ def propose_batch(
     the run's fixed one) defaults to `opt.ref_point`, else it is inferred from `Y_done`. `done_batches`
     (the batch of each done trial) sets NSGA-II's generations; None assumes full batches in order.
     `initial_points` (unit cube, e.g. the standard recipes) open the initial design, tagged "standard".
-    `budget` is the acquisition effort (None: AcqBudget's defaults).
+    `budget` is the acquisition effort (None: AcqBudget's defaults). A mixed `space` (the method a coordinate) has
+    every point projected onto its configurations (`SearchSpace.project`), the GPs model its method coordinate as
+    categorical and the acquisition is optimised per searched method; any other space changes nothing.
     """
     budget = budget if budget is not None else DEFAULT_BUDGET
     dev = torch.device(device) if device is not None else X_done.device
@@ -139,27 +145,36 @@ def propose_batch(
     if batch_index == 0:
         n_std = 0 if initial_points is None else min(initial_points.shape[0], opt.initial)
         X0 = initial_design(opt.initial, dim, opt.seed, initial_points)
+        X0 = torch.cat([X0[:n_std], _projected(X0[n_std:], space)])
         got = _novel(X0, ["standard"] * n_std + ["sobol"] * (X0.shape[0] - n_std), X_seen, opt.initial)
-        return _top_up(got, opt.initial, dim, X_seen, seed)
+        return _top_up(got, opt.initial, dim, X_seen, seed, space)
 
     n = opt.batch_size
     if opt.strategy == "random":
-        X = sobol_points(n, dim, opt.seed, skip=opt.initial + (batch_index - 1) * n)
+        X = _projected(sobol_points(n, dim, opt.seed, skip=opt.initial + (batch_index - 1) * n), space)
         got = _novel(X, ["random"] * n, X_seen, n)
     elif opt.strategy == "nsga2":
         gens = list(done_batches) if done_batches is not None else default_generations(X_done.shape[0], opt)
-        got = _nsga2(X_done.cpu(), Y_done.cpu(), gens, X_seen, dim, seed, n)
+        got = _nsga2(X_done.cpu(), Y_done.cpu(), gens, X_seen, dim, seed, n, space)
     elif X_done.shape[0] < MIN_DONE_FOR_GP:
         log.info("batch %d: only %d successful trials, proposing Sobol points", batch_index, X_done.shape[0])
         got = []
     elif opt.strategy in ("qnehvi", "mm-mo"):
         Yvar = Yvar_done.to(Y_done) if opt.known_noise and Yvar_done is not None else None
-        model = fit_models(X_done, Y_done, Yvar, opt.prior_mean)
-        inp = BatchInputs(opt, model, X_done, Y_done, X_seen, task_columns, ref, seed, budget)
+        mixed = space if space is not None and space.is_mixed else None
+        # a single method's batch calls the GPs and the acquisition exactly as before methods could be listed
+        categorical = {} if mixed is None else {"cat_dims": [mixed.method_dim]}
+        model = fit_models(X_done, Y_done, Yvar, opt.prior_mean, **categorical)
+        inp = BatchInputs(opt, model, X_done, Y_done, X_seen, task_columns, ref, seed, budget, mixed)
         got = _qnehvi(inp) if opt.strategy == "qnehvi" else _mm_mo(inp)
     else:
         raise MmmoError(f"unknown optimizer strategy {opt.strategy!r}")
-    return _top_up(got, n, dim, X_seen, seed)
+    return _top_up(got, n, dim, X_seen, seed, space)
+
+
+def _projected(X: Tensor, space: SearchSpace | None) -> Tensor:
+    """`X` projected onto `space`'s configurations (unchanged without a space, or for a single method's)."""
+    return X if space is None else space.project(X)
 
 
 @dataclass(frozen=True)
@@ -167,7 +182,8 @@ class BatchInputs:
     """What one Bayesian-optimisation batch is proposed from: the spec, the fitted GPs and the history.
 
     `X_done [n, d]`/`Y_done [n, m]` are the successful trials, `X_seen [s, d]` every point ever proposed;
-    `ref` is the run's reference point in raw units (None: inferred from `Y_done`).
+    `ref` is the run's reference point in raw units (None: inferred from `Y_done`); `mixed` the space when the
+    method is one of its coordinates (None otherwise).
     """
 
     opt: OptimizerSpec
@@ -179,17 +195,27 @@ class BatchInputs:
     ref: Sequence[float] | None
     seed: int
     budget: AcqBudget
+    mixed: SearchSpace | None = None
+
+    @property
+    def fixed_features_list(self) -> list[dict[int, float]] | None:
+        """One dict of fixed coordinates per searched method of a mixed space; None otherwise."""
+        if self.mixed is None:
+            return None
+        return [self.mixed.fixed_features(m) for m in self.mixed.searched_methods]
 
 
 def acquire(inp: BatchInputs, n: int, pool: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """`n` points `[k, d]` by hypervolume improvement, and a `[k]` mask of those taken from `pool [p, d]` (see
     `propose_hvi_pooled`); without a pool, exactly `propose_hvi`'s sequential greedy batch (mask all False)."""
     kind, seed, budget, Y = inp.opt.acquisition, inp.seed, inp.budget, inp.Y_done
+    fixed = {} if inp.mixed is None else {"fixed_features_list": inp.fixed_features_list}
     if pool is None or pool.shape[0] == 0:
-        X = propose_hvi(inp.model, inp.X_done, inp.ref, n, kind=kind, seed=seed, budget=budget, Y_baseline=Y)
+        X = propose_hvi(inp.model, inp.X_done, inp.ref, n, kind=kind, seed=seed, budget=budget, Y_baseline=Y, **fixed)
         return X, torch.zeros(X.shape[0], dtype=torch.bool)
     return propose_hvi_pooled(
-        inp.model, inp.X_done, inp.ref, n, pool, X_avoid=inp.X_seen, kind=kind, seed=seed, budget=budget, Y_baseline=Y
+        inp.model, inp.X_done, inp.ref, n, pool, X_avoid=inp.X_seen, kind=kind, seed=seed, budget=budget, Y_baseline=Y,
+        **fixed,
     )
 
 
@@ -211,6 +237,7 @@ def _mm_mo(inp: BatchInputs) -> list[Proposal]:
     ref = resolve_ref_point(inp.model, X_done, inp.ref, Y_done)
     generator = torch.Generator().manual_seed(inp.seed)
     children = de_offspring(X_done, Y_done, ref, n=w2s.offspring, top_k=w2s.top_k, f=w2s.f, generator=generator)
+    children = _projected(children, inp.mixed)
     offspring = children[novel_indices(children.cpu(), inp.X_seen)]
     if opt.fisher_screening and offspring.shape[0] > n:
         offspring = offspring[fisher_screen(inp.model, offspring, n, inp.X_seen.to(offspring))]
@@ -228,6 +255,7 @@ def _mm_mo_crossover(inp: BatchInputs) -> list[Proposal]:
     X, from_mutant = weak_to_strong(
         X, inp.X_done, inp.Y_done[:, cols], top_k=w2s.top_k, f=w2s.f, cr=w2s.cr, generator=generator
     )
+    X = _projected(X, inp.mixed)
     steps = ["weak_to_strong" if m else "acquisition" for m in from_mutant.tolist()]
     if not opt.fisher_screening:
         return _novel(X, steps, inp.X_seen, opt.batch_size)
@@ -236,9 +264,11 @@ def _mm_mo_crossover(inp: BatchInputs) -> list[Proposal]:
 
 
 def _nsga2(
-    X_done: Tensor, Y_done: Tensor, generations: Sequence[int], X_seen: Tensor, dim: int, seed: int, n: int
+    X_done: Tensor, Y_done: Tensor, generations: Sequence[int], X_seen: Tensor, dim: int, seed: int, n: int,
+    space: SearchSpace | None = None,
 ) -> list[Proposal]:
-    """NSGA-II children from a seeded study rebuilt from the history (one generation per batch)."""
+    """NSGA-II children from a seeded study rebuilt from the history (one generation per batch), projected onto
+    a mixed `space`."""
     try:
         import optuna
     except ImportError:
@@ -268,7 +298,7 @@ def _nsga2(
             trial = study.ask(fixed_distributions=dists)
             # Close the trial so it never counts towards a generation's population.
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            x = torch.tensor([[trial.params[name] for name in names]], dtype=torch.float64)
+            x = _projected(torch.tensor([[trial.params[name] for name in names]], dtype=torch.float64), space)
             if novel_indices(x, avoid):
                 out.append(Proposal(x[0].tolist(), "nsga2"))
                 avoid = torch.cat([avoid, x])
