@@ -118,6 +118,26 @@ def test_batch_line_carries_hypervolume_best_mean_task_score_elapsed_and_time_le
     assert log.per_trial_seconds() == pytest.approx(10.0)
 
 
+def test_time_left_follows_the_latest_batch() -> None:
+    out = io.StringIO()
+    clock = FakeClock(0.0)
+    log = LogProgress(_spec(), stream=out, clock=clock)  # budget 10
+    log.resume_from([])
+    clock.now = 4.0  # the initial design: 4 trials in 4 s, no optimiser step
+    for i in range(4):
+        log.finished(_done(i, 0.5, 0.5, 0.5))
+    log.batch_end(_summary(0, 0.1))
+    clock.now = 34.0  # the next batch: 3 trials in 30 s (its optimiser step included): 10 s a trial
+    for i in range(4, 7):
+        log.finished(_done(i, 0.5, 0.5, 0.5))
+    assert log.per_trial_seconds() == pytest.approx(10.0)
+    log.batch_end(_summary(1, 0.2))
+    assert _lines(out)[4].endswith("4/10 trials, about 6s left")  # the session's 1 s a trial: 6 left
+    assert _lines(out)[-1].endswith("7/10 trials, about 30s left")  # the latest batch's 10 s a trial: 3 left
+    log.batch_end(_summary(2, 0.2))  # no trial since: the mark stays on batch 1's end
+    assert log.last_batch == (34.0, 7)
+
+
 def test_batch_line_before_any_trial_and_at_the_end_of_the_budget() -> None:
     out = io.StringIO()
     clock = FakeClock(0.0)

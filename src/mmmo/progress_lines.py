@@ -56,8 +56,9 @@ def seconds_left(per_trial: float | None, remaining: int) -> float | None:
 class LogProgress:
     """The search's progress as plain lines: the same interface as `progress.SearchProgress`.
 
-    Time left is the wall-clock time per trial finished in this session (proposals, stages and parallel
-    workers included) times the trials left in the budget.
+    Time left is the wall-clock time per trial of the batch that just ended (its proposal, stages and parallel
+    workers included: the optimiser's step grows with the front, so the latest batch predicts the next best),
+    or of the whole session before a batch has ended, times the trials left in the budget.
     """
 
     def __init__(self, spec: SearchSpec, *, stream: TextIO | None = None, clock: Clock = time.time):
@@ -71,6 +72,7 @@ class LogProgress:
         self.trials_since: float | None = None  # when this session's trials began: resume_from
         self.finished_before = 0  # trials finished in earlier sessions of the run
         self.finished_now = 0
+        self.last_batch: tuple[float, int] | None = None  # (when, finished_now) at the last batch end with trials
         # (trial id, mean task score) of the best trial scored in full
         self.best: tuple[int, float] | None = None
 
@@ -121,6 +123,8 @@ class LogProgress:
 
     def batch_end(self, summary: BatchSummary) -> None:
         self.write(self.batch_line(summary))
+        if self.finished_now and (self.last_batch is None or self.finished_now > self.last_batch[1]):
+            self.last_batch = (self.clock(), self.finished_now)
 
     def _values(self, objectives: dict[str, float]) -> str:
         # + 0.0: the base model's sparsity is -0.0, which reads better as 0
@@ -140,7 +144,11 @@ class LogProgress:
         return f"{head} {state}: " + "; ".join(parts + tail)
 
     def per_trial_seconds(self) -> float | None:
-        """Wall-clock seconds per trial finished in this session; None before the first one."""
+        """Wall-clock seconds per trial finished since the last batch end (in this session before one);
+        None before the first trial."""
+        if self.last_batch is not None and self.finished_now > self.last_batch[1]:
+            since, before = self.last_batch
+            return (self.clock() - since) / (self.finished_now - before)
         if not self.finished_now or self.trials_since is None:
             return None
         return (self.clock() - self.trials_since) / self.finished_now
