@@ -341,3 +341,16 @@ def test_hub_sources_are_planned_at_load_time() -> None:
     line = "memory: planned at load time (hub sources: their tensor headers are not on this machine yet)"
     assert memory_lines(spec) == [line]
     assert check_memory(spec) == line
+
+
+def test_a_ray_run_is_not_refused_for_a_device_only_its_workers_have(spec_7b: Path, no_weights_read: None) -> None:
+    spec = load_spec(spec_7b)  # device: cuda
+    spec.evaluation.workers = 2  # the GPUs are the Ray workers', not this driver's
+    if not torch.cuda.is_available():
+        single = load_spec(spec_7b)
+        with pytest.raises(MmmoError):
+            check_memory(single)  # one process on this machine: the device it lacks is refused
+    line = check_memory(spec)
+    assert line.startswith("memory: ")
+    expected = "each of the 2 workers plans its own" if torch.cuda.is_available() else "cuda is not available on this machine"
+    assert expected in line

@@ -17,6 +17,7 @@ import pytest
 
 from mmmo import parallel
 from mmmo.config import load_spec, spec_from_dict
+from mmmo.errors import MmmoError
 from mmmo.parallel import AUTH_ENV, RayPool
 
 pytest.importorskip("ray")
@@ -186,3 +187,15 @@ def test_a_local_ray_refuses_clients_without_the_runs_token(
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert _auth_env() == dict.fromkeys(AUTH_ENV)
     assert not (home / ".ray").exists()  # Ray wrote no token file of its own
+
+
+def test_a_ray_without_token_auth_is_refused_in_one_line_before_the_environment_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_auth_settings: None
+) -> None:
+    import ray._raylet
+
+    monkeypatch.delattr(ray._raylet, "AuthenticationTokenLoader")  # as in a Ray from before token auth
+    with pytest.raises(MmmoError, match=r"has no token authentication.*RAY_AUTH_MODE=disabled") as err:
+        _start(_spec(tmp_path), monkeypatch)
+    assert "\n" not in str(err.value)
+    assert _auth_env() == dict.fromkeys(AUTH_ENV)

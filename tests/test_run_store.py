@@ -218,3 +218,16 @@ def test_a_full_disk_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkey
 
 def test_changed_fields_flattens_nested() -> None:
     assert changed_fields({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}, "d": 0}) == ["a.c", "d"]
+
+
+def test_a_run_named_before_the_folder_name_rule_still_loads(tmp_path: Path) -> None:
+    # Earlier versions took `name: org/model` (its folder runs/org/model); a new spec may not, the stored one must load.
+    with pytest.raises(MmmoError, match="cannot name a run folder"):
+        spec_from_dict({**yaml.safe_load(yaml.safe_dump(_spec(tmp_path).model_dump(by_alias=True))), "name": "org/m"},
+                       tmp_path, check_paths=False)
+    store = RunStore(tmp_path / "run")
+    store.open(_spec(tmp_path)).record_trial(_trial(0, "done", 0.5))
+    stored = yaml.safe_load(store.spec_path.read_text())
+    store.spec_path.write_text(yaml.safe_dump({**stored, "name": "org/m"}))
+    assert RunStore(tmp_path / "run").stored_spec().name == "org/m"
+    assert [t.id for t in RunStore(tmp_path / "run").load().trials] == [0]

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -267,9 +268,12 @@ class SearchSpec(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _name_is_a_folder_name(cls, v: str) -> str:
+    def _name_is_a_folder_name(cls, v: str, info: pydantic.ValidationInfo) -> str:
         # The default run folder is runs/<name>: an empty name, a separator or '..' would put it elsewhere, and a
-        # control character would break the one-line messages and reports that show the name.
+        # control character would break the one-line messages and reports that show the name. A run started
+        # before this rule (name: org/model) must still load: not for `earlier` specs.
+        if info.context and info.context.get("earlier"):
+            return v
         if v in ("", ".", "..") or re.search(r"[/\\\x00-\x1f\x7f]", v):
             raise ValueError(f"{v!r} cannot name a run folder: use a name without '/', '\\' or control characters")
         return v
@@ -395,12 +399,12 @@ def _format_validation_error(err: ValidationError) -> str:
     return one_line(f"{where}{msg}{more}")  # a value quoted in msg may hold line breaks
 
 
-def spec_from_dict(data: Any, root: Path, check_paths: bool = True) -> SearchSpec:
-    """Validate a spec dict; relative paths resolve against `root`."""
+def spec_from_dict(data: Any, root: Path, check_paths: bool = True, *, earlier: bool = False) -> SearchSpec:
+    """Validate a spec dict; relative paths resolve against `root`; `earlier`: a run's own (stored) spec."""
     if not isinstance(data, dict):
         raise SpecError("the spec must be a YAML mapping (key: value pairs) at the top level")
     try:
-        spec = SearchSpec.model_validate(data)
+        spec = SearchSpec.model_validate(data, context={"earlier": earlier})
     except ValidationError as err:
         raise SpecError(_format_validation_error(err)) from None
     if check_paths:

@@ -85,10 +85,23 @@ def _loopback_only() -> Iterator[None]:
 AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
+def _ray_auth_api() -> tuple[Any, Any]:
+    """Ray's token-auth classes, or a one-line MmmoError where this Ray predates token authentication."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:
+        import ray
+
+        raise MmmoError(
+            f"Ray {ray.__version__} has no token authentication, which closes the Ray mmmo starts to other users of "
+            "this machine: pip install -U 'ray>=2.60', or set RAY_AUTH_MODE=disabled to run without it"
+        ) from None
+    return AuthenticationTokenLoader, Config
+
+
 def _reload_ray_auth() -> None:
     """Make this process's Ray see the auth variables as they are now (it caches the mode and the token)."""
-    from ray._raylet import AuthenticationTokenLoader, Config
-
+    AuthenticationTokenLoader, Config = _ray_auth_api()
     Config.initialize("")  # the mode first: a Ray thread that reloads a dropped token must not find token mode
     AuthenticationTokenLoader.instance().reset_cache()
 
@@ -97,6 +110,7 @@ class RunToken:
     """Token authentication with a fresh random token, set in this process's environment until `restore`."""
 
     def __init__(self) -> None:
+        _ray_auth_api()  # refuse an old Ray before the environment is touched
         self._saved = {name: os.environ.get(name) for name in AUTH_ENV}
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # 256 bits, as Ray's own generator
@@ -130,7 +144,7 @@ class RayWorker:
 
     def __init__(self, spec_data: dict[str, Any], name: str):
         use_project_cache(Path.cwd())
-        spec = spec_from_dict(spec_data, Path.cwd(), check_paths=False)
+        spec = spec_from_dict(spec_data, Path.cwd(), check_paths=False, earlier=True)
         self.name = name
         self.evaluator = CandidateEvaluator(spec, worker=name)
 

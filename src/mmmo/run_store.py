@@ -342,7 +342,7 @@ class RunStore:
         if not isinstance(data, dict):
             raise MmmoError(f"{self.spec_path}: not a spec (a YAML mapping expected)")
         try:
-            return spec_from_dict(with_fields_added_later(data)[0], self.dir, check_paths=False)
+            return spec_from_dict(with_fields_added_later(data)[0], self.dir, check_paths=False, earlier=True)
         except MmmoError as err:
             raise type(err)(f"{self.spec_path}: {err}") from None
 

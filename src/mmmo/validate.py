@@ -74,7 +74,7 @@ def probe_device(spec: SearchSpec, *, strict: bool) -> DeviceProbe:
         device = resolve_device(spec.evaluation.device)
         dtype = default_dtype(device, spec.merge.dtype)
     except MmmoError:
-        if strict:
+        if strict and spec.evaluation.workers <= 1:  # Ray workers may have the device this driver lacks
             raise
         device = torch.device(spec.evaluation.device)
         dtype = DTYPES[spec.merge.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
