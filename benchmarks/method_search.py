@@ -43,6 +43,7 @@ from search_quality import (  # noqa: E402  (sets the offline environment first)
     fixed_ref_point,
     fmt,
     hv_curve,
+    quiet_benchmark,
 )
 
 METHODS = ["ties", "dare_ties", "della", "breadcrumbs_ties"]
@@ -249,12 +250,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--include", type=Path, nargs="*", default=[],
                    help="other results files of the same methods and tables (another process's) joining the table")
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    import logging
-    import warnings
-
-    logging.getLogger("mmmo").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script(_method)?` is deprecated", category=DeprecationWarning)
+    quiet_benchmark(a.threads)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     if a.build_tables:
         for m in methods:

@@ -741,6 +741,17 @@ def merge_runs(runs: list[dict[str, Any]], key: dict[str, Any], include: Sequenc
     return runs
 
 
+def quiet_benchmark(threads: int) -> None:
+    """A benchmark process's set-up: `threads` torch CPU threads, mmmo's log at errors only, no import warnings."""
+    import logging
+    import warnings
+
+    torch.set_num_threads(threads)
+    logging.getLogger("mmmo").setLevel(logging.ERROR)
+    # gpytorch still scripts a few functions at import; mmmo hides the numerical warnings it expects itself.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script(_method)?` is deprecated", category=DeprecationWarning)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--problem", choices=[*PROBLEMS, "all"], default="demo",
@@ -769,13 +780,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--include", type=Path, nargs="*", default=[],
                    help="other results files (same problem, budget and reference point) whose runs join the table")
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    import logging
-    import warnings
-
-    logging.getLogger("mmmo").setLevel(logging.ERROR)
-    # gpytorch still scripts a few functions at import; mmmo hides the numerical warnings it expects itself.
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script(_method)?` is deprecated", category=DeprecationWarning)
+    quiet_benchmark(a.threads)
 
     strategies = [s.strip() for s in a.strategies.split(",") if s.strip()]
     unknown = [s for s in strategies if s not in ALL_STRATEGIES]
