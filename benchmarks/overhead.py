@@ -104,7 +104,7 @@ def main() -> None:
         from mmmo.evaluate import CandidateEvaluator
         from mmmo.trial import Trial
 
-        ev = CandidateEvaluator(demo_search_spec(a.demo_dir, a.limit), device="cpu")
+        ev = CandidateEvaluator.from_spec(demo_search_spec(a.demo_dir, a.limit), device="cpu")
         Xd = sobol_points(a.history, ev.space.dim, 7)
         ys, secs, merge_s = [], [], []
         for i, x in enumerate(Xd.tolist()):

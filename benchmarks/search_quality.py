@@ -7,6 +7,7 @@ Plus mm-mo ablations, each at the same budget per problem.
     .venv/bin/python benchmarks/search_quality.py --problem all --report-only     # every stored problem's table
     .venv/bin/python benchmarks/search_quality.py --problem demo --build-table 512          # (re)build a table
     .venv/bin/python benchmarks/search_quality.py --problem demo-layers3 --build-table 512
+    .venv/bin/python benchmarks/search_quality.py --problem demo-layers6 --build-table 512  # builds a 6-layer demo
     .venv/bin/python benchmarks/search_quality.py --problem demo --smoke          # tiny budget, results in /tmp
 
 Problems (issue 14), each with its own budget, results file `benchmarks/data/search_quality_<problem>.json`
@@ -18,6 +19,11 @@ and plot `.png`:
 - `demo-noisy`: the same surrogate, but each task score the optimizer sees is Binomial(50, p) / 50 with p the
   surrogate's value, with lm-eval's standard error sqrt(p^(1 - p^) / (n - 1)); sparsity stays exact.
 - `demo-layers3`: the demo with `granularity: layers:3` (18-D), from its own table demo_table_layers3.json.
+- `demo-layers6`: a 6-layer demo (the default calibration with `layers=6`, built in .cache/demo-layers6) with
+  `granularity: layers:6` (36-D), from demo_table_layers6.json.
+- `demo-constrained`: the `demo` surrogate, with the take-home constraint "every task at least the base
+  model's score" (the base scored once on the same documents: benchmarks/data/demo_base_scores.json); a
+  library strategy is told that target (`LoopOptions.target`) where the loop takes one.
 - `demo-real`: the real demo, every point merged and scored (slow).
 - `branincurrin`, `dtlz2` (BoTorch's test functions, negated so they are maximised) and their `-noisy`
   variants (Gaussian noise, its standard deviation told to the optimizer as the standard error).
@@ -62,8 +68,30 @@ REACH_FRACTION = 0.95
 SMOKE_OUT = Path("/tmp")
 
 
+# Layer groups -> the demo model's layer count, where the default demo (3 layers) has too few for them.
+DEMO_MODEL_LAYERS = {6: 6}
+
+
 def table_path(layer_groups: int) -> Path:
     return DATA / ("demo_table.json" if layer_groups == 1 else f"demo_table_layers{layer_groups}.json")
+
+
+def demo_params(layer_groups: int) -> Any:
+    """The demo calibration a table with `layer_groups` groups is built from: the default demo, or the same
+    calibration with more layers (`DEMO_MODEL_LAYERS`)."""
+    from mmmo.demo import DEFAULT_PARAMS
+
+    layers = DEMO_MODEL_LAYERS.get(layer_groups)
+    return DEFAULT_PARAMS if layers is None else replace(DEFAULT_PARAMS, layers=layers)
+
+
+def demo_dir_for(layer_groups: int, demo_dir: Path | None = None) -> Path:
+    """Where the demo of `layer_groups` is built: `demo_dir` if given, else the test suite's demo build, or
+    `.cache/demo-layers<L>` for a demo with more layers."""
+    if demo_dir is not None:
+        return demo_dir
+    layers = DEMO_MODEL_LAYERS.get(layer_groups)
+    return DEFAULT_DEMO_DIR if layers is None else REPO / ".cache" / f"demo-layers{layers}"
 
 
 # ------------------------------------------------------------------------------------------ the demo problem
@@ -75,7 +103,7 @@ def demo_search_spec(demo_dir: Path, limit: int, layer_groups: int = 1) -> Any:
     from mmmo.demo import build_demo
     from mmmo.testing import search_spec_for
 
-    demo = build_demo(demo_dir)
+    demo = build_demo(demo_dir, params=demo_params(layer_groups))
     merge = {"granularity": f"layers:{layer_groups}"} if layer_groups > 1 else {}
     data = search_spec_for(
         demo,
@@ -96,11 +124,9 @@ def demo_space(layer_groups: int) -> Any:
                        weight_bounds=(0.0, 1.0), density_bounds=(0.1, 1.0))
 
 
-def _demo_digest() -> str:
-    """The digest of the demo calibration the table is built from (`build_demo` builds the default one)."""
-    from mmmo.demo import DEFAULT_PARAMS
-
-    return DEFAULT_PARAMS.digest()
+def _demo_digest(layer_groups: int = 1) -> str:
+    """The digest of the demo calibration the table of `layer_groups` is built from."""
+    return demo_params(layer_groups).digest()
 
 
 def build_table(demo_dir: Path, n: int, limit: int, out: Path, seed: int = 1234, layer_groups: int = 1) -> None:
@@ -112,16 +138,16 @@ def build_table(demo_dir: Path, n: int, limit: int, out: Path, seed: int = 1234,
     from mmmo.trial import Trial
 
     spec = demo_search_spec(demo_dir, limit, layer_groups=layer_groups)
-    if SearchSpace.from_spec(spec) != demo_space(layer_groups):
+    if SearchSpace.from_spec(spec).names != demo_space(layer_groups).names:  # the coordinates the table stores
         sys.exit(f"the demo spec's search space {SearchSpace.from_spec(spec)} is not demo_space({layer_groups}) "
                  f"{demo_space(layer_groups)}: update demo_space")
-    ev = CandidateEvaluator(spec, device="cpu")
+    ev = CandidateEvaluator.from_spec(spec, device="cpu")
     X = sobol_points(n, ev.space.dim, seed)
     rows: list[dict[str, Any]] = []
     seconds0 = 0.0
     if out.is_file():
         old = json.loads(out.read_text())
-        if (old.get("seed") == seed and old.get("limit") == limit and old.get("demo") == _demo_digest()
+        if (old.get("seed") == seed and old.get("limit") == limit and old.get("demo") == _demo_digest(layer_groups)
                 and old.get("layer_groups", 1) == layer_groups and old.get("dim") == ev.space.dim):
             rows, seconds0 = old["rows"], old.get("seconds", 0.0)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +159,7 @@ def build_table(demo_dir: Path, n: int, limit: int, out: Path, seed: int = 1234,
             continue
         rows.append({"x": [round(v, 6) for v in t.x], "y": [round(t.objectives[k], 6) for k in DEMO_OBJECTIVES]})
         if len(rows) % 8 == 0 or i == n - 1:
-            meta = {"objectives": DEMO_OBJECTIVES, "limit": limit, "seed": seed, "demo": _demo_digest(),
+            meta = {"objectives": DEMO_OBJECTIVES, "limit": limit, "seed": seed, "demo": _demo_digest(layer_groups),
                     "layer_groups": layer_groups, "dim": ev.space.dim, "names": ev.space.names,
                     "seconds": round(time.perf_counter() - t0 + seconds0, 1), "rows": rows}
             out.write_text(json.dumps(meta, separators=(",", ":")))
@@ -178,10 +204,19 @@ class Problem:
     n_examples: int | None = None  # examples behind each task score (binomial noise), told to the optimizer
     exact: list[str] = field(default_factory=list)  # objectives told to the optimizer as exact (stderr 0.0)
     info: dict[str, Any] = field(default_factory=dict)  # what identifies the problem's data in the results key
+    minimums: dict[str, float] = field(default_factory=dict)  # outcome constraints: objective -> lowest allowed
 
     @property
     def noisy(self) -> bool:
         return self.noise is not None
+
+    def target(self) -> Any:
+        """The take-home `Target`: the mean of the task objectives, subject to `minimums`."""
+        from mmmo.search.target import Target
+
+        cols = [self.objectives.index(n) for n in self.tasks]
+        mins = tuple((self.objectives.index(n), v) for n, v in self.minimums.items())
+        return Target(Target.mean_of(len(self.objectives), cols).weights, mins)
 
     def recipes(self) -> torch.Tensor | None:
         """The standard recipe point(s) `[k, dim]` of a demo merge space; None for a test function."""
@@ -198,7 +233,7 @@ def load_table(path: Path, layer_groups: int = 1) -> tuple[torch.Tensor, torch.T
         problem = "demo" if layer_groups == 1 else f"demo-layers{layer_groups}"
         sys.exit(f"no surrogate table at {path}: build it with --problem {problem} --build-table 512")
     data = json.loads(path.read_text())
-    if data.get("demo") != _demo_digest():
+    if data.get("demo") != _demo_digest(layer_groups):
         print(f"warning: {path} was built from another demo calibration; rebuild it with --build-table",
               file=sys.stderr)
     if data.get("names") != demo_space(layer_groups).names:
@@ -222,14 +257,21 @@ def binomial_noise(n: int, task_cols: list[int]) -> Noise:
     sqrt(p^(1 - p^) / (n - 1)); the other columns exact (stderr 0)."""
 
     def noise(Y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        Y_obs, S = Y.clone(), torch.zeros_like(Y)
+        Y_obs = Y.clone()
         p = Y[:, task_cols].clamp(0.0, 1.0)
-        phat = torch.binomial(torch.full_like(p, float(n)), p, generator=generator) / n
-        Y_obs[:, task_cols] = phat
-        S[:, task_cols] = (phat * (1 - phat) / (n - 1)).sqrt()
-        return Y_obs, S
+        Y_obs[:, task_cols] = torch.binomial(torch.full_like(p, float(n)), p, generator=generator) / n
+        return Y_obs, binomial_stderr(Y_obs, n, task_cols)
 
     return noise
+
+
+def binomial_stderr(Y_obs: torch.Tensor, n: int, task_cols: list[int]) -> torch.Tensor:
+    """`[k, m]` stderrs of observed binomial task scores `Y_obs [k, m]` (lm-eval's sqrt(p^(1 - p^) / (n - 1)) on
+    `task_cols`, 0 elsewhere): what the optimizer was told, recomputed from what it saw."""
+    S = torch.zeros_like(Y_obs)
+    phat = Y_obs[:, task_cols]
+    S[:, task_cols] = (phat * (1 - phat) / (n - 1)).sqrt()
+    return S
 
 
 def gaussian_noise(std: Sequence[float]) -> Noise:
@@ -269,12 +311,30 @@ def surrogate_problem(name: str, layer_groups: int, budget: Budget, noisy: bool 
     )
 
 
+def demo_base_scores(demo_dir: Path, limit: int) -> dict[str, float]:
+    """The demo base model's objectives (unmerged, scored by `CandidateEvaluator` on the table's documents),
+    cached in benchmarks/data/demo_base_scores.json with the demo's digest and `limit`."""
+    path = DATA / "demo_base_scores.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("demo") == _demo_digest() and data.get("limit") == limit:
+            return data["objectives"]
+    from mmmo.evaluate import CandidateEvaluator
+
+    score = CandidateEvaluator.from_spec(demo_search_spec(demo_dir, limit), device="cpu").evaluate_source(None)
+    if score.objectives is None:
+        sys.exit(f"scoring the demo base model failed: {score.error}")
+    data = {"demo": _demo_digest(), "limit": limit, "objectives": score.objectives, "stderr": score.stderr}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return score.objectives
+
+
 def demo_real_problem(demo_dir: Path, limit: int, budget: Budget) -> Problem:
     """The real demo: every point is merged and scored by `CandidateEvaluator` (slow)."""
     from mmmo.evaluate import CandidateEvaluator
     from mmmo.trial import Trial
 
-    ev = CandidateEvaluator(demo_search_spec(demo_dir, limit), device="cpu")
+    ev = CandidateEvaluator.from_spec(demo_search_spec(demo_dir, limit), device="cpu")
     _, Y_t, _ = load_table(table_path(1))
 
     def evaluate(X: torch.Tensor) -> torch.Tensor:
@@ -313,6 +373,8 @@ PROBLEM_BUDGETS = {
     "demo": Budget(10, 4, 5, 10),
     "demo-noisy": Budget(10, 4, 5, 10),
     "demo-layers3": Budget(10, 10, 5, 10),
+    "demo-layers6": Budget(10, 10, 5, 10),
+    "demo-constrained": Budget(10, 4, 5, 10),
     "demo-real": Budget(10, 4, 5, 10),
     "branincurrin": Budget(10, 4, 5, 10),
     "branincurrin-noisy": Budget(10, 4, 5, 10),
@@ -327,8 +389,12 @@ def make_problem(name: str, budget: Budget, demo_dir: Path, limit: int) -> Probl
         return surrogate_problem(name, 1, budget)
     if name == "demo-noisy":
         return surrogate_problem(name, 1, budget, noisy=True)
-    if name == "demo-layers3":
-        return surrogate_problem(name, 3, budget)
+    if name in ("demo-layers3", "demo-layers6"):
+        return surrogate_problem(name, int(name.removeprefix("demo-layers")), budget)
+    if name == "demo-constrained":  # every task at least the base model's score on the same documents
+        mins = {k: v for k, v in demo_base_scores(demo_dir, limit).items() if k in DEMO_TASKS}
+        problem = surrogate_problem(name, 1, budget)
+        return replace(problem, minimums=mins, info={**problem.info, "minimums": mins})
     if name == "demo-real":
         return demo_real_problem(demo_dir, limit, budget)
     from botorch.test_functions.multi_objective import DTLZ2, BraninCurrin
@@ -395,11 +461,17 @@ LOOP_STRATEGIES: dict[str, dict[str, Any]] = {
                                   "prior_mean": "fitted"},  # = qnehvi
     "mm-mo worst prior": {"prior_mean": "worst"},  # the prior pinned in every batch, not only where it matters
     "mm-mo -sparsity": {"_objectives": DEMO_TASKS},  # demo problems only; not in the default set
+    # Points of each batch on the take-home target (the rest on the front); 0 is the front-only search.
+    "mm-mo take-home 0": {"take_home_points": 0},
+    "mm-mo take-home 1": {"take_home_points": 1},
+    "mm-mo take-home 2": {"take_home_points": 2},
+    "mm-mo take-home 3": {"take_home_points": 3},
 }
 ALL_STRATEGIES = ["mm-mo", "qnehvi", "random", "nsga2", "cma-es", "standard recipe", "authors' code",
                   "mm-mo all steps", "all steps -w2s", "all steps -fisher", "all steps -noise", "mm-mo crossover",
-                  "mm-mo -w2s -fisher -prior", "mm-mo worst prior", "mm-mo -sparsity"]
-DEFAULT_STRATEGIES = [s for s in ALL_STRATEGIES if s != "mm-mo -sparsity"]
+                  "mm-mo -w2s -fisher -prior", "mm-mo worst prior", "mm-mo -sparsity", "mm-mo take-home 0",
+                  "mm-mo take-home 1", "mm-mo take-home 2", "mm-mo take-home 3"]
+DEFAULT_STRATEGIES = [s for s in ALL_STRATEGIES if s != "mm-mo -sparsity" and not s.startswith("mm-mo take-home")]
 DEMO_ONLY = {"standard recipe", "mm-mo -sparsity"}
 
 
@@ -469,10 +541,12 @@ def run_loop_strategy(name: str, problem: Problem, budget: Budget, seed: int, re
             if summary.propose_seconds is not None:
                 propose.append(summary.propose_seconds)
 
+    # A constrained problem tells the library its take-home target, once the loop takes one.
+    told = {"target": problem.target()} if problem.minimums and "target" in LoopOptions.__dataclass_fields__ else {}
     options = LoopOptions(opt=opt, dim=problem.dim, objective_names=objective_names,
                           task_objective_names=[n for n in objective_names if n in problem.tasks],
                           ref_point=[problem.ref_point[c] for c in cols], budget=budget_for(len(objective_names)),
-                          initial_points=recipes)
+                          initial_points=recipes, **told)
     run_loop([], options, evaluate, ProposeTimes())
     return {"propose_seconds": propose, "steps": steps}
 
@@ -768,7 +842,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--smoke", action="store_true",
                    help=f"tiny budget ({SMOKE_BUDGET.total} = {SMOKE_BUDGET.initial} + {SMOKE_BUDGET.batches} x "
                         f"{SMOKE_BUDGET.batch_size}), 1 seed each, results under {SMOKE_OUT}")
-    p.add_argument("--demo-dir", type=Path, default=DEFAULT_DEMO_DIR)
+    p.add_argument("--demo-dir", type=Path, default=None,
+                   help=f"the demo build (default {DEFAULT_DEMO_DIR}; .cache/demo-layers6 for demo-layers6)")
     p.add_argument("--limit", type=int, default=DEMO_EXAMPLES, help="examples per task (demo-real and the tables)")
     p.add_argument("--build-table", type=int, metavar="N",
                    help="evaluate N Sobol demo points into the table of --problem (demo or demo-layers3), then exit")
@@ -791,10 +866,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     n_seeds = lambda s: bo_seeds if is_bo(s) else seeds  # noqa: E731
 
     if a.build_table:
-        groups = {"demo": 1, "demo-layers3": 3}.get(a.problem)
+        groups = {"demo": 1, "demo-layers3": 3, "demo-layers6": 6}.get(a.problem)
         if groups is None:
-            sys.exit("--build-table builds the table of --problem demo or --problem demo-layers3")
-        build_table(a.demo_dir, a.build_table, a.limit, table_path(groups), layer_groups=groups)
+            sys.exit("--build-table builds the table of --problem demo, demo-layers3 or demo-layers6")
+        build_table(demo_dir_for(groups, a.demo_dir), a.build_table, a.limit, table_path(groups), layer_groups=groups)
         return
 
     if a.problem == "all":
@@ -818,7 +893,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         base = SMOKE_BUDGET if a.smoke else PROBLEM_BUDGETS[a.problem]
         budget = Budget(*(v if v is not None else d for v, d in
                           zip((a.initial, a.batches, a.batch_size, a.candidates), vars(base).values())))
-        problem = make_problem(a.problem, budget, a.demo_dir, a.limit)
+        problem = make_problem(a.problem, budget, demo_dir_for(1, a.demo_dir), a.limit)
         skipped = [s for s in strategies if s in DEMO_ONLY and problem.layer_groups is None]
         if skipped:
             print(f"skipping {skipped}: demo problems only", file=sys.stderr)

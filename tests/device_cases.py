@@ -79,7 +79,7 @@ def score_demo_merges(demo_paths: Any, folder: Path, device: str, dtype: str) ->
         demo_paths, folder, limit=50, merge={"method": "ties", "dtype": dtype},
         evaluation={"device": device, "batch_size": 64},
     ))
-    evaluator = CandidateEvaluator(spec)
+    evaluator = CandidateEvaluator.from_spec(spec)
     assert evaluator.merger.dtype == getattr(torch, dtype)
     scores: dict[Any, dict[str, float]] = {}
     for i, (w, d) in enumerate(DEMO_MERGES):

@@ -19,12 +19,14 @@ from mmmo.trial import Trial
 
 
 def _spec(tmp_path: Path, tasks: int = 2):
+    # Every trial below sits at the same point: these pin the observed rule and its ties (tests/test_take_home*.py
+    # the posterior's).
     objectives = [{"name": f"t{i}", "task": "t", "metric": "acc"} for i in range(tasks)]
     data = {
         "name": "ex", "base_model": "org/base", "models": ["org/a", "org/b"], "merge": {"method": "ties"},
         "objectives": [*objectives, {"name": "sparsity", "type": "sparsity"}],
         "optimizer": {"initial": 4, "batches": 1, "candidates": 2, "batch_size": 2},
-        "output": {"dir": str(tmp_path / "run")},
+        "output": {"dir": str(tmp_path / "run")}, "take_home": {"choose": "observed"},
     }
     return spec_from_dict(data, tmp_path)
 
@@ -42,7 +44,7 @@ def test_a_tie_on_mean_task_score_goes_to_the_trial_that_is_not_dominated(tmp_pa
     assert summary.mean_task_score(trials[0]) == summary.mean_task_score(trials[-1]) == pytest.approx(0.9625)
     assert {t.id for t in summary.pareto} == {3, 9}  # 0 is dominated by 9 (same tasks, worse sparsity)
     assert summary.best().id == 9
-    assert "best mean task score: trial 9 (0.9625)" in report_markdown(summary, _spec(tmp_path))
+    assert "take-home merge: trial 9 (mean task score 0.9625)" in report_markdown(summary, _spec(tmp_path))
     assert [t.id for t in select_trials(summary)] == [9]  # the default export
     assert summary.best("t1").id == 9  # on one objective too: 0 and 9 tie on t1
     assert summary.best("sparsity").id == 3

@@ -245,7 +245,7 @@ def test_mixed_report_show_and_export_name_each_trials_method(mixed_run) -> None
     _, result = mixed_run
     report = (result.run_dir / "report.md").read_text()
     assert "method: ties, dare_ties, task_arithmetic (searched)" in report
-    assert "- best mean task score per method: ties " in report
+    assert "- take-home merge per method (mean task score): ties " in report
     front = report.split("## Pareto front")[1].split("## Every trial")[0]
     rows = [r.split("|") for r in front.splitlines() if r.startswith("| ")][1:]
     assert {int(r[1]): r[3].strip() for r in rows} == {t.id: t.method for t in result.pareto}

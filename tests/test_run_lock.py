@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import mmmo
@@ -126,13 +127,12 @@ def test_a_file_system_without_locks_runs_unguarded_with_a_warning(
             pass
 
 
-def test_a_full_disk_while_scoring_stops_the_search_instead_of_failing_the_candidate() -> None:
+def test_a_full_disk_while_scoring_stops_the_search_instead_of_failing_the_candidate(tmp_path: Path) -> None:
     """Any other error fails only its candidate; a full disk would fail every later one, so it propagates and the
     trial stays pending in the journal (a resume after freeing space evaluates it)."""
     import errno
 
     from mmmo.evaluate import CandidateEvaluator
-    from mmmo.search.space import SearchSpace
 
     class Merger:
         def __init__(self, err: Exception) -> None:
@@ -141,14 +141,17 @@ def test_a_full_disk_while_scoring_stops_the_search_instead_of_failing_the_candi
         def apply(self, weights: object, densities: object, *_args: object, **_options: object) -> float:
             raise self.err
 
-    evaluator = object.__new__(CandidateEvaluator)  # the sources and tasks are not needed to reach the merge
-    evaluator.space = SearchSpace(("a",), density_bounds=(0.1, 1.0))
-    evaluator.worker = "local"
+    data = {  # one expert, dare_ties: a weight and a density; the sources and tasks are not needed to reach the merge
+        "name": "disk", "base_model": "org/base", "models": ["org/a"],
+        "objectives": [{"name": "a", "task": "t", "metric": "acc"}],
+        "output": {"dir": str(tmp_path / "run")},
+    }
+    spec = spec_from_dict(data, tmp_path, check_paths=False)
     trial = Trial(id=0, batch=0, x=[0.5, 0.5], step="sobol")
-    evaluator.merger = Merger(RuntimeError("shape mismatch"))
+    evaluator = CandidateEvaluator(spec, None, Merger(RuntimeError("shape mismatch")), torch.device("cpu"))  # type: ignore[arg-type]
     failed = evaluator.evaluate(trial)
     assert failed.status == "failed" and "shape mismatch" in (failed.error or "")
-    evaluator.merger = Merger(OSError(errno.ENOSPC, "No space left on device"))
+    evaluator.merger = Merger(OSError(errno.ENOSPC, "No space left on device"))  # type: ignore[assignment]
     with pytest.raises(OSError, match="No space left"):
         evaluator.evaluate(trial)
 

@@ -32,6 +32,7 @@ from mmmo.run_summary import RunSummary
 from mmmo.search.acquisition import budget_for
 from mmmo.search.loop import BatchSummary, LoopOptions, run_loop
 from mmmo.search.space import SearchSpace, standard_recipes
+from mmmo.take_home import resolve_target
 from mmmo.trial import Trial
 from mmmo.validate import check_memory
 
@@ -165,7 +166,8 @@ def _search_locked(spec: SearchSpec, store: RunStore, show_progress: bool) -> Se
             _run(spec, space, pool, recorder, state)
         state = store.load()
         summary = write_summaries(store.dir, spec, state)
-        if spec.output.export != "none" and summary.scored_in_full:
+        # None: nothing scored in full, or no merge meets every take_home requirement (report.md says so).
+        if spec.output.export != "none" and summary.best() is not None:
             chosen = select_trials(summary, pareto=spec.output.export == "pareto", limit=spec.output.export_limit)
             try:
                 exported = export_trials(spec, chosen, store.dir / "models", pool.local_merger())
@@ -228,6 +230,9 @@ def _run(
         stage_min_chance=spec.evaluation.stage_min_chance,
         stage_min_gain=spec.evaluation.stage_min_gain,
         parallel=spec.evaluation.workers,
+        target=resolve_target(  # after _score_sources: a relative requirement reads its source's score
+            spec.take_home, [o.name for o in spec.objectives], [o.name for o in spec.task_objectives], state.sources
+        )[0],
     )
 
     def evaluate(trials: list[Trial]) -> Iterable[Trial]:

@@ -1,5 +1,5 @@
-"""The lead of report.md: the chosen merge (the best mean task score) against the best expert and every source,
-with paired confidence intervals on the documents both were scored on."""
+"""The lead of report.md: the chosen merge (the take-home merge: `RunSummary.take_home`) and how it was chosen,
+against the best expert and every source, with paired confidence intervals on the documents both were scored on."""
 
 from __future__ import annotations
 
@@ -90,6 +90,23 @@ def lead_sentence(summary: RunSummary, chosen: Trial, expert: SourceComparison |
     )
 
 
+def how_chosen(summary: RunSummary) -> str:
+    """"Chosen as the take-home merge by the highest posterior mean of ... among 28 trials ...", its observed value
+    of the preference where that is not the mean task score, and the requirements with the trials that break one."""
+    choice = summary.take_home
+    line = f"Chosen as the take-home merge by {choice.how}"
+    if choice.preference != "the mean task score" and choice.value is not None:
+        line += f"; it scores {choice.value:.3f} on {choice.preference}"
+    line += "."
+    if choice.requirements:
+        broken = len(choice.infeasible)
+        line += (
+            f" Requirements (take_home.require): {', '.join(choice.requirements)}; {broken} of {choice.considered} "
+            f"trials scored in full break at least one."
+        )
+    return line
+
+
 def _cell(d: PairedDifference | None, plain: float) -> str:
     if d is None:
         return f"{plain:+.3f}"
@@ -123,11 +140,11 @@ def chosen_merge_section(summary: RunSummary) -> list[str]:
     lines = ["## The chosen merge", ""]
     chosen = summary.best()
     if chosen is None:
-        return lines + ["No merge has finished yet.", ""]
+        return lines + [summary.take_home.none_qualifies or "No merge has finished yet.", ""]
     comparisons = [compare_with_source(summary, chosen, s) for s in summary.sources if s.objectives is not None]
     expert = best_expert(summary)
     top = next((c for c in comparisons if expert is not None and c.source.name == expert.name), None)
-    lines.append(lead_sentence(summary, chosen, top))
+    lines.append(lead_sentence(summary, chosen, top) + " " + how_chosen(summary))
     if top is not None:
         lines += ["", verdict(top)]
     if not comparisons:

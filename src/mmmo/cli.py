@@ -97,6 +97,9 @@ def _finish_search(result: Any, as_json: bool, quiet: bool) -> None:
         console.print(f"run folder: {result.run_dir}  (report.md, overview.png, pareto.csv, pareto.png, trials.jsonl)")
         for p in result.exported:
             console.print(f"exported: {p}")
+        none_qualifies = result.summary.take_home.none_qualifies
+        if none_qualifies is not None:
+            console.print(f"{none_qualifies} Nothing exported.", highlight=False, soft_wrap=True)
         front = len(result.summary.pareto)
         if result.spec.output.export == "pareto" and 0 < len(result.exported) < front:
             console.print(
@@ -195,6 +198,7 @@ def show(
     from mmmo.run_summary import load_run
 
     spec, state, summary = _guard(lambda: load_run(run_dir))
+    _guard(lambda: summary.take_home)  # a requirement on a source the run has not scored: one line, not a traceback
     if as_json:
         sys.stdout.write(pareto_json(summary) + "\n")
         return
@@ -208,6 +212,12 @@ def show(
     stopped = stopped_line(summary)
     if stopped is not None:
         console.print(stopped.removeprefix("- "), highlight=False, soft_wrap=True)
+    take_home = summary.take_home
+    line = take_home.none_qualifies or (
+        f"take-home merge (*): trial {take_home.trial.id}, {take_home.how}" if take_home.trial is not None else None
+    )
+    if line is not None:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -221,10 +231,27 @@ def export(
     ] = False,
     limit: Annotated[int, typer.Option("--limit", min=1, help="With --pareto: at most this many merges.")] = 3,
     device: DeviceOpt = None,
+    weights: Annotated[
+        str | None, typer.Option("--weights", help="Re-choose with these weights, e.g. 'arith=2,reverse=1'.")
+    ] = None,
+    require: Annotated[
+        list[str] | None,
+        typer.Option("--require", help="Re-choose with this requirement instead of the spec's, e.g. 'arith>=0.6' "
+                     "or 'sort >= base - 0.02' (repeatable)."),
+    ] = None,
+    choose: Annotated[
+        str | None, typer.Option("--choose", help="Re-choose by 'posterior' (default) or 'observed' scores.")
+    ] = None,
+    allow_infeasible: Annotated[
+        bool,
+        typer.Option("--allow-infeasible", help="When no merge meets every requirement, export the best by the "
+                     "preference ignoring them (with --pareto: the front's infeasible trials too)."),
+    ] = False,
 ) -> None:
     """Rebuild chosen merges of a run as Hugging Face folders (same seed, same tensors).
 
-    Without --trial, --best or --pareto: the best merge (highest mean task score).
+    Without --trial, --best or --pareto: the take-home merge (the spec's take_home preference, or the one
+    --weights, --require and --choose give).
     """
     from mmmo.export import export_from_run
 
@@ -232,7 +259,11 @@ def export(
         err_console.print("error: give at most one of --trial N, --best OBJECTIVE, --pareto")
         raise typer.Exit(2)
     paths = _guard(
-        lambda: export_from_run(run_dir, out, trial=trial, best=best, pareto=pareto, limit=limit, device=device)
+        lambda: export_from_run(
+            run_dir, out, trial=trial, best=best, pareto=pareto, limit=limit, device=device, weights=weights,
+            require=require, choose=choose, allow_infeasible=allow_infeasible,
+            note=lambda line: err_console.print(line, highlight=False, soft_wrap=True),
+        )
     )
     for p in paths:
         typer.echo(f"exported: {p}")

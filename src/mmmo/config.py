@@ -11,8 +11,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmmo.documents import SubsetKind
-from mmmo.errors import SpecError, one_line
+from mmmo.errors import SpecError, one_line, validation_message
 from mmmo.merge.registry import DENSITY_METHODS, MethodName, method_info
+from mmmo.take_home_spec import TakeHomeSpec
 
 DEFAULT_DENSITY_BOUNDS: tuple[float, float] = (0.1, 1.0)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -181,6 +182,9 @@ class OptimizerSpec(_Strict):
     prior_mean: PriorMean = "auto"
     # The initial design opens with the recipe a user would try by hand (equal weights, the usual density).
     standard_recipes: bool = True
+    # Points of each BO batch (at most batch_size) spent on the take-home merge's score, the rest on the front
+    # (a front search alone barely improves the one merge a user keeps); 0: the front only (benchmarks/RESULTS.md).
+    take_home_points: int = Field(0, ge=0)
     ref_point: list[float] | None = None
     seed: int = 0
 
@@ -265,6 +269,7 @@ class SearchSpec(_Strict):
     optimizer: OptimizerSpec = OptimizerSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     output: OutputSpec = OutputSpec()
+    take_home: TakeHomeSpec = TakeHomeSpec()  # the merge a user takes home (mmmo.take_home_spec)
 
     @field_validator("name")
     @classmethod
@@ -324,6 +329,7 @@ class SearchSpec(_Strict):
             raise ValueError(f"models: duplicate model name(s) {', '.join(dupes)}; give each a distinct 'name'")
         for m, n in zip(self.models, names):
             m.name = n
+        self.take_home.check([o.name for o in self.objectives], names, self.evaluation.evaluate_sources)
         return self
 
     @property
@@ -376,29 +382,6 @@ def _resolve_model_path(ref: str, root: Path, field: str) -> str:
     raise SpecError(f"{field}: path does not exist: {candidate}")
 
 
-def _loc_part(part: str | int) -> str:
-    """One step of a field's location: as written when it is a plain name or index, else quoted (a key such as
-    ':' or one with a line break in it is the user's typo, shown as such)."""
-    return str(part) if re.fullmatch(r"[\w-]+", str(part)) else repr(part)
-
-
-def _format_validation_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(_loc_part(p) for p in first["loc"])
-    msg = first["msg"]
-    for prefix in ("Value error, ", "Assertion failed, "):
-        msg = msg.removeprefix(prefix)
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif first["type"] == "missing":
-        msg = "required field is missing"
-    elif first["type"] == "literal_error":
-        msg = f"got {first.get('input')!r}: {msg.lower()}"
-    where = f"{loc}: " if loc else ""
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return one_line(f"{where}{msg}{more}")  # a value quoted in msg may hold line breaks
-
-
 def spec_from_dict(data: Any, root: Path, check_paths: bool = True, *, earlier: bool = False) -> SearchSpec:
     """Validate a spec dict; relative paths resolve against `root`; `earlier`: a run's own (stored) spec."""
     if not isinstance(data, dict):
@@ -406,7 +389,7 @@ def spec_from_dict(data: Any, root: Path, check_paths: bool = True, *, earlier: 
     try:
         spec = SearchSpec.model_validate(data, context={"earlier": earlier})
     except ValidationError as err:
-        raise SpecError(_format_validation_error(err)) from None
+        raise SpecError(validation_message(err)) from None
     if check_paths:
         spec.base_model = _resolve_model_path(spec.base_model, root, "base_model")
         for i, m in enumerate(spec.models):

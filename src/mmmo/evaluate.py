@@ -80,16 +80,33 @@ class CandidateEvaluator:
 
     _live: tuple[list[float], float] | None = None  # the merge the live model holds: x and its delta L1
 
-    def __init__(self, spec: SearchSpec, *, device: str | None = None, worker: str = "local"):
+    def __init__(
+        self,
+        spec: SearchSpec,
+        objectives: LmEvalObjectives,
+        merger: Merger,
+        device: torch.device,
+        *,
+        worker: str = "local",
+    ) -> None:
+        """From its parts: `objectives` already bound to `merger`'s live model on `device` (`from_spec` loads them)."""
         self.spec = spec
         self.space = SearchSpace.from_spec(spec)
         self.worker = worker
-        self.device = resolve_device(device or spec.evaluation.device)
-        # Tasks first: an unknown task or metric must fail before any weights are loaded or merged.
-        self.objectives = build_objectives(spec)
-        self.merger = build_merger(spec, self.device)
-        self.objectives.bind(self.merger.model, self.merger.tokenizer, self.device)
+        self.device = device
+        self.objectives = objectives
+        self.merger = merger
         self._sparsity_name = next((o.name for o in spec.objectives if o.type == "sparsity"), None)
+
+    @classmethod
+    def from_spec(cls, spec: SearchSpec, *, device: str | None = None, worker: str = "local") -> CandidateEvaluator:
+        """Build the tasks, load the sources into a Merger on the device (`device` or the spec's) and bind them."""
+        resolved = resolve_device(device or spec.evaluation.device)
+        # Tasks first: an unknown task or metric must fail before any weights are loaded or merged.
+        objectives = build_objectives(spec)
+        merger = build_merger(spec, resolved)
+        objectives.bind(merger.model, merger.tokenizer, resolved)
+        return cls(spec, objectives, merger, resolved, worker=worker)
 
     @property
     def documents(self) -> DocumentPlan:

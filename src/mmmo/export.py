@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from mmmo.run_lock import run_lock
 from mmmo.run_summary import RunSummary, load_run
 from mmmo.search.pareto import hypervolume_contributions, infer_ref_point
 from mmmo.search.space import SearchSpace
+from mmmo.take_home import NO_REQUIREMENTS_HINT, preference_from
 from mmmo.trial import Trial
 
 if TYPE_CHECKING:
@@ -151,10 +153,15 @@ def pareto_by_contribution(summary: RunSummary) -> list[Trial]:
 
 def select_trials(
     summary: RunSummary, *, trial: int | None = None, best: str | None = None, pareto: bool = False,
-    limit: int | None = None,
+    limit: int | None = None, allow_infeasible: bool = False, note: Callable[[str], None] | None = None,
 ) -> list[Trial]:
     """The trials an export asks for: one id, the best on one objective, up to `limit` of the front (largest
-    hypervolume contribution first), or by default the best merge (highest mean task score, ties by dominance)."""
+    hypervolume contribution first; without `allow_infeasible` only trials that meet every take_home requirement),
+    or by default the take-home merge (`RunSummary.take_home`).
+
+    When no merge meets every requirement: MmmoError (one line) unless `allow_infeasible`, which takes the best by
+    the preference ignoring them and says so through `note`.
+    """
     if trial is not None:
         found = [t for t in summary.done if t.id == trial]
         if not found:
@@ -163,25 +170,57 @@ def select_trials(
         return found
     if pareto:
         ranked = pareto_by_contribution(summary)
+        if not allow_infeasible:
+            ranked = [t for t in ranked if t.id not in summary.take_home.infeasible]
         return ranked if limit is None else ranked[:limit]
-    if best is not None and best not in summary.objective_names:
-        raise MmmoError(f"--best {best!r}: not an objective of this run ({', '.join(summary.objective_names)})")
-    chosen = summary.best(best)
-    if chosen is None:
+    if best is not None:
+        if best not in summary.objective_names:
+            raise MmmoError(f"--best {best!r}: not an objective of this run ({', '.join(summary.objective_names)})")
+        top = summary.best(best)
+        return [] if top is None else [top]  # None: nothing scored in full (caught below)
+    choice = summary.take_home
+    if choice.trial is not None:
+        return [choice.trial]
+    if choice.none_qualifies is None:
         raise MmmoError("no finished trial to export")
-    return [chosen]
+    if not allow_infeasible:
+        raise MmmoError(f"{choice.none_qualifies} Nothing exported: {NO_REQUIREMENTS_HINT}.")
+    ignoring = summary.take_home_among(summary.scored_in_full, cat_dims=summary.cat_dims, ignore_requirements=True)
+    assert ignoring.trial is not None
+    if note is not None:
+        note(f"{choice.none_qualifies} Exporting trial {ignoring.trial.id}, chosen by {ignoring.how}.")
+    return [ignoring.trial]
 
 
 def export_from_run(
     run_dir: str | Path, out: str | Path, *, trial: int | None = None, best: str | None = None,
     pareto: bool = False, limit: int | None = None, device: str | None = None,
+    weights: str | None = None, require: Sequence[str] | None = None, choose: str | None = None,
+    allow_infeasible: bool = False, note: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """`mmmo export`: rebuild merges chosen from a run folder into `out` (default: the best merge).
+    """`mmmo export`: rebuild merges chosen from a run folder into `out` (default: the take-home merge).
 
-    Writing into the run folder itself (e.g. `--out RUN/models`) takes the run's lock, as a search does.
+    `weights` ("arith=2,reverse=1"), `require` (replacing the spec's requirements) and `choose` re-choose with
+    another take-home preference, checked as the spec's `take_home:` is; nothing is re-run. Writing into the run
+    folder itself (e.g. `--out RUN/models`) takes the run's lock, as a search does.
     """
     spec, _, summary = load_run(run_dir)
-    chosen = select_trials(summary, trial=trial, best=best, pareto=pareto, limit=limit)
+    if (weights, require, choose) != (None, None, None):
+        preference = preference_from(
+            spec.take_home, [o.name for o in spec.objectives], spec.model_names, spec.evaluation.evaluate_sources,
+            weights=weights, require=require, choose=choose,
+        )
+        summary = summary.rechoose(preference)
+    chosen = select_trials(
+        summary, trial=trial, best=best, pareto=pareto, limit=limit, allow_infeasible=allow_infeasible, note=note
+    )
+    if not chosen and pareto and summary.pareto:
+        raise MmmoError(
+            f"no trial of the Pareto front meets every take_home requirement ({', '.join(summary.take_home.requirements)})"
+            "; nothing exported: --allow-infeasible exports them anyway"
+        )
+    if not chosen:
+        raise MmmoError("no finished trial to export")
     run, target = Path(run_dir).resolve(), Path(out).expanduser().resolve()
     if target == run or run in target.parents:
         with run_lock(run, "mmmo export"):

@@ -73,7 +73,7 @@ def _task_panel(ax: Any, summary: RunSummary, chosen: Trial) -> None:
 
 
 def plot_overview(summary: RunSummary, path: Path) -> None:
-    """Write overview.png for a run with at least one done trial (the chosen merge is `summary.best()`)."""
+    """Write overview.png for a run with at least one done trial (the chosen merge is `summary.best()`, the take-home merge)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,7 +85,7 @@ def plot_overview(summary: RunSummary, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11.0, 4.2))
     _front_panel(left, summary)
     _task_panel(right, summary, chosen)
-    fig.suptitle(f"Chosen merge: trial {chosen.id} (best mean task score); ★ source models")
+    fig.suptitle(f"Chosen merge: trial {chosen.id} (the take-home merge); ★ source models")
     fig.tight_layout()
     atomic_write_bytes_via(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)

@@ -146,7 +146,7 @@ class RayWorker:
         use_project_cache(Path.cwd())
         spec = spec_from_dict(spec_data, Path.cwd(), check_paths=False, earlier=True)
         self.name = name
-        self.evaluator = CandidateEvaluator(spec, worker=name)
+        self.evaluator = CandidateEvaluator.from_spec(spec, worker=name)
 
     def pid(self) -> int:
         return os.getpid()

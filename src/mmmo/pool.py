@@ -71,4 +71,4 @@ def make_pool(spec: SearchSpec, on_attempt_failed: Callable[[Trial], None] | Non
     """
     if spec.evaluation.workers > 1:
         return RayPool(spec, on_attempt_failed=on_attempt_failed)
-    return LocalPool(CandidateEvaluator(spec))
+    return LocalPool(CandidateEvaluator.from_spec(spec))

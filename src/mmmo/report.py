@@ -34,6 +34,17 @@ def _pareto_records(summary: RunSummary) -> list[dict[str, Any]]:
     ]
 
 
+def _take_home_record(summary: RunSummary) -> dict[str, Any]:
+    choice = summary.take_home
+    return {
+        "trial": None if choice.trial is None else choice.trial.id,
+        "how": choice.how,
+        "requirements": list(choice.requirements),
+        "infeasible": sorted(choice.infeasible),
+        "none_qualifies": choice.none_qualifies,
+    }
+
+
 def pareto_json(summary: RunSummary) -> str:
     data = {
         "objectives": summary.objective_names,
@@ -42,6 +53,7 @@ def pareto_json(summary: RunSummary) -> str:
         "evaluations": len(summary.done) + len(summary.failed),
         "budget": summary.budget,
         "pareto": _pareto_records(summary),
+        "take_home": _take_home_record(summary),
         "sources": [{"name": s.name, "objectives": s.objectives, "error": s.error} for s in summary.sources],
     }
     return json.dumps(data, indent=2)
@@ -168,7 +180,7 @@ def _lead_bullets(summary: RunSummary, spec: SearchSpec) -> list[str]:
         lines.append(f"- hypervolume after batch {last}: {summary.hypervolumes[last]:.6g}")
     best = summary.best()
     if best is not None:
-        lines.append(f"- best mean task score: trial {best.id} ({summary.mean_task_score(best):.4f})")
+        lines.append(f"- take-home merge: trial {best.id} (mean task score {summary.mean_task_score(best):.4f})")
         for t in summary.done:
             if t.step == "standard":  # the recipe a user would try by hand, evaluated in the initial design
                 gain = summary.mean_task_score(best) - summary.mean_task_score(t)
@@ -179,7 +191,7 @@ def _lead_bullets(summary: RunSummary, spec: SearchSpec) -> list[str]:
                 )
     if summary.is_mixed and best is not None:
         per = summary.best_per_method()
-        lines.append("- best mean task score per method: " + ", ".join(
+        lines.append("- take-home merge per method (mean task score): " + ", ".join(
             f"{m} {summary.mean_task_score(t):.4f} (trial {t.id})" for m, t in per.items()
         ))
     stopped = stopped_line(summary)
@@ -230,12 +242,15 @@ def trial_columns(summary: RunSummary) -> tuple[str, ...]:
 
 def trial_rows(summary: RunSummary) -> list[list[str]]:
     """One row of `trial_columns` per done trial: its mean task score, documents, and how it stands (chosen, on
-    the front, stopped early by evaluation.stages)."""
+    the front, breaking a take_home requirement, stopped early by evaluation.stages)."""
     best = summary.best()
     front = {t.id for t in summary.pareto}
+    infeasible = summary.take_home.infeasible
     rows = []
     for t in summary.done:
         notes = ["chosen" if best is not None and t.id == best.id else "", "front" if t.id in front else ""]
+        if t.id in infeasible:
+            notes.append(f"infeasible: breaks {'; '.join(infeasible[t.id])}")
         if t.stopped:
             notes.append(f"stopped after {t.stages_scored} stage(s)")
         rows.append([
@@ -297,6 +312,7 @@ def write_summaries(run_dir: Path, spec: SearchSpec, state: RunState) -> RunSumm
     return summary
 
 
+BEST_MARK, INFEASIBLE_MARK = " *", " ✗"  # the take-home merge, and a trial that breaks a take_home requirement
 PARAMETERS_MIN_WIDTH = 110  # below this a parameters column squeezes every other column unreadable
 
 
@@ -324,13 +340,21 @@ def pareto_table(summary: RunSummary, *, title: str = "Pareto front", width: int
     table.add_column("docs", justify="right")  # documents scored: fewer where evaluation.stages stopped a trial
     if show_params:
         table.add_column("parameters")
-    best = summary.best()
-    for t in summary.pareto:
+    best, infeasible = summary.best(), summary.take_home.infeasible
+    # Under take_home requirements the take-home merge can lie off the front (an infeasible trial dominates it).
+    off_front = [best] if best is not None and best.id not in {t.id for t in summary.pareto} else []
+    notes = [f"{BEST_MARK.strip()} the take-home merge"] if off_front or infeasible else []
+    if infeasible:
+        notes.append(f"{INFEASIBLE_MARK.strip()} breaks a take_home requirement")
+    if notes:
+        table.caption = "; ".join([*notes, *([table.caption] if table.caption else [])])
+    for t in [*summary.pareto, *off_front]:
         assert t.objectives is not None
         params = " ".join(f"{k}={v:.2f}" for k, v in t.params.items())
-        mark = " *" if best is not None and t.id == best.id else ""
+        mark = BEST_MARK if best is not None and t.id == best.id else INFEASIBLE_MARK if t.id in infeasible else ""
+        step = f"{t.step} (off the front)" if t in off_front else t.step
         table.add_row(
-            f"{t.id}{mark}", t.step, *([summary.method(t)] if method else []), *[f"{t.objectives[n]:.4g}" for n in names],
+            f"{t.id}{mark}", step, *([summary.method(t)] if method else []), *[f"{t.objectives[n]:.4g}" for n in names],
             f"{summary.mean_task_score(t):.4f}", _docs(summary.documents(t)), *([params] if show_params else []),
         )
     for s in summary.sources:

@@ -32,6 +32,7 @@ SPEC_FILE = "spec.yaml"
 # now is, so the old path is not a change of the run.
 RESUMABLE_CHANGES: tuple[str, ...] = (
     "evaluation.", "output.export", "output.dir", "optimizer.batches", "merge.fused",
+    "take_home.",  # what the take-home merge maximises: no score depends on it, only later proposals and the choice
 )
 # ... except these evaluation fields, which decide what every candidate is scored on.
 NOT_RESUMABLE: tuple[str, ...] = ("evaluation.subset", "evaluation.subset_seed", "evaluation.stages")
@@ -296,6 +297,10 @@ FIELDS_ADDED_LATER: dict[str, Any] = {
     "optimizer.prior_mean": "fitted",
     "evaluation.subset": "first",
     "evaluation.subset_seed": 0,
+    # Before `take_home` a run took home the highest observed mean task score (weights and requirements: none).
+    "take_home.weights": None,
+    "take_home.require": [],
+    "take_home.choose": "observed",
 }
 
 
@@ -309,7 +314,7 @@ def with_fields_added_later(data: dict[str, Any]) -> tuple[dict[str, Any], list[
         for key in parents:
             node = node.setdefault(key, {}) if isinstance(node, dict) else None  # a damaged spec: schema says
         if isinstance(node, dict) and leaf not in node:
-            node[leaf] = value
+            node[leaf] = copy.deepcopy(value)  # a list default stays this table's own
             filled.append(dotted)
     return out, filled
 

@@ -4,7 +4,8 @@ and how many documents each candidate was scored on (no plots, no text)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -13,6 +14,9 @@ import torch
 from mmmo.config import SearchSpec
 from mmmo.run_store import RunState, RunStore, SourceScore
 from mmmo.search.pareto import pareto_mask
+from mmmo.search.space import SearchSpace
+from mmmo.take_home import TakeHomeChoice, choose_trial
+from mmmo.take_home_spec import TakeHomeSpec
 from mmmo.trial import Trial
 
 
@@ -41,6 +45,10 @@ class RunSummary:
     full_documents: int | None = None
     # The spec's merge methods: one, or those a search chose among (each trial then records its own).
     methods: tuple[str, ...] = ()
+    # What the merge a user takes home maximises and must meet (the spec's `take_home:`), and the unit cube's
+    # categorical coordinates (a mixed run's method) for the posterior's GP.
+    take_home_spec: TakeHomeSpec = field(default_factory=TakeHomeSpec)
+    cat_dims: tuple[int, ...] = ()
 
     @property
     def is_mixed(self) -> bool:
@@ -51,13 +59,37 @@ class RunSummary:
         """The method a trial merged with: its own, else the run's one method."""
         return trial.method_or(self.methods[0] if self.methods else "")
 
+    @cached_property
+    def take_home(self) -> TakeHomeChoice:
+        """The merge to take home by the run's preference, among the trials scored in full (chosen once)."""
+        return self.take_home_among(self.scored_in_full, cat_dims=self.cat_dims)
+
+    def take_home_among(
+        self, trials: Sequence[Trial], *, cat_dims: Sequence[int] = (), ignore_requirements: bool = False
+    ) -> TakeHomeChoice:
+        """The take-home choice by the run's preference among `trials` (done, scored in full)."""
+        return choose_trial(
+            trials, self.objective_names, self.task_names, self.sources, self.take_home_spec,
+            cat_dims=cat_dims, ignore_requirements=ignore_requirements,
+        )
+
+    def rechoose(self, preference: TakeHomeSpec) -> RunSummary:
+        """This summary with another take-home preference (nothing is re-run: the choice is made anew)."""
+        return replace(self, take_home_spec=preference)
+
     def best_per_method(self) -> dict[str, Trial]:
-        """Per method (in the spec's order) the trial `best` would choose among that method's trials alone."""
+        """Per method (in the spec's order) the take-home merge among that method's trials alone; the run's own
+        take-home merge for its method. A method none of whose trials meets every requirement is left out."""
+        chosen = self.take_home.trial
         out = {}
         for m in self.methods:
+            if chosen is not None and self.method(chosen) == m:
+                out[m] = chosen
+                continue
             mine = [t for t in self.scored_in_full if self.method(t) == m]
-            if mine:
-                out[m] = max(mine, key=lambda t: (self.mean_task_score(t), -t.id))
+            pick = self.take_home_among(mine).trial if mine else None
+            if pick is not None:
+                out[m] = pick
         return out
 
     def mean_task_score(self, trial: Trial) -> float:
@@ -93,17 +125,20 @@ class RunSummary:
         return objective_matrix(trials, self.objective_names)
 
     def best(self, objective: str | None = None) -> Trial | None:
-        """The done trial scored in full with the highest value of `objective` (default: the mean task score).
+        """The merge to take home (`take_home`; None when none qualifies), or with `objective` the done trial
+        scored in full with the highest value of that objective.
 
-        Ties are broken by dominance: of the tied trials, only one that no other done trial dominates on all
-        objectives can be best (the lowest id of those), so "best" is always on the Pareto front.
+        Ties on `objective` are broken by dominance: of the tied trials, only one that no other done trial
+        dominates on all objectives can be best (the lowest id of those), so it is always on the Pareto front.
         """
+        if objective is None:
+            return self.take_home.trial
         candidates = self.scored_in_full
         if not candidates:
             return None
 
         def key(t: Trial) -> float:
-            return self.mean_task_score(t) if objective is None else t.objectives[objective]  # type: ignore[index]
+            return t.objectives[objective]  # type: ignore[index]
 
         # Exact equality: rounding is monotone, so a trial that dominates another never averages an ulp lower.
         top = max(key(t) for t in candidates)
@@ -171,7 +206,15 @@ def summarize_run(spec: SearchSpec, state: RunState) -> RunSummary:
         document_objectives=counted,
         full_documents=_full_documents(counted, state),
         methods=spec.merge.methods,
+        take_home_spec=spec.take_home,
+        cat_dims=_cat_dims(spec),
     )
+
+
+def _cat_dims(spec: SearchSpec) -> tuple[int, ...]:
+    """The unit cube's categorical coordinates: a mixed run's method, else none."""
+    method_dim = SearchSpace.from_spec(spec).method_dim if spec.merge.is_mixed else None
+    return () if method_dim is None else (method_dim,)
 
 
 def load_run(run_dir: str | Path) -> tuple[SearchSpec, RunState, RunSummary]:

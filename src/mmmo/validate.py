@@ -106,7 +106,7 @@ def plan_spec_memory(
         batch = 1 if probe.device.type == "cuda" else NON_CUDA_AUTO_BATCH
     return plan_run(
         SourceSizes.of(base.shapes(), len(spec.models)), ModelDims.from_config(base.config),
-        dtype=probe.dtype, device=probe.device, sparsification=method_info(spec.merge.methods[0]).sparsification,
+        dtype=probe.dtype, device=probe.device, sparsification=method_info(spec.merge.methods[0]).table_kind,
         device_free=probe.free_bytes, host_available=probe.host_bytes, batch=batch, unmeasured=probe.why,
     )
 

@@ -17,7 +17,7 @@ from mmmo.merge.plan import MergePlan
 from mmmo.merge.reference import NORM_EPS
 from mmmo.merge.selection import MagnitudeCut, trim_chunk
 from mmmo.merge.sparsify import accumulate_dtype
-from mmmo.merge.tensor_setup import DIVISOR_START, TensorSetup, della_keep
+from mmmo.merge.tensor_setup import DIVISOR_START, TensorSetup, band_keep, della_keep
 from mmmo.merge.workspace import Workspace
 
 
@@ -91,11 +91,18 @@ def _sparsified_rows(
     kind = plan.method.sparsification
     for j, i in enumerate(setup.active):
         x = flat[i, a : a + c]
-        cut = setup.cuts[j] if kind in ("magnitude", "magnitude_outliers") else None
+        band = setup.bands[j] if setup.bands else None
+        cut = setup.cuts[j] if kind in ("magnitude", "magnitude_outliers") and not setup.bands else None
         u = setup.draws[j] if kind in ("random", "della_magprune") else None
-        if cut is not None:
-            seen[0][j] = _trim(x, cut, rows[j], a, ci, seen[0][j], drop_edges[0][j], ws)
-            inner = setup.inner_cuts[j] if setup.inner_cuts else None
+        inner = setup.inner_cuts[j] if setup.inner_cuts else None
+        if band is not None:  # Breadcrumbs by the magnitude-rank table: x * (its band of ranks)
+            between = ws.get("band_between", c, torch.bool, flat.device)
+            torch.mul(x, band_keep(band[0][a : a + c], band[1], band[2], mask[:c], between), out=rows[j])
+        elif cut is not None or inner is not None:
+            if cut is None:  # Breadcrumbs dropping none of the smallest: only the largest go
+                rows[j].copy_(x)
+            else:
+                seen[0][j] = _trim(x, cut, rows[j], a, ci, seen[0][j], drop_edges[0][j], ws)
             if inner is not None:  # Breadcrumbs: less the largest (nested cuts, so the difference is exact)
                 out = mask[:c]
                 seen[1][j] = _trim(x, inner, out, a, ci, seen[1][j], drop_edges[1][j], ws)
@@ -107,7 +114,7 @@ def _sparsified_rows(
             else:
                 rank = setup.ranks[j]
                 assert rank is not None  # drawn, so density < 1
-                della_keep(u[a : a + c], rank[a : a + c], setup.spreads[j], keep)
+                della_keep(u[a : a + c], rank[a : a + c], setup.spreads[j], keep, ws)
             torch.mul(x, keep, out=rows[j])
         else:
             rows[j].copy_(x)

@@ -17,7 +17,9 @@ import mmmo.merge.fused as fused_kernel
 from mmmo.merge.chunked import merge_chunks
 from mmmo.merge.geometric import GeometricMerge
 from mmmo.merge.plan import MergePlan
+from mmmo.merge.reference import NORM_EPS
 from mmmo.merge.sce import sce_merge_chunks
+from mmmo.merge.selection import MagnitudeCut
 from mmmo.merge.tables import Precomputed
 from mmmo.merge.tensor_setup import TensorSetup, tensor_setup
 from mmmo.merge.workspace import Workspace
@@ -51,8 +53,9 @@ def merge_into(
     replaces the TIES selection, the DARE draws and DARE's norm pass by lookups. Models with weight 0 or
     density <= 0 contribute nothing in every method, so they are skipped.
 
-    SCE ignores `weights` and `densities` (`mmmo.merge.sce`). With `plan.fused`, ties and dare_ties in float32/64 (normalized only with weights >= 2^-60) run as one
-    compiled kernel with the same result bit for bit; other cases, or no compiler, run eagerly. TIES ties at the
+    SCE ignores `weights` and `densities` (`mmmo.merge.sce`). With `plan.fused`, the sparsified methods in
+    float32/64 (with sign election normalized only with weights >= 2^-60; Breadcrumbs only with its rank table) run
+    as one compiled kernel with the same result bit for bit; other cases, or no compiler, run eagerly. TIES ties at the
     threshold that must go are zeroed in `deltas` for the kernel's pass and restored after it.
     """
     n = deltas.shape[0]
@@ -66,13 +69,16 @@ def merge_into(
     if plan.method.sce:
         return sce_merge_chunks(out_flat, base_flat, flat, plan.value("select_topk"), tables, ws, plan.chunk,
                                 add_base=add_base)
-    setup = tensor_setup(plan, flat, weights, densities, generators, tables, ws, base.shape)
+    della = plan.method.sparsification == "della_magprune" and deltas.dtype in fused_kernel.FUSED_DTYPES
+    kept_l1 = fused_kernel.della_kept_l1 if plan.fused and della else None
+    setup = tensor_setup(plan, flat, weights, densities, generators, tables, ws, base.shape, kept_l1)
     if not setup.active:
         return _merge_without_models(out_flat, base_flat, plan, add_base=add_base)
     if _fusable(plan, setup, add_base):
         stat = _merge_fused(out_flat, base_flat, flat, plan, setup, ws)
         if stat is not None:
-            return stat * abs(plan.lambda_) if plan.lambda_ != 1 else stat
+            # the kernel's consensus statistic leaves lambda out (its linear one has it)
+            return stat * abs(plan.lambda_) if plan.lambda_ != 1 and plan.method.consensus else stat
     return merge_chunks(out_flat, base_flat, flat, plan, setup, ws, add_base=add_base)
 
 
@@ -93,54 +99,93 @@ def _merge_without_models(out_flat: Tensor, base_flat: Tensor, plan: MergePlan, 
 
 def _fusable(plan: MergePlan, setup: TensorSetup, add_base: bool) -> bool:
     """Whether the compiled kernel can take this merge (it has no general divisor and no half types)."""
+    info = plan.method
+    consensus = info.consensus
     return (
-        plan.fused and plan.method.consensus and add_base and setup.dtype in fused_kernel.FUSED_DTYPES
-        and plan.method.sparsification in fused_kernel.FUSED_SPARSIFICATIONS
-        and (not plan.normalize or setup.fast_divisor) and fused_kernel.available()
+        plan.fused and add_base and setup.dtype in fused_kernel.FUSED_DTYPES
+        and fused_kernel.fusable(info.sparsification, consensus)
+        and (info.sparsification != "magnitude_outliers" or bool(setup.bands))  # Breadcrumbs: by its rank table
+        and (not consensus or not plan.normalize or setup.fast_divisor) and fused_kernel.available()
     )
 
 
 def _merge_fused(
     out_flat: Tensor, base_flat: Tensor, flat: Tensor, plan: MergePlan, setup: TensorSetup, ws: Workspace
 ) -> Tensor | None:
-    """The consensus merge through the fused kernel: per-model arguments for all models, with the ties past
-    each cut's `room` zeroed in `flat` for the pass (restored after it). None: kernel unavailable."""
+    """The merge through the fused kernel: per-model arguments for all models, with the TIES ties past each
+    cut's `room` zeroed in `flat` for the pass (restored after it). None: kernel unavailable."""
     n, numel = flat.shape
     sparsification = plan.method.sparsification
-    limits, row_factors, row_weights = [0.0] * n, [0.0] * n, [0.0] * n
+    limits: list[float] = [0.0] * n
+    spans: list[float] = [0.0] * n
+    row_factors, row_weights = [0.0] * n, [0.0] * n
     on = [False] * n
     row_draws: list[Tensor] | None = None
-    if sparsification == "random":
+    row_ranks: list[Tensor] | None = None
+    if sparsification in ("random", "della_magprune"):
         row_draws = [ws.zeros("draws", numel, torch.float32, flat.device)] * n
+    if sparsification == "della_magprune":
+        row_ranks = [ws.zeros("della_ranks", numel, torch.float32, flat.device)] * n
+    elif sparsification == "magnitude_outliers":
+        rank_dtype = next(b[0].dtype for b in setup.bands if b is not None) if any(setup.bands) else torch.int32
+        row_ranks = [ws.zeros("band_ranks", numel, rank_dtype, flat.device)] * n
     factors = setup.factors
     dropped: list[tuple[int, Tensor, Tensor]] = []
     try:
         for j, i in enumerate(setup.active):
             on[i], row_factors[i], row_weights[i] = True, factors[j], setup.weights[i]
             if sparsification == "magnitude":
-                cut = setup.cuts[j]
-                limits[i] = -1.0 if cut is None else cut.below  # -1: keep everything
-                if cut is not None and cut.room is not None:
-                    drop = cut.drop
-                    if drop is None:  # the selection path knows how many ties stay, not where they are
-                        drop = torch.nonzero(flat[i].abs() == cut.t).squeeze(1)[cut.room :]
-                    if drop.numel():
-                        dropped.append((i, drop, flat[i][drop].clone()))
-                        flat[i][drop] = 0
+                limits[i] = _ties_limit(flat, i, setup.cuts[j], dropped)
             elif sparsification == "random" and row_draws is not None:
                 u = setup.draws[j]
                 if u is None:  # density >= 1: every draw of the zeros buffer is < 1
                     limits[i] = 1.0
                 else:
                     row_draws[i], limits[i] = u, setup.densities[i]
+            elif sparsification == "magnitude_outliers" and row_ranks is not None:
+                band = setup.bands[j]
+                if band is None:  # density >= 1: every rank of the zeros buffer is in [0, numel)
+                    limits[i], spans[i] = 0, numel
+                else:
+                    row_ranks[i], limits[i], spans[i] = band
+            elif sparsification == "della_magprune" and row_draws is not None and row_ranks is not None:
+                u, rank = setup.draws[j], setup.ranks[j]
+                if u is None or rank is None:  # density >= 1: 0 < 0 * 2 * 0 + 1
+                    limits[i], spans[i] = 1.0, 0.0
+                else:
+                    row_draws[i], row_ranks[i] = u, rank
+                    limits[i], spans[i] = setup.spreads[j]
         return fused_kernel.consensus_merge(
             out_flat, base_flat, [flat[i] for i in range(n)], sparsification=sparsification, limits=limits,
             factors=row_factors, weights=row_weights, active=on, normalize=plan.normalize,
-            lambda_=plan.lambda_, draws=row_draws,
+            lambda_=plan.lambda_, draws=row_draws, ranks=row_ranks, spans=spans, consensus=plan.method.consensus,
+            total_weight=_total_weight(setup),
         )
     finally:
         for i, drop, values in dropped:
             flat[i][drop] = values
+
+
+def _ties_limit(flat: Tensor, i: int, cut: MagnitudeCut | None, dropped: list[tuple[int, Tensor, Tensor]]) -> float:
+    """The kernel's limit for row i's TIES cut (-1: keep everything); the ties past the cut's `room` are zeroed in
+    `flat` and listed in `dropped` (to restore after the pass)."""
+    if cut is None:
+        return -1.0
+    if cut.room is not None:
+        drop = cut.drop
+        if drop is None:  # the selection path knows how many ties stay, not where they are
+            drop = torch.nonzero(flat[i].abs() == cut.t).squeeze(1)[cut.room :]
+        if drop.numel():
+            dropped.append((i, drop, flat[i][drop].clone()))
+            flat[i][drop] = 0
+    return cut.below
+
+
+def _total_weight(setup: TensorSetup) -> float:
+    """What a merge without sign election divides by under normalize: the sum of the weights (in the compute
+    dtype), or 1 where it is ~0, as `chunked` does."""
+    total = float(torch.tensor(setup.weights, dtype=setup.dtype).sum())
+    return total if abs(total) >= NORM_EPS else 1.0
 
 
 def merge_tensor(

@@ -59,14 +59,21 @@ class GeometricMerge:
         if method == "nuslerp":
             return self._nuslerp(out, name, base, deltas, weights, params)
         merged = self._merged(name, base, deltas, weights, params)
-        out.copy_(merged)
-        return _abs_diff_sum(merged, base)
+        total = torch.zeros((), dtype=torch.float64, device=out.device)
+        o, m, b = out.view(-1), merged.reshape(-1), base.reshape(-1)
+        for s, e in self._chunks(b):  # out = merged, and |out - base|_1 chunk by chunk (no float64 copies)
+            total += self._write(o[s:e], m[s:e], b[s:e])
+        return total
 
     def _merged(self, name: str, base: Tensor, deltas: Tensor, weights: Sequence[float],
                 params: Mapping[str, float]) -> Tensor:
         """The merge of multislerp, model_stock or karcher, in the task vectors' dtype."""
-        models = [base + d for d in deltas]  # the models, as mergekit reads them
         method = self.info.name
+        if method == "multislerp" and self.with_base and len(deltas) > 1:  # on the task vectors: no models needed
+            merged = multislerp(deltas, weights, normalize_weights=bool(params["normalize_weights"]),
+                                eps=params["eps"], name=name)
+            return base + merged
+        models = [base + d for d in deltas]  # the models, as mergekit reads them
         if method == "model_stock":
             return model_stock(base.to(deltas.dtype), list(deltas), models, filter_wise=bool(params["filter_wise"]))
         if method == "karcher":

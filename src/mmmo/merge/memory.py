@@ -9,13 +9,14 @@ from pathlib import Path
 
 import torch
 
-from mmmo.merge.registry import Sparsification
+from mmmo.merge.registry import TableKind
 
 # Share of the memory free at load time that task vectors and tables may take: the rest is for the live model's
 # activations during evaluation, the allocator's slack and whatever else the machine runs.
 RESIDENT_FRACTION = 0.7
 DRAW_TABLE_BYTES = 12  # DARE, per parameter and model: float32 draw, sorted draw and L1 prefix sum
-POSITION_BYTES = 4  # TIES, per parameter and model, beside the sorted magnitude (in the merge dtype): int32
+POSITION_BYTES = 4  # TIES, per parameter and model, beside the sorted magnitude (in the merge dtype): int32;
+# Breadcrumbs' magnitude rank alone
 DELLA_TABLE_BYTES = 8  # DELLA, per parameter and model: float32 draw and rank (at most float32)
 
 
@@ -64,10 +65,12 @@ def store_bytes(numel: int, n_models: int, dtype: torch.dtype) -> int:
     return numel * itemsize(dtype) * (n_models + 1)
 
 
-def table_bytes_per_entry(sparsification: Sparsification | None, itemsize: int) -> int:
+def table_bytes_per_entry(sparsification: TableKind | None, itemsize: int) -> int:
     """Bytes of search-wide tables per parameter and model (`mmmo.merge.tables`); 0 for methods without any."""
-    if sparsification in ("magnitude", "magnitude_outliers"):
+    if sparsification == "magnitude":
         return itemsize + POSITION_BYTES  # sorted magnitude + its position
+    if sparsification == "magnitude_outliers":
+        return POSITION_BYTES  # the magnitude rank, int32
     if sparsification == "random":
         return DRAW_TABLE_BYTES
     if sparsification == "della_magprune":
@@ -75,8 +78,11 @@ def table_bytes_per_entry(sparsification: Sparsification | None, itemsize: int) 
     return 0
 
 
-def table_bytes(numel: int, n_models: int, dtype: torch.dtype, sparsification: Sparsification | None) -> int:
-    """The search-wide tables of every model's task vector (0 for methods without any)."""
+def table_bytes(numel: int, n_models: int, dtype: torch.dtype, sparsification: TableKind | None) -> int:
+    """The search-wide tables of every model's task vector (0 for methods without any); SCE's are per parameter,
+    not per model: the variance across models, the same sorted and their positions."""
+    if sparsification == "variance":
+        return numel * (2 * itemsize(dtype) + POSITION_BYTES)
     return numel * n_models * table_bytes_per_entry(sparsification, itemsize(dtype))
 
 
@@ -94,7 +100,7 @@ def plan_memory(
     numel: int,
     n_models: int,
     dtype: torch.dtype,
-    sparsification: Sparsification | None,
+    sparsification: TableKind | None,
     device: torch.device,
     *,
     max_resident_bytes: int | None,

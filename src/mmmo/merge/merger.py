@@ -99,12 +99,15 @@ class Merger:
     With `precompute` (default), resident task vectors also get search-wide tables when those fit in the same
     budget too: for TIES the sorted magnitudes and their positions (`dtype` + int32 per parameter and model),
     which make every candidate's threshold and ties a lookup; for DARE the draws, sorted draws and L1 prefix sums
-    (12 bytes per parameter and model), which replace the RNG and the rescale's norm pass. `precompute_bytes` is
-    their size (0 if off).
+    (12 bytes per parameter and model), which replace the RNG and the rescale's norm pass; for Breadcrumbs each
+    entry's magnitude rank (4 bytes), which makes its band one comparison; for DELLA the draws and ranks (8); for
+    SCE the variances across models, sorted, with positions (12 bytes per parameter, not per model).
+    `precompute_bytes` is their size (0 if off).
 
-    `fused` runs ties and dare_ties in float32/64 as one compiled kernel per tensor (`mmmo.merge.fused`; same
-    tensors bit for bit). None (default) turns it on for CPU models from `fuse_min_params` parameters; it is
-    compiled while loading, and turned off, with a warning, if that fails. On CUDA it is opt-in (untested there).
+    `fused` runs the sparsified methods (ties, dare_ties, breadcrumbs(_ties), della(_linear)) in float32/64 as
+    one compiled kernel per tensor (`mmmo.merge.fused`; same tensors bit for bit). None (default) turns it on
+    for CPU models from `fuse_min_params` parameters; it is compiled while loading, and turned off, with a
+    warning, if that fails. On CUDA it is opt-in (untested there).
 
     Options come as a `MergerOptions` or as its fields by keyword (`Merger(base, models, method="ties")`).
     """
@@ -151,7 +154,7 @@ class Merger:
         if options.methods and budget is None:  # one budget for every method's tables, fixed before loading
             budget = default_resident_budget(self.device)
         memory = plan_memory(
-            self.numel, self.n_models, self.dtype, options.info.sparsification, self.device,
+            self.numel, self.n_models, self.dtype, options.info.table_kind, self.device,
             max_resident_bytes=budget, want_tables=options.precompute,
         )
         self.resident = memory.resident
@@ -160,7 +163,7 @@ class Merger:
         self.precompute_bytes = memory.table_bytes
         self.task_vectors = load_task_vectors(
             self.base_ckpt, self.model_ckpts, self.names, dtype=self.dtype, device=self.device,
-            resident=memory.resident, sparsification=options.info.sparsification, with_tables=memory.tables,
+            resident=memory.resident, sparsification=options.info.table_kind, with_tables=memory.tables,
             seed=options.seed,
         )
         self._more_tables(budget)
@@ -174,7 +177,7 @@ class Merger:
 
     def _more_tables(self, budget: int | None) -> None:
         """The tables of the other methods' sparsifications, each where it fits in `budget` beside what is kept."""
-        kinds = {method_info(m).sparsification for m in self.options.methods} - {None, self.options.info.sparsification}
+        kinds = {method_info(m).table_kind for m in self.options.methods} - {None, self.options.info.table_kind}
         for kind in sorted(kinds):  # type: ignore[type-var]
             left = None if budget is None else budget - self.precompute_bytes
             more = plan_memory(self.numel, self.n_models, self.dtype, kind, self.device, max_resident_bytes=left,
@@ -200,11 +203,12 @@ class Merger:
     def _compile_fused(self, plan: MergePlan) -> bool:
         """Whether merges run the fused kernel: supported, wanted (or large enough on CPU), and compiled."""
         info, wanted = plan.method, self.options.fused
-        if not (info.consensus and not info.sce and self.dtype in fused_kernel.FUSED_DTYPES
-                and info.sparsification in fused_kernel.FUSED_SPARSIFICATIONS):
+        if not (not info.sce and not info.geometric and self.dtype in fused_kernel.FUSED_DTYPES
+                and fused_kernel.fusable(info.sparsification, info.consensus)):
             if wanted:
                 warnings.warn(
-                    f"fused merge kernel not used: it runs ties / dare_ties in float32 or float64, not "
+                    f"fused merge kernel not used: it runs ties, dare_ties, breadcrumbs(_ties) and della(_linear)"
+                    " in float32 or float64, not "
                     f"{info.name} in {str(self.dtype).removeprefix('torch.')}", stacklevel=3,
                 )
             return False
@@ -214,7 +218,7 @@ class Merger:
             return False
         return fused_kernel.warm_up(
             self.n_models, sparsification=info.sparsification, normalize=plan.normalize, lambda_=plan.lambda_,
-            dtype=self.dtype, device=self.device,
+            dtype=self.dtype, device=self.device, consensus=info.consensus, rescale=plan.rescale,
         )
 
     @property

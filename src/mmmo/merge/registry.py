@@ -19,6 +19,8 @@ MethodName = Literal[
 # How each task vector is sparsified (`mmmo.merge.sparsify`), by mergekit's names: TIES trim, DARE drop, Model
 # Breadcrumbs (drop the smallest and the largest magnitudes), DELLA (keep with a probability rising with magnitude)
 Sparsification = Literal["magnitude", "random", "magnitude_outliers", "della_magprune"]
+# The search-wide tables a method uses (`mmmo.merge.tables`): its sparsification's, or SCE's variances across models
+TableKind = Literal["magnitude", "random", "magnitude_outliers", "della_magprune", "variance"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,11 @@ class MethodInfo:
     max_models: int | None = None
     # sce: SCE's select-calculate-erase (`mmmo.merge.sce`) instead of the weighted sum of task vectors
     sce: bool = False
+
+    @property
+    def table_kind(self) -> TableKind | None:
+        """Which search-wide tables speed this method up (None: none)."""
+        return "variance" if self.sce else self.sparsification
 
     @property
     def uses_density(self) -> bool:

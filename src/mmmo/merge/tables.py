@@ -23,6 +23,7 @@ class Precomputed:
     l1_prefix: Tensor | None = None  # cumulative |delta_i| in draw order
     l1_norms: Tensor | None = None  # [n] `rescale_l1(delta_i)`, for DARE's rescale without the tables
     ranks: Tensor | None = None  # DELLA: `sparsify.della_rank_norm` of each task vector, flat
+    mag_rank: Tensor | None = None  # Breadcrumbs: each entry's rank by descending |delta_i| (`magnitude_ranks`)
     variance: Tensor | None = None  # SCE: [numel] variance across the models (`sce.variance`)
     sorted_var: Tensor | None = None  # [numel] the same ascending
     var_pos: Tensor | None = None  # [numel] their flat positions
@@ -56,6 +57,35 @@ def sorted_magnitudes(deltas: Tensor) -> tuple[Tensor, Tensor]:
         return values, positions
     values, order = torch.sort(mag, dim=1, stable=True)
     return values, order.to(pos_dtype)
+
+
+def magnitude_ranks(deltas: Tensor) -> Tensor:
+    """Per task vector, each entry's place when |delta_i| is ordered descending, equal magnitudes lowest flat
+    position first ([n, numel] int32; int64 past 2^31 entries): `sparsify.top_mask(delta, k)` is `rank < k`.
+
+    Breadcrumbs' band for any density and gamma is then one comparison per entry, `k_inner <= rank < k_outer`
+    (`sparsify.outlier_band`), with no selection and no tie handling.
+    """
+    n = deltas.shape[0]
+    mag = deltas.detach().reshape(n, -1).abs()
+    numel = mag.shape[1]
+    if mag.device.type == "cpu" and mag.dtype != torch.float64 and numel < 2**31:
+        import numpy as np
+
+        # One int64 sort per row, as `sorted_magnitudes`, on (largest float32 bits - bits, position): ascending
+        # keys are descending magnitudes, equal ones by ascending position.
+        ranks = torch.empty(mag.shape, dtype=torch.int32)
+        index = torch.arange(numel, dtype=torch.int64)
+        places = np.arange(numel, dtype=np.int32)
+        for i in range(n):
+            keys = ((0x7FFFFFFF - mag[i].float().view(torch.int32).to(torch.int64)) << 32) | index
+            order = np.sort(keys.numpy()) & 0x7FFFFFFF
+            ranks[i].numpy()[order] = places
+        return ranks
+    pos_dtype = torch.int32 if numel < 2**31 else torch.int64
+    order = torch.sort(mag, dim=1, descending=True, stable=True).indices
+    places = torch.arange(numel, dtype=pos_dtype, device=mag.device).expand(n, numel)
+    return torch.empty(mag.shape, dtype=pos_dtype, device=mag.device).scatter_(1, order, places)
 
 
 def rescale_l1(t: Tensor) -> Tensor:
@@ -101,10 +131,32 @@ def della_tables(deltas: Tensor, generators: Sequence[torch.Generator | None]) -
     Each merge then compares the draws with probabilities made from the ranks: no RNG, no sort."""
     n = deltas.shape[0]
     u = torch.empty((n, deltas[0].numel()), dtype=torch.float32, device=deltas.device)
-    ranks = [della_rank_norm(deltas[i]).reshape(-1) for i in range(n)]
+    ranks = [_row_rank_norm(deltas[i]) for i in range(n)]
     for i in range(n):
         u[i].uniform_(generator=generators[i])
     return u, torch.stack(ranks)
+
+
+def _row_rank_norm(delta: Tensor) -> Tensor:
+    """`sparsify.della_rank_norm(delta)`, flat; on CPU for float32 / float16 matrices (and vectors) with under
+    2^16 rows and columns, by one int64 sort of (row, magnitude bits, column) instead of two sorts per row."""
+    rows = delta.unsqueeze(0) if delta.dim() < 2 else delta
+    if (delta.device.type != "cpu" or delta.dtype not in (torch.float32, torch.float16) or rows.dim() != 2
+            or not 1 < rows.shape[1] < 2**16 or rows.shape[0] >= 2**16):
+        return della_rank_norm(delta).reshape(-1)
+    import numpy as np
+
+    n_rows, n_cols = rows.shape
+    bits = rows.abs().float().view(torch.int32).to(torch.int64)  # >= 0: ordered like the magnitudes
+    row = torch.arange(n_rows, dtype=torch.int64).view(-1, 1)
+    col = torch.arange(n_cols, dtype=torch.int64).view(1, -1)
+    keys = torch.from_numpy(np.sort(((row << 47) | (bits << 16) | col).reshape(-1).numpy()))
+    # sorted slot s holds (row, col) with rank s - row * n_cols within its row (equal magnitudes: lower column
+    # first, as the stable sort); the rank is scaled as della_rank_norm does, (r + 1 - 1) / (n_cols - 1) in float32
+    place = (keys >> 47) * n_cols + (keys & 0xFFFF)
+    rank = torch.empty(n_rows * n_cols, dtype=torch.float32)
+    rank[place] = torch.arange(n_rows * n_cols, dtype=torch.int64).sub_((keys >> 47) * n_cols).float()
+    return rank.div_(torch.tensor(float(n_cols - 1), dtype=torch.float32))
 
 
 def masked_l1(u_sorted: Tensor, prefix: Tensor, density: float) -> float:

@@ -11,9 +11,17 @@ import torch
 from torch import Tensor
 
 from mmmo.merge.checkpoint import Checkpoint
-from mmmo.merge.registry import Sparsification
+from mmmo.merge.registry import TableKind
+from mmmo.merge.sce import variance
 from mmmo.merge.sparsify import dare_generator
-from mmmo.merge.tables import Precomputed, dare_tables, della_tables, rescale_l1, sorted_magnitudes
+from mmmo.merge.tables import (
+    Precomputed,
+    dare_tables,
+    della_tables,
+    magnitude_ranks,
+    rescale_l1,
+    sorted_magnitudes,
+)
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,7 @@ def load_task_vectors(
     dtype: torch.dtype,
     device: torch.device,
     resident: bool,
-    sparsification: Sparsification | None,
+    sparsification: TableKind | None,
     with_tables: bool,
     seed: int,
 ) -> TaskVectors:
@@ -84,7 +92,7 @@ def load_task_vectors(
     return out
 
 
-def add_tables(tv: TaskVectors, sparsification: Sparsification, *, with_tables: bool, seed: int) -> None:
+def add_tables(tv: TaskVectors, sparsification: TableKind, *, with_tables: bool, seed: int) -> None:
     """Give every tensor of `tv` the tables of one more sparsification (a merger that merges with several methods):
     what `load_task_vectors` computes for its own, kept beside the tables already there."""
     for name, deltas in tv.deltas.items():
@@ -96,7 +104,7 @@ def add_tables(tv: TaskVectors, sparsification: Sparsification, *, with_tables: 
 
 
 def _tables(
-    deltas: Tensor, name: str, sparsification: Sparsification, with_tables: bool, seed: int, device: torch.device
+    deltas: Tensor, name: str, sparsification: TableKind, with_tables: bool, seed: int, device: torch.device
 ) -> Precomputed:
     if sparsification == "random" and with_tables:
         gens = [dare_generator(seed, i, name, device) for i in range(deltas.shape[0])]
@@ -106,6 +114,14 @@ def _tables(
         gens = [dare_generator(seed, i, name, device) for i in range(deltas.shape[0])]
         u, ranks = della_tables(deltas, gens)
         return Precomputed(uniforms=u, ranks=ranks, l1_norms=torch.stack([rescale_l1(d) for d in deltas]))
+    if sparsification == "variance":  # SCE: what its selection looks up (none without the tables)
+        if not with_tables:
+            return Precomputed()
+        var = variance(deltas.reshape(deltas.shape[0], -1))
+        ordered, positions = sorted_magnitudes(var.unsqueeze(0))  # variances are >= 0: their own magnitudes
+        return Precomputed(variance=var, sorted_var=ordered[0], var_pos=positions[0])
+    if sparsification == "magnitude_outliers" and with_tables:
+        return Precomputed(mag_rank=magnitude_ranks(deltas))
     if with_tables:
         values, positions = sorted_magnitudes(deltas)
         return Precomputed(sorted_mag=values, sorted_pos=positions)

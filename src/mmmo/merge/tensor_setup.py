@@ -6,7 +6,7 @@ elementwise (`mmmo.merge.chunked`, or the compiled kernel of `mmmo.merge.fused`)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +48,9 @@ class TensorSetup:
     # DELLA: each active model's flat rank_norm (None: density >= 1) and (density - eps, eps) of its probabilities
     ranks: list[Tensor | None] = field(default_factory=list)
     spreads: list[tuple[float, float]] = field(default_factory=list)
+    # Breadcrumbs with the magnitude-rank table: each active model's (ranks, k_inner, k_outer), the band kept being
+    # k_inner <= rank < k_outer (None: density >= 1, keep whole); it then has no cuts
+    bands: list[tuple[Tensor, int, int] | None] = field(default_factory=list)
 
 
 def _weights_list(weights: Tensor | Sequence[float], dtype: torch.dtype, n: int) -> list[float]:
@@ -61,7 +64,8 @@ def _weights_list(weights: Tensor | Sequence[float], dtype: torch.dtype, n: int)
 def _as_densities(densities: Tensor | Sequence[float] | None, n: int) -> list[float]:
     if densities is None:
         return [1.0] * n  # mergekit's default density
-    values = torch.as_tensor(densities).detach().to("cpu", torch.float64).reshape(-1).tolist()
+    # float64 from the start: a list of Python floats would otherwise round to float32 (0.02 -> 0.01999...)
+    values = torch.as_tensor(densities, dtype=torch.float64).detach().to("cpu").reshape(-1).tolist()
     if len(values) != n:
         raise ValueError(f"expected {n} densities, got {len(values)}")
     return [float(v) for v in values]
@@ -120,10 +124,11 @@ def tensor_setup(
     tables: Precomputed,
     ws: Workspace,
     shape: Sequence[int] | None = None,
+    kept_l1: KeptL1 | None = None,
 ) -> TensorSetup:
     """The decisions for the task vectors `flat` ([n, numel]); `weights`, `densities`: [n] (densities ignored,
-    and taken as 1, by methods without density); `shape`: the tensor's (DELLA ranks within its rows). Only the
-    models that take part get cuts or draws."""
+    and taken as 1, by methods without density); `shape`: the tensor's (DELLA ranks within its rows); `kept_l1`:
+    DELLA's rescale norms in one pass where it can. Only the models that take part get cuts or draws."""
     n = flat.shape[0]
     w = _weights_list(weights, flat.dtype, n)
     dens = _as_densities(densities, n) if plan.method.uses_density else [1.0] * n
@@ -134,9 +139,12 @@ def tensor_setup(
     scales: list[float] = []
     ranks: list[Tensor | None] = []
     spreads: list[tuple[float, float]] = []
+    bands: list[tuple[Tensor, int, int] | None] = []
     kind = plan.method.sparsification
     if active and kind == "magnitude":
         cuts = magnitude_cuts(flat, active, dens, tables, ws)
+    elif active and kind == "magnitude_outliers" and tables.mag_rank is not None:
+        bands = _bands(plan, tables.mag_rank, active, dens)
     elif active and kind == "magnitude_outliers":
         cuts, inner = _outlier_cuts(plan, flat, active, dens, tables, ws)
     elif active and kind == "random":
@@ -145,13 +153,29 @@ def tensor_setup(
         draws, _ = _dare_draws(plan, flat, active, dens, generators, tables, ws)
         ranks, spreads = _della(plan, flat, shape, active, dens, draws, tables)
     if active and plan.rescale and kind in ("magnitude", "magnitude_outliers", "della_magprune"):
-        scales = _masked_scales(flat, active, dens, cuts, inner, draws, ranks, spreads, tables, ws)
+        scales = _masked_scales(flat, active, dens, _Masks(cuts, inner, draws, ranks, spreads, bands), tables, ws,
+                                kept_l1)
     dtype = flat.dtype
     fold_scales = bool(scales) and dtype in (torch.float32, torch.float64)
     factors = [w[i] * scales[j] for j, i in enumerate(active)] if fold_scales else [w[i] for i in active]
     fast_divisor = dtype in FAST_DIVISOR_DTYPES and all(w[i] >= MIN_FAST_DIVISOR_WEIGHT for i in active)
     return TensorSetup(dtype, active, w, dens, cuts, draws, scales, fold_scales, factors, fast_divisor, inner, ranks,
-                       spreads)
+                       spreads, bands)
+
+
+def _bands(
+    plan: MergePlan, mag_rank: Tensor, active: list[int], dens: list[float]
+) -> list[tuple[Tensor, int, int] | None]:
+    """Breadcrumbs' band per active model as a range of magnitude ranks (None: density >= 1, keep whole)."""
+    numel, gamma = mag_rank.shape[1], plan.value("gamma")
+    return [None if dens[i] >= 1 else (mag_rank[i], *outlier_band(numel, dens[i], gamma)) for i in active]
+
+
+def band_keep(rank: Tensor, k_inner: int, k_outer: int, out: Tensor, scratch: Tensor) -> Tensor:
+    """out = 1 where k_inner <= rank < k_outer, else 0 (in out's dtype); `scratch`: a bool buffer of rank's length."""
+    torch.ge(rank, k_inner, out=scratch)
+    torch.lt(rank, k_outer, out=out)
+    return out.mul_(scratch)
 
 
 def _outlier_cuts(
@@ -193,42 +217,84 @@ def _della(
     return ranks, spreads
 
 
-def della_keep(u: Tensor, rank: Tensor, spread: tuple[float, float], out: Tensor) -> Tensor:
+def della_keep(u: Tensor, rank: Tensor, spread: tuple[float, float], out: Tensor, ws: Workspace) -> Tensor:
     """out = DELLA's keep mask (1/0 in out's dtype) from draws `u` and `rank` (flat, the length of `out`):
-    `u < (density - eps) + rank * 2 * eps`, the probabilities in rank's dtype and mergekit's order of operations."""
+    `u < (density - eps) + rank * 2 * eps`, the probabilities in rank's dtype (in a buffer of `ws`) and mergekit's
+    order of operations."""
     low, eps = spread
-    p = rank * 2
+    p = torch.mul(rank, 2, out=ws.get("della_p", rank.numel(), rank.dtype, rank.device))
     p.mul_(eps).add_(low)
     return torch.lt(u, p, out=out)
 
 
+@dataclass(frozen=True)
+class _Masks:
+    """How each active model is sparsified (the lists of `TensorSetup`), for its rescale factor."""
+
+    cuts: list[MagnitudeCut | None]
+    inner: list[MagnitudeCut | None]
+    draws: list[Tensor | None]
+    ranks: list[Tensor | None]
+    spreads: list[tuple[float, float]]
+    bands: list[tuple[Tensor, int, int] | None]
+
+
+# DELLA's kept |delta_i|_1 of every model in one pass (`mmmo.merge.fused.della_kept_l1`): (rows, draws, ranks,
+# spreads) -> one float64 sum per row, or None where it cannot run (then each is summed eagerly)
+KeptL1 = Callable[[list[Tensor], list[Tensor], list[Tensor], list[tuple[float, float]]], "list[float] | None"]
+
+
 def _masked_scales(
-    flat: Tensor, active: list[int], dens: list[float], cuts: list[MagnitudeCut | None],
-    inner: list[MagnitudeCut | None], draws: list[Tensor | None], ranks: list[Tensor | None],
-    spreads: list[tuple[float, float]], tables: Precomputed, ws: Workspace,
+    flat: Tensor, active: list[int], dens: list[float], masks: _Masks, tables: Precomputed, ws: Workspace,
+    kept_l1: KeptL1 | None,
 ) -> list[float]:
-    """The L1 rescale factor of each active model's sparsified row (a pass over the tensor per model)."""
+    """The L1 rescale factor of each active model's sparsified row: a pass over the tensor per model, or DELLA's
+    kept norms of all models in one compiled pass (`kept_l1`, where it runs)."""
     numel = flat.shape[1]
     row = ws.get("rescale_row", numel, flat.dtype, flat.device)
     scratch = ws.get("rescale_scratch", numel, flat.dtype, flat.device)
+    after = _della_kept_l1(flat, active, masks, kept_l1, ws) if masks.ranks and kept_l1 is not None else None
     scales: list[float] = []
     for j, i in enumerate(active):
         x = flat[i]
         if dens[i] >= 1:
             scales.append(1.0)
             continue
-        if ranks:
-            u, r = draws[j], ranks[j]
-            assert u is not None and r is not None  # density < 1
-            torch.mul(x, della_keep(u, r, spreads[j], scratch), out=row)
-        else:
-            _trimmed(x, cuts[j], row, ws)
-            if inner and inner[j] is not None:
-                _trimmed(x, inner[j], scratch, ws)
-                row.sub_(scratch)
         before = rescale_l1(x) if tables.l1_norms is None else tables.l1_norms[i]
+        if after is not None:
+            scales.append(rescale_factor(float(before), float(torch.tensor(after[i], dtype=torch.float64).float())))
+            continue
+        if masks.ranks:
+            u, r = masks.draws[j], masks.ranks[j]
+            assert u is not None and r is not None  # density < 1
+            torch.mul(x, della_keep(u, r, masks.spreads[j], scratch, ws), out=row)
+        elif masks.bands:
+            band = masks.bands[j]
+            assert band is not None  # density < 1
+            keep = ws.get("rescale_band", numel, torch.bool, flat.device)
+            torch.mul(x, band_keep(band[0], band[1], band[2], scratch, keep), out=row)
+        else:
+            _trimmed(x, masks.cuts[j], row, ws)
+            if masks.inner and masks.inner[j] is not None:
+                _trimmed(x, masks.inner[j], scratch, ws)
+                row.sub_(scratch)
         scales.append(rescale_factor(float(before), float(rescale_l1(row))))
     return scales
+
+
+def _della_kept_l1(flat: Tensor, active: list[int], masks: _Masks, kept_l1: KeptL1, ws: Workspace) -> list[float] | None:
+    """DELLA's kept |delta_i|_1 of every model (n of them: one compiled variant whichever models are drawn; the
+    others keep nothing, their sums unused), or None where `kept_l1` cannot run."""
+    n, numel = flat.shape
+    rank_dtype = next((r.dtype for r in masks.ranks if r is not None), torch.float32)
+    no_draws = ws.zeros("l1_draws", numel, torch.float32, flat.device)
+    no_ranks = ws.zeros("l1_ranks", numel, rank_dtype, flat.device)
+    draws, ranks, spreads = [no_draws] * n, [no_ranks] * n, [(0.0, 0.0)] * n  # u < 0: keeps nothing
+    for j, i in enumerate(active):
+        u, r = masks.draws[j], masks.ranks[j]
+        if u is not None and r is not None:
+            draws[i], ranks[i], spreads[i] = u, r, masks.spreads[j]
+    return kept_l1(list(flat), draws, ranks, spreads)
 
 
 def _trimmed(x: Tensor, cut: MagnitudeCut | None, out: Tensor, ws: Workspace) -> None:

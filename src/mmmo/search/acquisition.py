@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -21,6 +21,7 @@ from botorch.acquisition import AcquisitionFunction
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
 from botorch.acquisition.multi_objective.monte_carlo import qExpectedHypervolumeImprovement
+from botorch.acquisition.objective import LinearMCObjective
 from botorch.exceptions.warnings import BadInitialCandidatesWarning, NumericsWarning
 from botorch.models.model import Model
 from botorch.optim import optimize_acqf, optimize_acqf_mixed
@@ -36,6 +37,8 @@ from mmmo.search.pareto import infer_ref_point
 log = logging.getLogger(__name__)
 
 AcqKind = Literal["qlognehvi", "qehvi"]
+# BoTorch outcome constraints: callables on posterior samples `[..., m]` in raw units, feasible where <= 0.
+Constraints = list[Callable[[Tensor], Tensor]]
 
 
 @dataclass(frozen=True)
@@ -121,26 +124,32 @@ def build_acquisition(
     Y_baseline: Tensor | None = None,
     mc_samples: int = DEFAULT_BUDGET.mc_samples,
     prune_baseline: bool = True,
+    constraints: Constraints | None = None,
 ) -> AcquisitionFunction:
     """The hypervolume-improvement acquisition in raw units; a single objective falls back to qLogNEI.
 
     qEHVI's box decomposition is built from the posterior mean at `X_baseline` (not from noisy
-    observations), in the same raw units as the reference point.
+    observations), in the same raw units as the reference point. `constraints` (on the raw outputs) weigh each
+    improvement by its chance of feasibility; None or empty: unconstrained, exactly as before.
     """
+    feasibility = {"constraints": constraints} if constraints else {}
     X_baseline = X_baseline.to(torch.float64)
     sampler = SobolQMCNormalSampler(sample_shape=torch.Size([mc_samples]), seed=seed)
     if model.num_outputs == 1:
-        return qLogNoisyExpectedImprovement(model, X_baseline, sampler=sampler, prune_baseline=prune_baseline)
+        return qLogNoisyExpectedImprovement(
+            model, X_baseline, sampler=sampler, prune_baseline=prune_baseline, **feasibility
+        )
     ref = resolve_ref_point(model, X_baseline, ref_point, Y_baseline)
     if kind == "qlognehvi":
         return qLogNoisyExpectedHypervolumeImprovement(
-            model, ref_point=ref, X_baseline=X_baseline, sampler=sampler, prune_baseline=prune_baseline
+            model, ref_point=ref, X_baseline=X_baseline, sampler=sampler, prune_baseline=prune_baseline,
+            **feasibility,
         )
     if kind == "qehvi":
         partitioning = FastNondominatedPartitioning(ref_point=ref, Y=posterior_mean(model, X_baseline))
         with expected_warnings(_LEGACY_EHVI_WARNING):
             return qExpectedHypervolumeImprovement(
-                model, ref_point=ref, partitioning=partitioning, sampler=sampler
+                model, ref_point=ref, partitioning=partitioning, sampler=sampler, **feasibility
             )
     raise ValueError(f"unknown acquisition {kind!r} (qlognehvi or qehvi)")
 
@@ -193,6 +202,8 @@ def propose_hvi_pooled(
     budget: AcqBudget = DEFAULT_BUDGET,
     Y_baseline: Tensor | None = None,
     fixed_features_list: FixedFeatures | None = None,
+    X_pending: Tensor | None = None,
+    constraints: Constraints | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(At most) `n` points `[k, d]`, and a `[k]` mask of those taken from `pool [p, d]`.
 
@@ -203,7 +214,9 @@ def propose_hvi_pooled(
     Points within DEDUPE_TOL of `X_avoid` (the evaluated ones) or of an earlier choice are skipped.
     `optimize=False` leaves the optimum out: a discrete greedy choice from the pool alone, as BoTorch's
     `optimize_acqf_discrete`. `budget` is the acquisition effort (MC samples, and L-BFGS's when optimising).
-    `fixed_features_list`: a mixed space's choices (see `maximize`).
+    `fixed_features_list`: a mixed space's choices (see `maximize`). `X_pending [r, d]`: points already chosen
+    for this batch by another part of it, pending throughout and never repeated. `constraints`: see
+    `build_acquisition`.
     """
     X_baseline = X_baseline.to(torch.float64)
     d = X_baseline.shape[-1]
@@ -211,15 +224,19 @@ def propose_hvi_pooled(
     left = pool.to(X_baseline)
     avoid = X_baseline.new_zeros(0, d) if X_avoid is None else X_avoid.to(X_baseline)
     chosen: list[Tensor] = []
+    pending = X_baseline.new_zeros(0, d) if X_pending is None else X_pending.to(X_baseline).reshape(-1, d)
+    avoid = torch.cat([avoid, pending])
     from_pool: list[bool] = []
     with seeded(seed, X_baseline.device), expected_warnings(
         JITTER_WARNING, _FLAT_ACQUISITION_WARNING, _RESTART_WARNING
     ):
         acqf = build_acquisition(
-            model, X_baseline, ref_point, kind=kind, seed=seed, Y_baseline=Y_baseline, mc_samples=budget.mc_samples
+            model, X_baseline, ref_point, kind=kind, seed=seed, Y_baseline=Y_baseline, mc_samples=budget.mc_samples,
+            constraints=constraints,
         )
         for _ in range(n):
-            acqf.set_X_pending(torch.stack(chosen) if chosen else None)
+            so_far = torch.cat([pending, torch.stack(chosen)]) if chosen else pending
+            acqf.set_X_pending(so_far if so_far.shape[0] else None)
             own = avoid[:0]
             if optimize:
                 own = maximize(acqf, bounds, 1, budget, seed, fixed_features_list, sequential=False)
@@ -249,12 +266,15 @@ def propose_hvi(
     Y_baseline: Tensor | None = None,
     prune_baseline: bool = True,
     fixed_features_list: FixedFeatures | None = None,
+    X_pending: Tensor | None = None,
+    constraints: Constraints | None = None,
 ) -> Tensor:
     """`n` points `[n, d]` in the unit cube, chosen by sequential greedy maximisation of the acquisition.
 
     `ref_point` is in raw objective units; None infers it from `Y_baseline` (or the posterior mean).
     `budget` is the acquisition effort (MC samples, L-BFGS restarts, raw samples and iterations).
     `fixed_features_list`: a mixed space's choices, one dict of fixed coordinates per method (see `maximize`).
+    `X_pending` and `constraints`: see `propose_hvi_pooled`.
     """
     X_baseline = X_baseline.to(torch.float64)
     d = X_baseline.shape[-1]
@@ -271,5 +291,36 @@ def propose_hvi(
             Y_baseline=Y_baseline,
             mc_samples=budget.mc_samples,
             prune_baseline=prune_baseline,
+            constraints=constraints,
+        )
+        if X_pending is not None and X_pending.shape[0]:
+            acqf.set_X_pending(X_pending.to(X_baseline))
+        return maximize(acqf, bounds, n, budget, seed, fixed_features_list)
+
+
+def propose_scalar(
+    model: Model,
+    X_baseline: Tensor,
+    weights: Tensor,
+    n: int,
+    *,
+    constraints: Constraints | None = None,
+    seed: int = 0,
+    budget: AcqBudget = DEFAULT_BUDGET,
+    fixed_features_list: FixedFeatures | None = None,
+) -> Tensor:
+    """`n` points `[n, d]` maximising qLogNEI of the weighted sum `Y @ weights` (`weights [m]`, raw units) of the
+    model's outputs, under outcome `constraints` on those outputs (BoTorch applies them to the raw samples, before
+    the weighting), by sequential greedy optimisation as `propose_hvi`."""
+    X_baseline = X_baseline.to(torch.float64)
+    d = X_baseline.shape[-1]
+    bounds = torch.stack([torch.zeros(d), torch.ones(d)]).to(X_baseline)
+    with seeded(seed, X_baseline.device), expected_warnings(
+        JITTER_WARNING, _FLAT_ACQUISITION_WARNING, _RESTART_WARNING
+    ):
+        sampler = SobolQMCNormalSampler(sample_shape=torch.Size([budget.mc_samples]), seed=seed)
+        acqf = qLogNoisyExpectedImprovement(
+            model, X_baseline, sampler=sampler, objective=LinearMCObjective(weights.to(X_baseline)),
+            constraints=constraints or None,
         )
         return maximize(acqf, bounds, n, budget, seed, fixed_features_list)

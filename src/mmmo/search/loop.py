@@ -23,6 +23,7 @@ from mmmo.search.pareto import hypervolume, infer_ref_point, pareto_mask
 from mmmo.search.space import SearchSpace
 from mmmo.search.stages import PartialScores, continue_chances
 from mmmo.search.strategies import propose_batch
+from mmmo.search.target import Target
 from mmmo.trial import Trial
 
 # Scores a batch's pending trials, yielding each once, done or failed, in any order.
@@ -68,7 +69,8 @@ class LoopOptions:
     evaluators' count), each group through all its stages before the next starts, so that later trials of a batch
     are judged against the earlier ones' full scores. `space`, when the method is one of its coordinates (a mixed
     search), projects every proposal onto its configurations and names each new trial's `method`; a single
-    method's space changes nothing (None: the same).
+    method's space changes nothing (None: the same). `target` is the take-home preference the BO strategies spend
+    `opt.take_home_points` of each batch on (None: the plain mean of the task objectives, unconstrained).
     """
 
     opt: OptimizerSpec
@@ -86,6 +88,7 @@ class LoopOptions:
     stage_min_gain: float = EvaluationSpec.model_fields["stage_min_gain"].default
     parallel: int = 1
     space: SearchSpace | None = None
+    target: Target | None = None
 
     def __post_init__(self) -> None:
         # Kept as tuples and a frozenset: the caller's lists cannot change the options afterwards.
@@ -110,10 +113,25 @@ class LoopOptions:
             )
         if self.space is not None and self.space.dim != self.dim:
             raise MmmoError(f"the search space has {self.space.dim} dimensions, the options say {self.dim}")
+        if self.target is not None and len(self.target.weights) != len(self.objective_names):
+            raise MmmoError(
+                f"the take-home target has {len(self.target.weights)} weights but there are "
+                f"{len(self.objective_names)} objectives"
+            )
         if self.initial_points is not None and self.initial_points.shape[-1] != self.dim:
             raise MmmoError(
                 f"initial points have {self.initial_points.shape[-1]} coordinates, the search space has {self.dim}"
             )
+
+
+    @property
+    def resolved_target(self) -> Target:
+        """`target`, or the plain mean of the task objectives (of every objective when none is a task)."""
+        if self.target is not None:
+            return self.target
+        names = self.objective_names
+        tasks = [names.index(n) for n in self.task_objective_names] or list(range(len(names)))
+        return Target.mean_of(len(names), tasks)
 
 
 class LoopObserver(Protocol):
@@ -311,6 +329,7 @@ def _propose(
         budget=options.budget,
         device=options.device,
         space=options.space,
+        target=options.resolved_target,
     )
     next_id = max((t.id for t in history), default=-1) + 1
     to_params = options.to_params

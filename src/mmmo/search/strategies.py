@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -24,11 +24,13 @@ from mmmo.search.acquisition import (
     AcqBudget,
     propose_hvi,
     propose_hvi_pooled,
+    propose_scalar,
     resolve_ref_point,
 )
 from mmmo.search.fisher import DEDUPE_TOL, far_from, fisher_screen
 from mmmo.search.gp import fit_models
 from mmmo.search.space import SearchSpace
+from mmmo.search.target import Target
 from mmmo.search.weak_to_strong import de_offspring, weak_to_strong
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,7 @@ def propose_batch(
     budget: AcqBudget | None = None,
     device: torch.device | str | None = None,
     space: SearchSpace | None = None,
+    target: Target | None = None,
 ) -> list[Proposal]:
     """The next batch: `opt.initial` points for batch 0, else `opt.batch_size` points from `opt.strategy`.
 
@@ -131,6 +134,8 @@ def propose_batch(
     `budget` is the acquisition effort (None: AcqBudget's defaults). A mixed `space` (the method a coordinate) has
     every point projected onto its configurations (`SearchSpace.project`), the GPs model its method coordinate as
     categorical and the acquisition is optimised per searched method; any other space changes nothing.
+    `target` is the take-home preference the BO strategies spend `opt.take_home_points` of each batch on, and
+    whose constraints the front's acquisition treats as feasibility (None: the plain mean of the task columns).
     """
     budget = budget if budget is not None else DEFAULT_BUDGET
     dev = torch.device(device) if device is not None else X_done.device
@@ -165,8 +170,10 @@ def propose_batch(
         # a single method's batch calls the GPs and the acquisition exactly as before methods could be listed
         categorical = {} if mixed is None else {"cat_dims": [mixed.method_dim]}
         model = fit_models(X_done, Y_done, Yvar, opt.prior_mean, **categorical)
-        inp = BatchInputs(opt, model, X_done, Y_done, X_seen, task_columns, ref, seed, budget, mixed)
-        got = _qnehvi(inp) if opt.strategy == "qnehvi" else _mm_mo(inp)
+        if target is None:
+            target = Target.mean_of(Y_done.shape[-1], task_columns or range(Y_done.shape[-1]))
+        inp = BatchInputs(opt, model, X_done, Y_done, X_seen, task_columns, ref, seed, budget, mixed, target)
+        got = _bo_batch(inp)
     else:
         raise MmmoError(f"unknown optimizer strategy {opt.strategy!r}")
     return _top_up(got, n, dim, X_seen, seed, space)
@@ -183,7 +190,8 @@ class BatchInputs:
 
     `X_done [n, d]`/`Y_done [n, m]` are the successful trials, `X_seen [s, d]` every point ever proposed;
     `ref` is the run's reference point in raw units (None: inferred from `Y_done`); `mixed` the space when the
-    method is one of its coordinates (None otherwise).
+    method is one of its coordinates (None otherwise); `target` the take-home preference (None: only the front
+    is searched, unconstrained).
     """
 
     opt: OptimizerSpec
@@ -196,6 +204,8 @@ class BatchInputs:
     seed: int
     budget: AcqBudget
     mixed: SearchSpace | None = None
+    target: Target | None = None
+    X_pending: Tensor | None = None  # [r, d] points this batch already holds (the take-home part's)
 
     @property
     def fixed_features_list(self) -> list[dict[int, float]] | None:
@@ -209,7 +219,12 @@ def acquire(inp: BatchInputs, n: int, pool: Tensor | None = None) -> tuple[Tenso
     """`n` points `[k, d]` by hypervolume improvement, and a `[k]` mask of those taken from `pool [p, d]` (see
     `propose_hvi_pooled`); without a pool, exactly `propose_hvi`'s sequential greedy batch (mask all False)."""
     kind, seed, budget, Y = inp.opt.acquisition, inp.seed, inp.budget, inp.Y_done
-    fixed = {} if inp.mixed is None else {"fixed_features_list": inp.fixed_features_list}
+    fixed: dict = {} if inp.mixed is None else {"fixed_features_list": inp.fixed_features_list}
+    # the take-home target's constraints make the front's improvements count only where they are feasible
+    if inp.target is not None and inp.target.constrained:
+        fixed["constraints"] = inp.target.botorch_constraints()
+    if inp.X_pending is not None and inp.X_pending.shape[0]:
+        fixed["X_pending"] = inp.X_pending.to(inp.X_done)
     if pool is None or pool.shape[0] == 0:
         X = propose_hvi(inp.model, inp.X_done, inp.ref, n, kind=kind, seed=seed, budget=budget, Y_baseline=Y, **fixed)
         return X, torch.zeros(X.shape[0], dtype=torch.bool)
@@ -219,21 +234,44 @@ def acquire(inp: BatchInputs, n: int, pool: Tensor | None = None) -> tuple[Tenso
     )
 
 
-def _qnehvi(inp: BatchInputs) -> list[Proposal]:
-    X, _ = acquire(inp, inp.opt.batch_size)
-    return _novel(X, ["acquisition"] * X.shape[0], inp.X_seen, inp.opt.batch_size)
+def _bo_batch(inp: BatchInputs) -> list[Proposal]:
+    """A BO batch: `opt.take_home_points` points (at most `batch_size`) on the take-home target, then the rest
+    by the strategy's front search, with the first part pending (never proposed twice, its outcome anticipated)."""
+    opt, target = inp.opt, inp.target
+    k = min(opt.take_home_points, opt.batch_size)
+    home = _take_home(inp, target, k) if target is not None and k else []
+    if home:
+        X_home = torch.tensor([p.x for p in home], dtype=torch.float64)
+        inp = replace(inp, X_seen=torch.cat([inp.X_seen, X_home]), X_pending=X_home)
+    n = opt.batch_size - len(home)
+    if n == 0:
+        return home
+    return home + (_qnehvi(inp, n) if opt.strategy == "qnehvi" else _mm_mo(inp, n))
 
 
-def _mm_mo(inp: BatchInputs) -> list[Proposal]:
-    """The MM-MO batch: weak-to-strong offspring join the acquisition's pool, Fisher screening keeps the most
-    informative of them; in `crossover` mode, the paper's steps 2-4 instead. Without offspring: qnehvi's batch."""
+def _take_home(inp: BatchInputs, target: Target, k: int) -> list[Proposal]:
+    """(At most) `k` new points by qLogNEI on `target`'s weighted mean, under its outcome constraints."""
+    fixed = {} if inp.mixed is None else {"fixed_features_list": inp.fixed_features_list}
+    X = propose_scalar(
+        inp.model, inp.X_done, target.normalised_weights(inp.Y_done), k, constraints=target.botorch_constraints(), seed=inp.seed, budget=inp.budget, **fixed,
+    )
+    return _novel(_projected(X, inp.mixed), ["take_home"] * X.shape[0], inp.X_seen, k)
+
+
+def _qnehvi(inp: BatchInputs, n: int) -> list[Proposal]:
+    X, _ = acquire(inp, n)
+    return _novel(X, ["acquisition"] * X.shape[0], inp.X_seen, n)
+
+
+def _mm_mo(inp: BatchInputs, n: int) -> list[Proposal]:
+    """`n` points of the MM-MO batch: weak-to-strong offspring join the acquisition's pool, Fisher screening keeps
+    the most informative of them; in `crossover` mode, the paper's steps 2-4 instead. Without offspring: qnehvi's."""
     opt, X_done, Y_done = inp.opt, inp.X_done, inp.Y_done
     w2s = opt.weak_to_strong
     if not w2s.enabled or X_done.shape[0] < MIN_DONE_FOR_W2S:
-        return _qnehvi(inp)
+        return _qnehvi(inp, n)
     if w2s.mode == "crossover":
-        return _mm_mo_crossover(inp)
-    n = opt.batch_size
+        return _mm_mo_crossover(inp, n)
     ref = resolve_ref_point(inp.model, X_done, inp.ref, Y_done)
     generator = torch.Generator().manual_seed(inp.seed)
     children = de_offspring(X_done, Y_done, ref, n=w2s.offspring, top_k=w2s.top_k, f=w2s.f, generator=generator)
@@ -246,8 +284,8 @@ def _mm_mo(inp: BatchInputs) -> list[Proposal]:
     return _novel(X, steps, inp.X_seen, n)
 
 
-def _mm_mo_crossover(inp: BatchInputs) -> list[Proposal]:
-    """The paper's steps 2-4: propose `candidates` by HVI, cross DE mutants into them, Fisher screen to `batch_size`."""
+def _mm_mo_crossover(inp: BatchInputs, n: int) -> list[Proposal]:
+    """The paper's steps 2-4: propose `candidates` by HVI, cross DE mutants into them, Fisher screen to `n`."""
     opt, w2s = inp.opt, inp.opt.weak_to_strong
     X, _ = acquire(inp, opt.candidates)
     cols = inp.task_columns or list(range(inp.Y_done.shape[-1]))
@@ -258,8 +296,8 @@ def _mm_mo_crossover(inp: BatchInputs) -> list[Proposal]:
     X = _projected(X, inp.mixed)
     steps = ["weak_to_strong" if m else "acquisition" for m in from_mutant.tolist()]
     if not opt.fisher_screening:
-        return _novel(X, steps, inp.X_seen, opt.batch_size)
-    keep = fisher_screen(inp.model, X, opt.batch_size, inp.X_seen.to(X)).tolist()
+        return _novel(X, steps, inp.X_seen, n)
+    keep = fisher_screen(inp.model, X, n, inp.X_seen.to(X)).tolist()
     return [Proposal(X[i].tolist(), steps[i]) for i in keep]
 
 

@@ -1,0 +1,115 @@
+"""The pure parts of benchmarks/take_home.py: the share of the available gain, the take-home of a stored run and
+the best in the space of a known function."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmmo.search.target import Target
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load():
+    sys.path.insert(0, str(BENCHMARKS))  # take_home.py imports search_quality beside it
+    spec = importlib.util.spec_from_file_location("benchmark_take_home", BENCHMARKS / "take_home.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+th = _load()
+MEAN_OF_TASKS = Target((1.0, 1.0, 1.0, 0.0))  # 3 tasks + sparsity, as on the demo problems
+
+
+def test_share_of_gain_is_the_fraction_of_the_way_from_the_recipe_to_the_best() -> None:
+    assert th.share_of_gain(0.83, 0.81, 0.85) == pytest.approx(0.5)
+    assert th.share_of_gain(0.85, 0.81, 0.85) == pytest.approx(1.0)
+    assert th.share_of_gain(0.81, 0.81, 0.85) == pytest.approx(0.0)
+    assert th.share_of_gain(0.79, 0.81, 0.85) == pytest.approx(-0.5)
+    assert math.isnan(th.share_of_gain(math.nan, 0.81, 0.85))
+    with pytest.raises(ValueError, match="must exceed"):
+        th.share_of_gain(0.8, 0.81, 0.81)
+
+
+def test_library_strategies_choose_by_posterior_and_baselines_by_their_best_observed() -> None:
+    for s in ["mm-mo", "mm-mo (today's default)", "mm-mo (new default)", "qnehvi", "mm-mo take-home 2"]:
+        assert th.take_home_rule(s) == "posterior", s
+    for s in ["random", "nsga2", "cma-es", "standard recipe", th.SINGLE_OBJECTIVE]:
+        assert th.take_home_rule(s) == "observed", s
+
+
+def _run() -> dict:
+    # Row 1 looks best as observed (0.9 mean) but is truly 0.6; row 2 is truly the best (0.8).
+    y = [[0.5, 0.5, 0.5, 0.0], [0.6, 0.6, 0.6, 0.0], [0.8, 0.8, 0.8, 0.0], [0.7, 0.7, 0.7, 0.0]]
+    y_obs = [[0.5, 0.5, 0.5, 0.0], [0.9, 0.9, 0.9, 0.0], [0.7, 0.8, 0.75, 0.0], [0.7, 0.6, 0.6, 0.0]]
+    return {"x": [[0.1], [0.4], [0.6], [0.9]], "y": y, "y_obs": y_obs}
+
+
+def test_the_take_home_of_a_stored_run_is_the_true_value_of_what_it_observed_best() -> None:
+    got = th.take_home(_run(), MEAN_OF_TASKS, "observed")
+    assert (got.evaluations, got.row) == (4, 1)
+    assert got.value == pytest.approx(0.6)  # the winner's curse: the true value, not the observed 0.9
+    first = th.take_home(_run(), MEAN_OF_TASKS, "observed", evaluations=1)
+    assert (first.evaluations, first.row, first.value) == (1, 0, pytest.approx(0.5))
+
+
+def test_a_take_home_meets_the_constraints_as_observed_or_is_none() -> None:
+    arith_at_least = Target((1.0, 1.0, 1.0, 0.0), ((0, 0.65),))
+    got = th.take_home(_run(), arith_at_least, "observed")
+    assert got.row == 1  # observed arith 0.9 >= 0.65 (its true 0.6 would not be: what was observed decides)
+    reverse_at_least = Target((1.0, 1.0, 1.0, 0.0), ((1, 0.75),))
+    got = th.take_home(_run(), reverse_at_least, "observed")
+    assert (got.row, got.value) == (1, pytest.approx(0.6))
+    nothing = th.take_home(_run(), Target((1.0, 1.0, 1.0, 0.0), ((2, 0.95),)), "observed")
+    assert nothing.row is None and math.isnan(nothing.value)
+
+
+def test_a_failed_evaluation_is_never_taken_home() -> None:
+    run = _run()
+    run["y_obs"][1] = [math.nan] * 4
+    got = th.take_home(run, MEAN_OF_TASKS, "observed")
+    assert (got.row, got.value) == (2, pytest.approx(0.8))
+
+
+def test_noise_free_posterior_choice_takes_the_best_observed() -> None:
+    run = {"x": [[i / 7] for i in range(8)], "y": [[v, v, v, 0.0] for v in [0.1, 0.3, 0.5, 0.9, 0.6, 0.4, 0.2, 0.1]]}
+    got = th.take_home(run, MEAN_OF_TASKS, "posterior")
+    assert (got.row, got.value) == (3, pytest.approx(0.9))
+
+
+def test_the_stderr_told_to_the_optimizer_is_recomputed_from_the_observed_scores() -> None:
+    sq = th.sq
+    noise = sq.binomial_noise(50, [0, 1, 2])
+    Y = torch.tensor([[0.2, 0.5, 0.9, -0.01], [0.7, 0.1, 0.4, -0.02]], dtype=torch.float64)
+    Y_obs, S = noise(Y, torch.Generator().manual_seed(3))
+    assert torch.equal(sq.binomial_stderr(Y_obs, 50, [0, 1, 2]), S)
+    p = Y_obs[0, 0]
+    assert float(S[0, 0]) == pytest.approx(math.sqrt(float(p * (1 - p)) / 49))
+    assert float(S[0, 3]) == 0.0
+
+
+def test_best_in_space_finds_a_known_maximum() -> None:
+    value = lambda X: -((X - 0.3) ** 2).sum(-1)  # noqa: E731  max 0 at (0.3, 0.3, 0.3)
+    v, x, share = th.best_in_space(value, 3, samples=256, top=2)
+    assert v == pytest.approx(0.0, abs=1e-8)
+    assert x == pytest.approx([0.3, 0.3, 0.3], abs=1e-4)
+    assert share == 1.0
+
+
+def test_best_in_space_keeps_to_the_feasible_region() -> None:
+    value = lambda X: X[:, 0] + X[:, 1]  # noqa: E731  max 2 at (1, 1), but x0 <= 0.5: 1.5 at (0.5, 1)
+    slack = lambda X: (0.5 - X[:, 0]).unsqueeze(-1)  # noqa: E731
+    v, x, share = th.best_in_space(value, 2, slack=slack, samples=512, top=3)
+    assert v == pytest.approx(1.5, abs=1e-6)
+    assert x == pytest.approx([0.5, 1.0], abs=1e-5)
+    assert share == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(ValueError, match="feasible"):
+        th.best_in_space(value, 2, slack=lambda X: (X[:, :1] - 2.0), samples=64)
