@@ -71,9 +71,9 @@ def score_demo_merges(demo_paths: Any, folder: Path, device: str, dtype: str) ->
     merged and scored on `device` in `dtype`: objectives by merge index, and "expert0"."""
     from demo_specs import write_demo_spec
 
-    from mmmo.config import load_spec
-    from mmmo.evaluate import CandidateEvaluator
-    from mmmo.trial import Trial
+    from mmmo.evaluation.evaluator import CandidateEvaluator
+    from mmmo.run.trial import Trial
+    from mmmo.spec.schema import load_spec
 
     spec = load_spec(write_demo_spec(
         demo_paths, folder, limit=50, merge={"method": "ties", "dtype": dtype},

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from mmmo.errors import MmmoError
+from mmmo.runtime.errors import MmmoError
 
 # Hypothesis keeps caches (unicode tables, constants) in a folder: the project's cache, not .hypothesis/ in the cwd.
 set_hypothesis_home_dir(Path(__file__).resolve().parent.parent / ".cache" / "hypothesis")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from mmmo import api
-from mmmo.config import SearchSpec, spec_from_dict
-from mmmo.parallel import RayPool
-from mmmo.pool import EvaluatorPool, LocalPool
+from mmmo.evaluation.pool import EvaluatorPool, LocalPool
+from mmmo.evaluation.ray_pool import RayPool
 from mmmo.search.loop import LoopObserver, NullObserver
+from mmmo.spec.schema import SearchSpec, spec_from_dict
 
 
 def _spec(tmp_path: Path) -> SearchSpec:

@@ -143,10 +143,10 @@ def a_cycle(graph: dict[str, set[str]], component: list[str]) -> list[str]:
 
 def test_the_import_graph_sees_every_kind_of_import() -> None:
     graph = import_graph()
-    assert "mmmo.config" in graph["mmmo.search.space"]  # module level
-    assert "mmmo.merge.recipe" in graph["mmmo.export"]  # inside a function and under TYPE_CHECKING
+    assert "mmmo.spec.schema" in graph["mmmo.search.space"]  # module level
+    assert "mmmo.merge.recipe" in graph["mmmo.results.export"]  # inside a function and under TYPE_CHECKING
     assert {"mmmo", "mmmo.api"} <= graph["mmmo.cli"]  # `from mmmo import api`: the package and the module
-    assert {"mmmo.api", "mmmo.run_summary", "mmmo.search"} <= graph["mmmo"]  # importlib.import_module by name
+    assert {"mmmo.api", "mmmo.results.summary", "mmmo.search"} <= graph["mmmo"]  # importlib.import_module by name
 
 
 def test_the_cycle_finder_names_a_cycle() -> None:
@@ -264,16 +264,16 @@ def test_the_private_name_check_sees_each_way_in(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text(
         "import mmmo\n"
-        "import mmmo.evaluate as ev\n"
+        "import mmmo.evaluation.evaluator as ev\n"
         "from mmmo import demo as D\n"
-        "from mmmo.evaluate import _hidden\n"
+        "from mmmo.evaluation.evaluator import _hidden\n"
         "from mmmo.search import strategies\n"
         "D._save\n"
         "strategies.acquire\n"
-        "mmmo.evaluate._thing\n"
+        "mmmo.evaluation.evaluator._thing\n"
         "ev.__name__\n"
         "monkeypatch.setattr(ev, '_x', 1)\n"
-        "monkeypatch.setattr('mmmo.parallel._import_ray', 1)\n"
+        "monkeypatch.setattr('mmmo.evaluation.ray_pool._import_ray', 1)\n"
     )
     assert [use.split(":")[0] for use in private_uses(sample)] == [
         "line 4", "line 6", "line 8", "line 10", "line 11",

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmmo.config import load_spec
-from mmmo.errors import SpecError
+from mmmo.runtime.errors import SpecError
+from mmmo.spec.schema import load_spec
 
 
 def _write_models(root: Path) -> None:

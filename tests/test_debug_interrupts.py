@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from mmmo import api
 from mmmo.cli import app
-from mmmo.run_store import TornJournalWarning, read_events
-from mmmo.signals import EXIT_TERMINATED, Terminated
+from mmmo.run.store import TornJournalWarning, read_events
+from mmmo.runtime.signals import EXIT_TERMINATED, Terminated
 
 OPT = {"initial": 4, "batches": 2, "candidates": 4, "batch_size": 2}
 
@@ -72,7 +72,7 @@ def test_sigterm_under_debug_exits_143_with_the_journal_whole_and_resumable(demo
             proc.wait()
     stderr = proc.stderr.read().decode() if proc.stderr else ""
     assert rc == EXIT_TERMINATED, stderr
-    assert "Traceback (most recent call last)" in stderr and "mmmo.signals.Terminated" in stderr, stderr
+    assert "Traceback (most recent call last)" in stderr and "mmmo.runtime.signals.Terminated" in stderr, stderr
     assert stderr.strip().splitlines()[-1] == (
         f"terminated (SIGTERM): every finished evaluation is saved; continue with: mmmo resume {run_dir}"
     )

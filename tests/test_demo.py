@@ -18,9 +18,9 @@ import torch
 import yaml
 
 from mmmo import demo as D
-from mmmo.config import load_spec, spec_from_dict
 from mmmo.demo import build as demo_build
-from mmmo.errors import MmmoError
+from mmmo.runtime.errors import MmmoError
+from mmmo.spec.schema import load_spec, spec_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 

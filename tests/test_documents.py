@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmmo.documents import (
+from mmmo.run.documents import (
     TaskDocuments,
     decode_outcomes,
     document_order,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmmo.errors import one_line
+from mmmo.runtime.errors import one_line
 
 
 def test_an_exception_is_its_type_and_message_on_one_line() -> None:

@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mmmo.cli import app
-from mmmo.config import SearchSpec, load_spec
+from mmmo.spec.schema import SearchSpec, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS_DIR = REPO / "configs"

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmmo.config import spec_from_dict
-from mmmo.diskspace import DiskFull, check_free_space, human_bytes, is_disk_full
-from mmmo.export import pareto_by_contribution, select_trials
-from mmmo.report import report_markdown
-from mmmo.run_store import RunState
-from mmmo.run_summary import summarize_run
+from mmmo.results.export import pareto_by_contribution, select_trials
+from mmmo.results.report import report_markdown
+from mmmo.results.summary import summarize_run
+from mmmo.run.store import RunState
+from mmmo.run.trial import Trial
+from mmmo.runtime.diskspace import DiskFull, check_free_space, human_bytes, is_disk_full
 from mmmo.search.pareto import hypervolume, hypervolume_contributions
-from mmmo.trial import Trial
+from mmmo.spec.schema import spec_from_dict
 
 
 def _spec(tmp_path: Path, tasks: int = 2):
@@ -81,7 +81,7 @@ def test_the_pareto_export_is_capped_largest_contribution_first(tmp_path: Path) 
 def test_free_space_check_is_one_line_with_needed_and_free(tmp_path: Path, monkeypatch) -> None:
     import shutil
 
-    from mmmo import diskspace
+    from mmmo.runtime import diskspace
 
     monkeypatch.setattr(diskspace.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 10**9, 10**9))
     check_free_space(tmp_path, 10**9, "1 merged model(s)", "free some")  # exactly enough

@@ -24,9 +24,9 @@ from safetensors import safe_open
 from safetensors.torch import save, save_file
 from tiny_models import VOCAB_SIZE, make_base, make_expert
 
-from mmmo.errors import MmmoError
 from mmmo.merge.checkpoint import check_compatible, open_checkpoint
 from mmmo.merge.merger import Merger
+from mmmo.runtime.errors import MmmoError
 
 CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 6}
 TENSORS = {

@@ -21,11 +21,11 @@ from fuzzing import FUZZ, VALUES, assert_one_line, node_at, paths_in, tree
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mmmo.config import spec_from_dict, spec_to_dict
-from mmmo.errors import MmmoError
-from mmmo.run_store import JOURNAL, SPEC_FILE, RunStore, SourceScore, TornJournalWarning, repair_journal
-from mmmo.run_summary import load_run
-from mmmo.trial import Trial
+from mmmo.results.summary import load_run
+from mmmo.run.store import JOURNAL, SPEC_FILE, RunStore, SourceScore, TornJournalWarning, repair_journal
+from mmmo.run.trial import Trial
+from mmmo.runtime.errors import MmmoError
+from mmmo.spec.schema import spec_from_dict, spec_to_dict
 
 SPEC = {
     "name": "fuzz", "base_model": "org/base", "models": ["org/m1", "org/m2"], "merge": {"method": "ties"},

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from mmmo.cli import app
-from mmmo.config import SearchSpec, load_spec
-from mmmo.errors import MmmoError
+from mmmo.runtime.errors import MmmoError
+from mmmo.spec.schema import SearchSpec, load_spec
 
 VALID: dict[str, Any] = {
     "name": "fuzz",
@@ -164,7 +164,7 @@ def test_validate_offline_says_one_line(spec: Any, folder: Path) -> None:
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     with pytest.raises(MmmoError) as err:
-        from mmmo.validate import check_fields
+        from mmmo.spec.validate import check_fields
 
         check_fields(path)
     assert lines[0] == f"error: {err.value}"

@@ -16,15 +16,15 @@ import huggingface_hub
 import pytest
 from rich.console import Console
 
-from mmmo.config import SearchSpec
-from mmmo.errors import MmmoError
-from mmmo.evaluate import local_model_folder
-from mmmo.hub import MODEL_FILES, folder_size, hub_model_folder, size_text
-from mmmo.progress import SearchProgress, search_progress
-from mmmo.progress_lines import LogProgress, duration, seconds_left
-from mmmo.run_store import SourceScore
+from mmmo.evaluation.evaluator import local_model_folder
+from mmmo.evaluation.hub import MODEL_FILES, folder_size, hub_model_folder, size_text
+from mmmo.run.store import SourceScore
+from mmmo.run.trial import Trial
+from mmmo.runtime.errors import MmmoError
+from mmmo.runtime.progress import SearchProgress, search_progress
+from mmmo.runtime.progress_lines import LogProgress, duration, seconds_left
 from mmmo.search.loop import BatchSummary
-from mmmo.trial import Trial
+from mmmo.spec.schema import SearchSpec
 
 STAMP = re.compile(r"^\[\d\d:\d\d:\d\d\] ")
 

@@ -16,14 +16,14 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 import mmmo.api
-import mmmo.validate
+import mmmo.spec.validate
 from mmmo.cli import app
-from mmmo.config import load_spec
-from mmmo.errors import MmmoError
 from mmmo.merge import memory
 from mmmo.merge.checkpoint import Checkpoint
 from mmmo.merge.memory_plan import GIB, RunMemoryPlan, ScoringEstimate
-from mmmo.validate import DeviceProbe, check_memory, memory_lines, plan_spec_memory
+from mmmo.runtime.errors import MmmoError
+from mmmo.spec.schema import load_spec
+from mmmo.spec.validate import DeviceProbe, check_memory, memory_lines, plan_spec_memory
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_7B = REPO / "configs" / "examples" / "qwen2.5-7b-instruct-math-code.yaml"
@@ -92,7 +92,7 @@ def test_a_cpu_run_that_fits_nowhere_is_refused_with_its_bytes(demo_spec, monkey
     least = streamed.device_bytes - plan.scoring.total + plan.scoring.total // 16 + streamed.host_bytes
     free = least - 1
     monkeypatch.setattr(
-        mmmo.validate, "probe_device", lambda spec, strict: DeviceProbe(torch.device("cpu"), torch.float32, free, free)
+        mmmo.spec.validate, "probe_device", lambda spec, strict: DeviceProbe(torch.device("cpu"), torch.float32, free, free)
     )
     with pytest.raises(MmmoError) as err:
         check_memory(spec)
@@ -101,7 +101,7 @@ def test_a_cpu_run_that_fits_nowhere_is_refused_with_its_bytes(demo_spec, monkey
         "available); use a device with more free memory, a smaller merge.dtype or fewer models"
     )
     monkeypatch.setattr(
-        mmmo.validate, "probe_device", lambda spec, strict: DeviceProbe(torch.device("cpu"), torch.float32, least, least)
+        mmmo.spec.validate, "probe_device", lambda spec, strict: DeviceProbe(torch.device("cpu"), torch.float32, least, least)
     )
     # It fits one sequence at a time, not the batch of 16: run, but warned.
     assert check_memory(spec).endswith("the estimate exceeds what is free now, so it may run out of memory")
@@ -214,7 +214,7 @@ def no_weights_read(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _fake_gpu(monkeypatch: pytest.MonkeyPatch, gib: int) -> None:
     monkeypatch.setattr(
-        mmmo.validate, "probe_device", lambda spec, strict: DeviceProbe(CUDA, torch.bfloat16, gib * GIB, HOST)
+        mmmo.spec.validate, "probe_device", lambda spec, strict: DeviceProbe(CUDA, torch.bfloat16, gib * GIB, HOST)
     )
 
 
@@ -303,7 +303,7 @@ def test_7b_search_says_its_placement_before_building_the_evaluator(
 
 def test_validate_prints_the_7b_plan(spec_7b: Path, no_weights_read: None, monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_gpu(monkeypatch, 80)
-    monkeypatch.setattr(mmmo.validate, "check_tasks", lambda spec: "tasks: not built in this test (no network)")
+    monkeypatch.setattr(mmmo.spec.validate, "check_tasks", lambda spec: "tasks: not built in this test (no network)")
     result = CliRunner().invoke(app, ["validate", str(spec_7b)])
     assert result.exit_code == 0, result.output
     hand = _hand_7b()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmmo.errors import MmmoError
 from mmmo.merge import selection
 from mmmo.merge.fast_merge import merge_into, merge_tensor
 from mmmo.merge.plan import MergePlan
@@ -23,6 +22,7 @@ from mmmo.merge.sparsify import (
 )
 from mmmo.merge.tables import Precomputed, dare_tables, masked_l1, rescale_l1, sorted_magnitudes
 from mmmo.merge.workspace import Workspace
+from mmmo.runtime.errors import MmmoError
 
 
 def close(actual: torch.Tensor, expected: list[float]) -> None:

@@ -19,7 +19,6 @@ pytest.importorskip("mergekit")
 
 from tiny_models import make_family, read_weights
 
-from mmmo.errors import MmmoError
 from mmmo.merge.fast_merge import merge_tensor
 from mmmo.merge.geometric import GeometricMerge
 from mmmo.merge.interpolate import nuslerp, slerp
@@ -28,6 +27,7 @@ from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
 from mmmo.merge.recipe_reader import load_mergekit_recipe
 from mmmo.merge.recipe_run import run_recipe
 from mmmo.merge.registry import METHODS, method_info
+from mmmo.runtime.errors import MmmoError
 
 W3 = [0.5, 0.3, 0.4]
 

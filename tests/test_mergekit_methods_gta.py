@@ -22,7 +22,6 @@ pytest.importorskip("mergekit")
 
 from tiny_models import make_family, read_weights
 
-from mmmo.errors import MmmoError
 from mmmo.merge.fast_merge import merge_into
 from mmmo.merge.merger import Merger
 from mmmo.merge.plan import MergePlan
@@ -40,6 +39,7 @@ from mmmo.merge.sparsify import (
 )
 from mmmo.merge.tables import Precomputed, della_tables, sorted_magnitudes
 from mmmo.merge.workspace import Workspace
+from mmmo.runtime.errors import MmmoError
 
 W = torch.tensor([[0.6, 0.3], [0.3, 0.9], [0.5, 0.2]], dtype=torch.float64)
 D = torch.tensor([[0.4, 0.7], [0.6, 0.3], [0.35, 0.5]], dtype=torch.float64)

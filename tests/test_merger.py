@@ -11,7 +11,6 @@ import torch
 import yaml
 from tiny_models import make_base, make_expert, make_family, read_weights
 
-from mmmo.errors import MmmoError
 from mmmo.merge.fast_merge import merge_tensor
 from mmmo.merge.layers import layer_group_of
 from mmmo.merge.merger import Merger, MergerOptions
@@ -20,6 +19,7 @@ from mmmo.merge.recipe_reader import load_mergekit_recipe
 from mmmo.merge.recipe_run import run_recipe
 from mmmo.merge.save import save_merged
 from mmmo.merge.sparsify import dare_generator
+from mmmo.runtime.errors import MmmoError
 
 W3 = torch.tensor([0.7, 0.4, 0.9], dtype=torch.float64)
 D3 = torch.tensor([0.5, 0.3, 0.8], dtype=torch.float64)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import mmmo
 from mmmo.cli import app
-from mmmo.run_store import fold_events, read_events
+from mmmo.run.store import fold_events, read_events
 
 OPT = {"initial": 4, "batches": 2, "candidates": 2, "batch_size": 2}
 METHODS = ["ties", "dare_ties", "task_arithmetic"]

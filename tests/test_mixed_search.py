@@ -11,11 +11,11 @@ import yaml
 from tiny_models import make_family
 from typer.testing import CliRunner
 
-from mmmo.config import MergeSpec, spec_from_dict
-from mmmo.errors import SpecError
 from mmmo.merge.merger import Merger
+from mmmo.run.trial import Trial
+from mmmo.runtime.errors import SpecError
 from mmmo.search.space import STANDARD_DENSITY, STANDARD_WEIGHT, SearchSpace, standard_recipes
-from mmmo.trial import Trial
+from mmmo.spec.schema import MergeSpec, spec_from_dict
 
 MIXED = ("ties", "dare_ties", "task_arithmetic")
 
@@ -145,9 +145,9 @@ def test_mixed_batches_are_projected_and_modelled_with_a_categorical_method() ->
     from botorch.models import SingleTaskGP
     from botorch.models.kernels.categorical import CategoricalKernel
 
-    from mmmo.config import OptimizerSpec
     from mmmo.search.gp import fit_models
     from mmmo.search.strategies import propose_batch
+    from mmmo.spec.schema import OptimizerSpec
 
     space = SearchSpace(("a", "b"), density_bounds=(0.1, 1.0), methods=MIXED)
     opt = OptimizerSpec(initial=6, batches=1, batch_size=3, candidates=3, seed=3)
@@ -221,7 +221,7 @@ def mixed_run(demo_paths, tmp_path_factory):
 
 
 def test_mixed_search_journals_each_trials_method(mixed_run) -> None:
-    from mmmo.run_store import fold_events, read_events
+    from mmmo.run.store import fold_events, read_events
 
     _, result = mixed_run
     assert len(result.trials) == 7 and all(t.status == "done" for t in result.trials)
@@ -272,7 +272,7 @@ def test_exported_mixed_trial_is_the_merge_it_was_scored_as(mixed_run) -> None:
     """The export merges with the trial's method: the same tensors as a merger built for that method alone."""
     from safetensors.torch import load_file
 
-    from mmmo.export import trial_arrays
+    from mmmo.results.export import trial_arrays
 
     _, result = mixed_run
     folder = result.exported[0]

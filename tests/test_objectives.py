@@ -13,11 +13,11 @@ import objective_fixtures as fx
 import pytest
 import torch
 
-from mmmo.config import ObjectiveSpec
-from mmmo.errors import MmmoError
 from mmmo.objectives import EvaluationError, LmEvalObjectives, TaskScore, default_dtype, resolve_device
 from mmmo.objectives import device as device_mod
 from mmmo.objectives import lm_eval as lm_eval_objectives
+from mmmo.runtime.errors import MmmoError
+from mmmo.spec.schema import ObjectiveSpec
 
 CPU = torch.device("cpu")
 # Three of six letters answered wrong (d, e, f); on the first four letters only d is wrong.
@@ -312,7 +312,7 @@ def test_default_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
     assert default_dtype(CPU, None) == torch.float32
     assert default_dtype(CPU, "bfloat16") == torch.bfloat16
     assert default_dtype(CPU, "float16") == torch.float16
-    assert default_dtype(CPU, "float64") == torch.float64  # the one dtype table (mmmo.dtypes) has it
+    assert default_dtype(CPU, "float64") == torch.float64  # the one dtype table (mmmo.runtime.dtypes) has it
     monkeypatch.setattr(device_mod, "has_native_bf16", lambda: True)
     assert default_dtype(torch.device("cuda", 0), None) == torch.bfloat16
     monkeypatch.setattr(device_mod, "has_native_bf16", lambda: False)

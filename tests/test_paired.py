@@ -7,9 +7,14 @@ import math
 import pytest
 from scipy import stats
 
-from mmmo.paired import compare_candidates, mean_over_objectives, mean_task_difference, paired_difference
-from mmmo.run_store import SourceScore
-from mmmo.trial import Trial
+from mmmo.results.paired import (
+    compare_candidates,
+    mean_over_objectives,
+    mean_task_difference,
+    paired_difference,
+)
+from mmmo.run.store import SourceScore
+from mmmo.run.trial import Trial
 
 A01 = [1, 1, 0, 0, 1, 0, 1, 1, 0, 0]
 B01 = [1, 1, 1, 1, 1, 1, 1, 0, 1, 0]

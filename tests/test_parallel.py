@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 import mmmo
 from mmmo.cli import app
-from mmmo.config import load_spec
-from mmmo.diskspace import DiskFull
-from mmmo.errors import MmmoError
-from mmmo.parallel import AUTH_ENV, RayPool, RayWorker, get_results, ray_temp_dir
-from mmmo.run_store import fold_events, read_events
+from mmmo.evaluation.ray_pool import AUTH_ENV, RayPool, RayWorker, get_results, ray_temp_dir
+from mmmo.run.store import fold_events, read_events
+from mmmo.runtime.diskspace import DiskFull
+from mmmo.runtime.errors import MmmoError
+from mmmo.spec.schema import load_spec
 from mmmo.testing import worker_killed_on_trial
 
 pytest.importorskip("ray")

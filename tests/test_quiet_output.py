@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mmmo.quiet import expected_warnings, quiet_libraries
+from mmmo.runtime.quiet import expected_warnings, quiet_libraries
 
 REPO = Path(__file__).resolve().parents[1]
 # A demo build of a second or two (as test_demo's TINY): still trains in worker processes and saves models.
@@ -137,7 +137,7 @@ def test_search_api_hides_library_bars_only_when_asked(monkeypatch: pytest.Monke
     from tqdm import tqdm
 
     from mmmo import api
-    from mmmo.errors import MmmoError
+    from mmmo.runtime.errors import MmmoError
 
     drawn: list[bool] = []
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from mmmo import parallel
-from mmmo.config import load_spec, spec_from_dict
-from mmmo.errors import MmmoError
-from mmmo.parallel import AUTH_ENV, RayPool
+from mmmo.evaluation import ray_pool as parallel
+from mmmo.evaluation.ray_pool import AUTH_ENV, RayPool
+from mmmo.runtime.errors import MmmoError
+from mmmo.spec.schema import load_spec, spec_from_dict
 
 pytest.importorskip("ray")
 

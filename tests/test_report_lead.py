@@ -10,12 +10,12 @@ import pytest
 from rich.console import Console
 from scipy import stats
 
-from mmmo.config import spec_from_dict
-from mmmo.documents import TaskDocuments
-from mmmo.report import pareto_table, report_markdown, write_summaries
-from mmmo.run_store import RunState, SourceScore
-from mmmo.run_summary import summarize_run
-from mmmo.trial import Trial
+from mmmo.results.report import pareto_table, report_markdown, write_summaries
+from mmmo.results.summary import summarize_run
+from mmmo.run.documents import TaskDocuments
+from mmmo.run.store import RunState, SourceScore
+from mmmo.run.trial import Trial
+from mmmo.spec.schema import spec_from_dict
 
 # Task t0: 10 documents scored 0/1; task t1: 6 documents scored in quarters. `r` copies of each make a larger run.
 MERGE_T0, MERGE_T1 = "1111111100", [0.5, 0.75, 1.0, 0.5, 0.25, 1.0]  # trial 0: 0.8 and 4/6

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import mmmo
 from mmmo.cli import app
-from mmmo.run_store import TornJournalWarning, fold_events, read_events
+from mmmo.run.store import TornJournalWarning, fold_events, read_events
 
 OPT = {"initial": 4, "batches": 2, "candidates": 4, "batch_size": 2}
 

@@ -11,12 +11,12 @@ import pytest
 
 import mmmo
 from mmmo.api import SearchRecorder
-from mmmo.documents import decode_outcomes, document_order
-from mmmo.errors import MmmoError
-from mmmo.evaluate import CandidateEvaluator
-from mmmo.export import export_from_run
-from mmmo.rescore import rescore_model
-from mmmo.run_store import RunStore, read_events
+from mmmo.evaluation.evaluator import CandidateEvaluator
+from mmmo.results.export import export_from_run
+from mmmo.results.rescore import rescore_model
+from mmmo.run.documents import decode_outcomes, document_order
+from mmmo.run.store import RunStore, read_events
+from mmmo.runtime.errors import MmmoError
 
 TASKS = ["demo_arith", "demo_reverse", "demo_sort"]
 

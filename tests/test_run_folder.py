@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 import mmmo
 from mmmo.cli import app
-from mmmo.diskspace import human_bytes
-from mmmo.export import pareto_by_contribution
-from mmmo.run_store import fold_events, read_events
+from mmmo.results.export import pareto_by_contribution
+from mmmo.run.store import fold_events, read_events
+from mmmo.runtime.diskspace import human_bytes
 
 OPT = {"initial": 4, "batches": 2, "candidates": 4, "batch_size": 2}
 
@@ -187,7 +187,8 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_no_folder(
 def test_export_checks_free_space_before_loading_anything(
     finished_run: Path, demo_paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mmmo import diskspace, export
+    from mmmo.results import export
+    from mmmo.runtime import diskspace
 
     monkeypatch.setattr(export, "build_merger", lambda *a: pytest.fail("loaded models on a full disk"))
     monkeypatch.setattr(diskspace.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))

@@ -15,14 +15,14 @@ from typer.testing import CliRunner
 
 import mmmo
 from mmmo.cli import app
-from mmmo.config import spec_from_dict
-from mmmo.run_lock import LOCK_FILE, RunFolderBusy, run_lock
-from mmmo.run_store import RunStore
-from mmmo.trial import Trial
+from mmmo.run.lock import LOCK_FILE, RunFolderBusy, run_lock
+from mmmo.run.store import RunStore
+from mmmo.run.trial import Trial
+from mmmo.spec.schema import spec_from_dict
 
 HOLD = """
 import sys, time
-from mmmo.run_lock import run_lock
+from mmmo.run.lock import run_lock
 with run_lock(sys.argv[1], "mmmo search"):
     print("locked", flush=True)
     time.sleep(120)
@@ -132,7 +132,7 @@ def test_a_full_disk_while_scoring_stops_the_search_instead_of_failing_the_candi
     trial stays pending in the journal (a resume after freeing space evaluates it)."""
     import errno
 
-    from mmmo.evaluate import CandidateEvaluator
+    from mmmo.evaluation.evaluator import CandidateEvaluator
 
     class Merger:
         def __init__(self, err: Exception) -> None:
@@ -158,7 +158,7 @@ def test_a_full_disk_while_scoring_stops_the_search_instead_of_failing_the_candi
 
 TRY = """
 import sys
-from mmmo.run_lock import RunFolderBusy, run_lock
+from mmmo.run.lock import RunFolderBusy, run_lock
 try:
     with run_lock(sys.argv[1], "intruder"):
         print("taken")

@@ -8,21 +8,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmmo.config import spec_from_dict
-from mmmo.errors import MmmoError
-from mmmo.run_store import (
+from mmmo.run.atomic import atomic_write_text
+from mmmo.run.store import (
     EventKind,
     Journal,
     RepairReport,
     RunStore,
     TornJournalWarning,
-    atomic_write_text,
-    changed_fields,
     fold_events,
     read_events,
     repair_journal,
 )
-from mmmo.trial import Trial
+from mmmo.run.trial import Trial
+from mmmo.runtime.errors import MmmoError
+from mmmo.spec.resume import changed_fields
+from mmmo.spec.schema import spec_from_dict
 
 
 def _spec(tmp_path: Path, **optimizer: object):

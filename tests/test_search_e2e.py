@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import mmmo
 import mmmo.api
 from mmmo.cli import app
-from mmmo.run_store import fold_events, read_events
+from mmmo.run.store import fold_events, read_events
 from mmmo.search.pareto import pareto_mask
 
 
@@ -157,7 +157,7 @@ def test_cli_show_json_and_table(finished_run) -> None:
 def test_pareto_table_drops_the_parameters_column_on_a_narrow_console(finished_run) -> None:
     from rich.console import Console
 
-    from mmmo.report import pareto_table
+    from mmmo.results.report import pareto_table
 
     _, result = finished_run
     rendered = {}

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from mmmo.config import OptimizerSpec
 from mmmo.search.gp import fit_models, resolve_prior_mean
 from mmmo.search.pareto import pareto_mask
+from mmmo.spec.schema import OptimizerSpec
 
 
 def trade_off_observations() -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,13 +11,13 @@ from collections.abc import Iterable
 import pytest
 import torch
 
-from mmmo.config import OptimizerSpec
-from mmmo.errors import MmmoError
+from mmmo.run.trial import Trial
+from mmmo.runtime.errors import MmmoError
 from mmmo.search import strategies
 from mmmo.search.acquisition import AcqBudget
 from mmmo.search.loop import BatchSummary, LoopOptions, NullObserver, run_loop
 from mmmo.search.pareto import hypervolume, infer_ref_point
-from mmmo.trial import Trial
+from mmmo.spec.schema import OptimizerSpec
 
 T = torch.float64
 CHEAP = AcqBudget(num_restarts=2, raw_samples=32, mc_samples=16, maxiter=20)

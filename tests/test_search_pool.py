@@ -10,8 +10,8 @@ import torch
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood, GaussianLikelihood
 from search_problems import CHEAP, objectives
 
-from mmmo.config import OptimizerSpec, WeakToStrongSpec
-from mmmo.quiet import expected_warnings
+from mmmo.run.trial import Trial
+from mmmo.runtime.quiet import expected_warnings
 from mmmo.search import strategies
 from mmmo.search.acquisition import AcqBudget, build_acquisition, propose_hvi, propose_hvi_pooled
 from mmmo.search.gp import EXACT_NOISE_FRACTION, JITTER_WARNING, fit_models, observation_variance
@@ -19,7 +19,7 @@ from mmmo.search.loop import LoopOptions, NullObserver, done_variances, run_loop
 from mmmo.search.space import SearchSpace, standard_recipes
 from mmmo.search.strategies import initial_design, propose_batch
 from mmmo.search.weak_to_strong import de_offspring, nondominated_ranks, rank_configs
-from mmmo.trial import Trial
+from mmmo.spec.schema import OptimizerSpec, WeakToStrongSpec
 
 T = torch.float64
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmmo.config import spec_from_dict
-from mmmo.errors import MmmoError
+from mmmo.runtime.errors import MmmoError
 from mmmo.search.space import SearchSpace
+from mmmo.spec.schema import spec_from_dict
 
 
 def test_names_and_dim_model_granularity_without_density() -> None:

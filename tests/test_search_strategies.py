@@ -8,12 +8,12 @@ import pytest
 import torch
 from search_problems import CHEAP, objectives
 
-from mmmo.config import OptimizerSpec, WeakToStrongSpec
-from mmmo.errors import MmmoError
+from mmmo.runtime.errors import MmmoError
 from mmmo.search import strategies
 from mmmo.search.acquisition import propose_hvi
 from mmmo.search.gp import fit_models
 from mmmo.search.strategies import batch_seed, initial_design, propose_batch, sobol_points
+from mmmo.spec.schema import OptimizerSpec, WeakToStrongSpec
 
 T = torch.float64
 

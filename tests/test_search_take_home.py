@@ -10,15 +10,15 @@ import pytest
 import torch
 from search_problems import CHEAP, objectives
 
-from mmmo.config import OptimizerSpec
-from mmmo.errors import MmmoError
+from mmmo.run.trial import Trial
+from mmmo.runtime.errors import MmmoError
 from mmmo.search import loop, strategies
 from mmmo.search.acquisition import propose_hvi
 from mmmo.search.gp import fit_models
 from mmmo.search.loop import LoopOptions, run_loop
 from mmmo.search.strategies import batch_seed, initial_design, propose_batch
 from mmmo.search.target import Target
-from mmmo.trial import Trial
+from mmmo.spec.schema import OptimizerSpec
 
 T = torch.float64
 

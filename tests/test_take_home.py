@@ -8,19 +8,20 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
-from mmmo import export as export_module
 from mmmo.cli import app
-from mmmo.config import spec_from_dict
-from mmmo.errors import MmmoError, SpecError
-from mmmo.export import select_trials
-from mmmo.report import report_markdown, write_summaries
-from mmmo.run_store import SPEC_FILE, EventKind, RunState, RunStore, SourceScore
-from mmmo.run_summary import load_run, summarize_run
-from mmmo.take_home import resolve_target
-from mmmo.trial import Trial
+from mmmo.results import export as export_module
+from mmmo.results.export import select_trials
+from mmmo.results.report import report_markdown, write_summaries
+from mmmo.results.summary import load_run, summarize_run
+from mmmo.results.take_home import resolve_target
+from mmmo.run.store import SPEC_FILE, EventKind, RunState, RunStore, SourceScore
+from mmmo.run.trial import Trial
+from mmmo.runtime.errors import MmmoError, SpecError
+from mmmo.spec.schema import spec_from_dict
 
 LUCKY, STEADY = 3, 10  # the lucky trial (0.85 on 6 documents) and the best well-measured one (0.80 on 2000)
 
@@ -129,6 +130,25 @@ def test_the_choice_is_the_same_on_every_read(tmp_path: Path) -> None:
     assert picks == {STEADY}
     reversed_journal = summarize_run(spec, RunState(_lucky_run()[::-1], _sources(), None, {}))
     assert reversed_journal.best().id == STEADY
+
+
+def test_a_posterior_that_cannot_be_fitted_falls_back_to_observed_and_says_so(tmp_path: Path, monkeypatch) -> None:
+    from mmmo.search import target as target_module
+
+    monkeypatch.setattr(target_module, "fit_models", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    spec = _spec(tmp_path)
+    with pytest.raises(RuntimeError):  # a GP that raises is an error, not a silent fallback
+        _ = summarize_run(spec, RunState(_lucky_run(), _sources(), None, {})).take_home
+
+    class NotFinite:  # a posterior with NaN means (a degenerate fit) falls back to the observed scores
+        def posterior(self, X):
+            return type("P", (), {"mean": torch.full((X.shape[0], 1), math.nan)})()
+
+    monkeypatch.setattr(target_module, "fit_models", lambda *a, **k: NotFinite())
+    choice = summarize_run(spec, RunState(_lucky_run(), _sources(), None, {})).take_home
+    assert choice.trial.id == LUCKY
+    assert choice.how == ("the highest observed value of the mean task score among the 11 trials scored in full "
+                          "(the posterior's GP could not be fitted)")
 
 
 def test_a_relative_requirement_reads_the_source_score_from_the_run(tmp_path: Path) -> None:

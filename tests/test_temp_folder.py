@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from mmmo import demo, parallel
-from mmmo.config import spec_from_dict
-from mmmo.parallel import RayPool, ray_temp_dir
+from mmmo import demo
+from mmmo.evaluation import ray_pool as parallel
+from mmmo.evaluation.ray_pool import RayPool, ray_temp_dir
+from mmmo.spec.schema import spec_from_dict
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from mmmo.config import EvaluationSpec, ObjectiveSpec
-from mmmo.errors import MmmoError
 from mmmo.objectives import LmEvalObjectives
+from mmmo.runtime.errors import MmmoError
+from mmmo.spec.schema import EvaluationSpec, ObjectiveSpec
 
 UNSAFE_TASK = "mmmo_test_unsafe"
 UNSAFE_GROUP = "mmmo_test_unsafe_group"  # a group hides its members' unsafe_code from the task index

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mmmo.errors import MmmoError
+from mmmo.runtime.errors import MmmoError
 
 __version__ = "0.1.0"
 __all__ = ["search", "resume", "load_spec", "load_run", "SearchResult", "MmmoError"]
@@ -26,8 +26,8 @@ _HOMES = {
     "search": "mmmo.api",
     "resume": "mmmo.api",
     "SearchResult": "mmmo.api",
-    "load_run": "mmmo.run_summary",
-    "load_spec": "mmmo.config",
+    "load_run": "mmmo.results.summary",
+    "load_spec": "mmmo.spec.schema",
 }
 
 importlib.import_module("mmmo.search")

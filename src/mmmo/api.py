@@ -7,18 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmmo.config import SearchSpec, load_spec
-from mmmo.diskspace import DiskFull, disk_full_as_error
-from mmmo.documents import plan_differences, plan_to_json
-from mmmo.environment import use_project_cache
-from mmmo.errors import MmmoError
-from mmmo.export import export_trials, select_trials
-from mmmo.pool import EvaluatorPool, make_pool
-from mmmo.progress import ProgressDisplay, search_progress
-from mmmo.quiet import quiet_libraries
-from mmmo.report import write_summaries
-from mmmo.run_lock import run_lock
-from mmmo.run_store import (
+from mmmo.evaluation.pool import EvaluatorPool, make_pool
+from mmmo.results.export import export_trials, select_trials
+from mmmo.results.report import write_summaries
+from mmmo.results.summary import RunSummary
+from mmmo.results.take_home import resolve_target
+from mmmo.run.documents import plan_differences, plan_to_json
+from mmmo.run.lock import run_lock
+from mmmo.run.store import (
     JOURNAL,
     EventKind,
     Journal,
@@ -28,13 +24,17 @@ from mmmo.run_store import (
     SourceScore,
     repair_journal,
 )
-from mmmo.run_summary import RunSummary
+from mmmo.run.trial import Trial
+from mmmo.runtime.diskspace import DiskFull, disk_full_as_error
+from mmmo.runtime.environment import use_project_cache
+from mmmo.runtime.errors import MmmoError
+from mmmo.runtime.progress import ProgressDisplay, search_progress
+from mmmo.runtime.quiet import quiet_libraries
 from mmmo.search.acquisition import budget_for
 from mmmo.search.loop import BatchSummary, LoopOptions, run_loop
 from mmmo.search.space import SearchSpace, standard_recipes
-from mmmo.take_home import resolve_target
-from mmmo.trial import Trial
-from mmmo.validate import check_memory
+from mmmo.spec.schema import SearchSpec, load_spec
+from mmmo.spec.validate import check_memory
 
 
 @dataclass

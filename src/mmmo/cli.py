@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from mmmo.errors import MmmoError
+from mmmo.runtime.errors import MmmoError
 
 app = typer.Typer(
     help="Find the best way to merge fine-tuned LLMs: multi-objective Bayesian optimisation (MM-MO).",
@@ -37,7 +37,7 @@ def _main(
         ),
     ] = False,
 ) -> None:
-    from mmmo.quiet import quiet_libraries
+    from mmmo.runtime.quiet import quiet_libraries
 
     _state["debug"] = debug
     # Quiet by default: a command's own lines are what a user reads. Lasts as long as the command runs.
@@ -51,7 +51,7 @@ def _guard(fn: Callable[[], T], run_dir_hint: str | None = None) -> T:
     folder's lock and partial exports are released, and the same hint is printed; the exit status is 143 (130 for
     Ctrl-C), with --debug too, which prints the traceback first.
     """
-    from mmmo.signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
+    from mmmo.runtime.signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
 
     try:
         with sigterm_as_interrupt():
@@ -84,7 +84,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the final Pareto fr
 
 
 def _finish_search(result: Any, as_json: bool, quiet: bool) -> None:
-    from mmmo.report import pareto_json, pareto_table
+    from mmmo.results.report import pareto_json, pareto_table
 
     if as_json:
         sys.stdout.write(pareto_json(result.summary) + "\n")
@@ -122,8 +122,8 @@ def search(
 ) -> None:
     """Search merge configurations for a spec; continues an existing run folder."""
     from mmmo import api
-    from mmmo.config import load_spec
-    from mmmo.run_store import RunStore
+    from mmmo.run.store import RunStore
+    from mmmo.spec.schema import load_spec
 
     spec = _guard(lambda: load_spec(config))
     if fresh and RunStore(spec.run_dir).exists and not yes:
@@ -178,7 +178,7 @@ def validate(
     ] = False,
 ) -> None:
     """Check a spec (fields, paths, model headers, tasks) without loading weights."""
-    from mmmo.validate import validate_spec_file
+    from mmmo.spec.validate import validate_spec_file
 
     lines = _guard(lambda: validate_spec_file(config, offline=offline))
     for line in lines:
@@ -194,8 +194,8 @@ def show(
     ] = False,
 ) -> None:
     """Show a run's Pareto front with each trial's objectives, documents scored and parameters."""
-    from mmmo.report import pareto_json, pareto_table, stopped_line, trials_table
-    from mmmo.run_summary import load_run
+    from mmmo.results.report import pareto_json, pareto_table, stopped_line, trials_table
+    from mmmo.results.summary import load_run
 
     spec, state, summary = _guard(lambda: load_run(run_dir))
     _guard(lambda: summary.take_home)  # a requirement on a source the run has not scored: one line, not a traceback
@@ -253,7 +253,7 @@ def export(
     Without --trial, --best or --pareto: the take-home merge (the spec's take_home preference, or the one
     --weights, --require and --choose give).
     """
-    from mmmo.export import export_from_run
+    from mmmo.results.export import export_from_run
 
     if sum(x is not None and x is not False for x in (trial, best, pareto)) > 1:
         err_console.print("error: give at most one of --trial N, --best OBJECTIVE, --pareto")
@@ -279,7 +279,7 @@ def rescore(
     device: DeviceOpt = None,
 ) -> None:
     """Score a model folder on the run's documents (the same ones every candidate saw) and compare with its trial."""
-    from mmmo.rescore import rescore_model
+    from mmmo.results.rescore import rescore_model
 
     rows = _guard(lambda: rescore_model(run_dir, model_dir, trial=trial, device=device))
     for r in rows:
@@ -315,7 +315,7 @@ def demo(
 ) -> None:
     """Build the CPU demo: a tiny base model, three experts, local lm-eval tasks and demo.yaml."""
     from mmmo.demo import build_demo
-    from mmmo.environment import use_project_cache
+    from mmmo.runtime.environment import use_project_cache
 
     use_project_cache(Path.cwd())
     paths = _guard(lambda: build_demo(dir, force=force, progress=lambda m: err_console.print(f"[dim]{m}[/dim]")))

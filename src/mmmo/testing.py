@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from mmmo.demo import DemoPaths
-from mmmo.parallel import RayWorker
+from mmmo.evaluation.ray_pool import RayWorker
 
 # The exit status of a process the kernel's OOM killer ended (128 + SIGKILL).
 OOM_KILLED = 137

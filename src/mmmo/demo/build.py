@@ -21,7 +21,7 @@ from mmmo.demo.files import write_data_files, write_demo_yaml, write_task_files
 from mmmo.demo.model import make_model, make_tokenizer, save_model, torch_threads, train
 from mmmo.demo.params import BUILD_VERSION, DEFAULT_PARAMS, DemoParams
 from mmmo.demo.skills import SKILLS, SkillSampler, base_mixture, expert_mixture, heldout_examples
-from mmmo.errors import MmmoError
+from mmmo.runtime.errors import MmmoError
 
 STAMP_NAME = ".mmmo-demo.json"
 

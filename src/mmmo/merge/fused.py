@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mmmo.errors import one_line
 from mmmo.merge.tensor_setup import DIVISOR_START
+from mmmo.runtime.errors import one_line
 
 FUSED_DTYPES = (torch.float32, torch.float64)  # half types: inductor would skip eager's per-op roundings
 FUSED_SPARSIFICATIONS = (None, "magnitude", "random", "magnitude_outliers", "della_magprune")  # with sign election

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from mmmo.errors import MmmoError
 from mmmo.merge.interpolate import (
     NuslerpGeometry,
     SlerpGeometry,
@@ -32,6 +31,7 @@ from mmmo.merge.interpolate import (
 from mmmo.merge.plan import CHUNK
 from mmmo.merge.registry import MethodInfo
 from mmmo.merge.workspace import Workspace
+from mmmo.runtime.errors import MmmoError
 
 
 @dataclass

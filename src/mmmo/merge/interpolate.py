@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mmmo.errors import MmmoError
+from mmmo.runtime.errors import MmmoError
 
 SLERP_CHUNK = 1024 * 1024  # mergekit's chunk: its norms are norms of per-chunk norms, its dot a sum of chunk dots
 SLERP_DOT_THRESHOLD = 0.9995  # above this |cos|, slerp is lerp

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from mmmo.errors import MmmoError, one_line
 from mmmo.merge.checkpoint import Checkpoint
+from mmmo.runtime.errors import MmmoError, one_line
 
 
 def load_live_model(base: Checkpoint, dtype: torch.dtype, device: torch.device, *, trust_remote_code: bool) -> Any:

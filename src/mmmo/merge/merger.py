@@ -12,7 +12,6 @@ import torch
 from torch import Tensor
 
 import mmmo.merge.fused as fused_kernel
-from mmmo.errors import MmmoError
 from mmmo.merge.checkpoint import check_compatible, open_checkpoint
 from mmmo.merge.fast_merge import abs_sum, merge_into
 from mmmo.merge.geometric import GeometricMerge
@@ -24,6 +23,7 @@ from mmmo.merge.registry import MethodInfo, method_info
 from mmmo.merge.sparsify import dare_generator
 from mmmo.merge.task_vectors import add_tables, load_task_vectors
 from mmmo.merge.workspace import Workspace
+from mmmo.runtime.errors import MmmoError
 
 # From this many parameters the fused kernel's one-off compile (seconds) is repaid within a few candidates of a
 # search; a single merge repays it only from a few billion.

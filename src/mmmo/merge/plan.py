@@ -6,8 +6,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from mmmo.errors import MmmoError
 from mmmo.merge.registry import MethodInfo, method_info
+from mmmo.runtime.errors import MmmoError
 
 CHUNK = 1 << 18  # CPU elements per chunk: the ~25 elementwise passes after selection then run in cache, not DRAM
 

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 import yaml
 
-from mmmo.dtypes import DTYPES
-from mmmo.errors import MmmoError
 from mmmo.merge.checkpoint import open_checkpoint
 from mmmo.merge.layers import count_layers, layer_group_of, layer_index, layer_prefix
 from mmmo.merge.registry import method_info
+from mmmo.runtime.dtypes import DTYPES
+from mmmo.runtime.errors import MmmoError
 
 Value = float | list[float]  # one value, or one per layer group
 

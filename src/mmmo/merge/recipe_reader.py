@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 
-from mmmo.errors import MmmoError
 from mmmo.merge.layers import layer_group_of
 from mmmo.merge.recipe import DTYPES, MergeRecipe, RecipeModel, Value, base_layout, collapse
 from mmmo.merge.registry import METHODS, MethodInfo, method_info
+from mmmo.runtime.errors import MmmoError
 
 _SEED_COMMENT = re.compile(r"^#\s*mmmo-seed:\s*(-?\d+)\s*$", re.MULTILINE)
 _TOP_KEYS = {"models", "base_model", "merge_method", "parameters", "dtype", "out_dtype", "tokenizer_source"}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mmmo.dtypes import DTYPES
 from mmmo.merge.merger import ONE_MERGE_FUSE_MIN_PARAMS, Merger, MergerOptions
 from mmmo.merge.recipe_reader import load_mergekit_recipe
 from mmmo.merge.save import check_out_dir, save_merged
+from mmmo.runtime.dtypes import DTYPES
 
 
 def run_recipe(

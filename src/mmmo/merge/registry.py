@@ -1,6 +1,6 @@
 """The merge methods as data: how each sparsifies and combines task vectors, with mergekit 0.1.5's defaults.
 
-The one list of method names: the spec schema (`mmmo.config`) reads it from here, so this module imports nothing
+The one list of method names: the spec schema (`mmmo.spec.schema`) reads it from here, so this module imports nothing
 heavy (no torch).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from mmmo.errors import MmmoError
+from mmmo.runtime.errors import MmmoError
 
 MethodName = Literal[
     "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear",

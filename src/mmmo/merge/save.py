@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mmmo.dtypes import dtype_name
-from mmmo.errors import MmmoError
 from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
+from mmmo.runtime.dtypes import dtype_name
+from mmmo.runtime.errors import MmmoError
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 # Files of the base copied next to the weights: tokenizer, chat template, generation defaults.

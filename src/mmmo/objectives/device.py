@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mmmo.dtypes import DTYPES
-from mmmo.errors import MmmoError
+from mmmo.runtime.dtypes import DTYPES
+from mmmo.runtime.errors import MmmoError
 
 
 def resolve_device(name: str) -> torch.device:

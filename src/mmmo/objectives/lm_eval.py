@@ -18,9 +18,6 @@ from typing import Any, Literal
 
 import torch
 
-from mmmo.config import ObjectiveSpec
-from mmmo.documents import DocumentPlan, SubsetKind, stage_sizes
-from mmmo.errors import MmmoError, one_line
 from mmmo.objectives.lm_eval_compat import (
     aggregate_outcomes,
     bootstrap_in_process,
@@ -36,6 +33,9 @@ from mmmo.objectives.lm_eval_tasks import (
     normalize_limit,
     resolve_metric,
 )
+from mmmo.run.documents import DocumentPlan, SubsetKind, stage_sizes
+from mmmo.runtime.errors import MmmoError, one_line
+from mmmo.spec.schema import ObjectiveSpec
 
 # Seed for sampling tasks (do_sample: true), reset before every evaluation so equal weights score equally.
 SAMPLING_SEED = 1234
@@ -172,7 +172,7 @@ class LmEvalObjectives:
     def evaluate(self, stage: int | None = None) -> dict[str, TaskScore]:
         """Score the model's current weights on every objective; EvaluationError when that fails.
 
-        `stage` k scores only the documents stage k adds (see mmmo.documents.stage_sizes); None scores them all.
+        `stage` k scores only the documents stage k adds (see mmmo.run.documents.stage_sizes); None scores them all.
         """
         if not self._targets:
             return {}

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mmmo.config import ObjectiveSpec
-from mmmo.documents import SubsetKind, TaskDocuments, document_order, fingerprint, subset_size
-from mmmo.errors import MmmoError, one_line
 from mmmo.objectives.lm_eval_compat import declares_unsafe_code, filter_names, freeze_requests
+from mmmo.run.documents import SubsetKind, TaskDocuments, document_order, fingerprint, subset_size
+from mmmo.runtime.errors import MmmoError, one_line
+from mmmo.spec.schema import ObjectiveSpec
 
 if TYPE_CHECKING:
     from lm_eval.api.group import Group
@@ -147,7 +147,7 @@ def build_unit(
 
 
 def choose_documents(task: Task, name: str, limit: float | None, subset: SubsetKind, seed: int) -> TaskDocuments:
-    """The documents of a leaf task a run scores (see mmmo.documents), with a fingerprint of their contents."""
+    """The documents of a leaf task a run scores (see mmmo.run.documents), with a fingerprint of their contents."""
     docs = task.eval_docs
     n = len(docs)
     if n == 0:

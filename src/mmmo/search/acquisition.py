@@ -29,7 +29,7 @@ from botorch.sampling import SobolQMCNormalSampler
 from botorch.utils.multi_objective.box_decompositions.non_dominated import FastNondominatedPartitioning
 from torch import Tensor
 
-from mmmo.quiet import expected_warnings
+from mmmo.runtime.quiet import expected_warnings
 from mmmo.search.fisher import DEDUPE_TOL, far_from
 from mmmo.search.gp import JITTER_WARNING
 from mmmo.search.pareto import infer_ref_point

@@ -20,8 +20,8 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.utils.warnings import NumericalWarning
 from torch import Tensor
 
-from mmmo.config import PriorMean
-from mmmo.quiet import expected_warnings
+from mmmo.runtime.quiet import expected_warnings
+from mmmo.spec.schema import PriorMean
 
 log = logging.getLogger(__name__)
 

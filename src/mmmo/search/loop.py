@@ -15,8 +15,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from mmmo.config import EvaluationSpec, OptimizerSpec
-from mmmo.errors import MmmoError
+from mmmo.run.trial import Trial
+from mmmo.runtime.errors import MmmoError
 from mmmo.search.acquisition import AcqBudget
 from mmmo.search.gp import observation_variance
 from mmmo.search.pareto import hypervolume, infer_ref_point, pareto_mask
@@ -24,7 +24,7 @@ from mmmo.search.space import SearchSpace
 from mmmo.search.stages import PartialScores, continue_chances
 from mmmo.search.strategies import propose_batch
 from mmmo.search.target import Target
-from mmmo.trial import Trial
+from mmmo.spec.schema import EvaluationSpec, OptimizerSpec
 
 # Scores a batch's pending trials, yielding each once, done or failed, in any order.
 EvaluateBatch = Callable[[list[Trial]], Iterable[Trial]]

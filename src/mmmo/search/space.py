@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mmmo.config import Bounds, SearchSpec
-from mmmo.errors import MmmoError
 from mmmo.merge.registry import MethodInfo, MethodParameter, method_info
+from mmmo.runtime.errors import MmmoError
+from mmmo.spec.schema import Bounds, SearchSpec
 
 
 @dataclass(frozen=True)

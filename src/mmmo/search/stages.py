@@ -23,10 +23,10 @@ import torch
 from gpytorch.utils.warnings import NumericalWarning
 from torch import Tensor
 
-from mmmo.config import PriorMean
-from mmmo.quiet import expected_warnings
+from mmmo.runtime.quiet import expected_warnings
 from mmmo.search.gp import JITTER_WARNING, fit_models
 from mmmo.search.pareto import hypervolume
+from mmmo.spec.schema import PriorMean
 
 # Draws of each candidate's full score; the chance's standard error is at most 0.5 / sqrt(DRAWS) ~ 0.016.
 DRAWS = 1024

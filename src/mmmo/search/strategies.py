@@ -16,9 +16,8 @@ from botorch.models import ModelListGP
 from torch import Tensor
 from torch.quasirandom import SobolEngine
 
-from mmmo.config import OptimizerSpec
-from mmmo.errors import MmmoError
-from mmmo.quiet import expected_warnings
+from mmmo.runtime.errors import MmmoError
+from mmmo.runtime.quiet import expected_warnings
 from mmmo.search.acquisition import (
     DEFAULT_BUDGET,
     AcqBudget,
@@ -32,6 +31,7 @@ from mmmo.search.gp import fit_models
 from mmmo.search.space import SearchSpace
 from mmmo.search.target import Target
 from mmmo.search.weak_to_strong import de_offspring, weak_to_strong
+from mmmo.spec.schema import OptimizerSpec
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,22 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mmmo.config import PriorMean
 from mmmo.search.acquisition import seeded
 from mmmo.search.gp import fit_models
 from mmmo.search.pareto import pareto_mask
+from mmmo.spec.schema import PriorMean
 
 # Below this many feasible evaluated points a GP says nothing the observations do not: choose by them.
 MIN_POINTS_FOR_POSTERIOR = 3
+
+
+@dataclass(frozen=True)
+class ChosenRow:
+    """The row `choose_take_home` chose and the rule that chose it: "posterior", or "observed" when asked for, when
+    too few rows qualify for a GP, or when the GP's posterior was not finite."""
+
+    row: int
+    by: str
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,7 @@ def choose_take_home(
     by: str = "posterior",
     prior_mean: PriorMean = "fitted",
     cat_dims: Sequence[int] = (),
-) -> int | None:
+) -> ChosenRow | None:
     """The row of the evaluated points `X [n, d]`, `Y [n, m]` to take home; None when no row is feasible.
 
     Only rows whose OBSERVED `Y` meets every constraint can be chosen. Among them, `by="observed"` takes the highest
@@ -106,12 +115,13 @@ def choose_take_home(
         return None
     observed = target.value(Y)
     if by == "observed" or len(rows) < MIN_POINTS_FOR_POSTERIOR:
-        return _highest(rows, observed, Y)
+        return ChosenRow(_highest(rows, observed, Y), "observed")
     if by != "posterior":
         raise ValueError(f"unknown take-home rule {by!r} (posterior or observed)")
     posterior = _posterior_value(X, Y, target, Yvar, prior_mean, cat_dims)
-    score = observed if posterior is None else posterior
-    return _highest(rows, score, Y)
+    if posterior is None:
+        return ChosenRow(_highest(rows, observed, Y), "observed")
+    return ChosenRow(_highest(rows, posterior, Y), "posterior")
 
 
 def _highest(rows: list[int], score: Tensor, Y: Tensor) -> int:

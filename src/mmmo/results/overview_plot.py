@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mmmo.paired import outcome_stderr
-from mmmo.run_store import SourceScore, atomic_write_bytes_via
-from mmmo.run_summary import RunSummary
-from mmmo.trial import Trial
+from mmmo.results.paired import outcome_stderr
+from mmmo.results.summary import RunSummary
+from mmmo.run.atomic import atomic_write_bytes_via
+from mmmo.run.store import SourceScore
+from mmmo.run.trial import Trial
 
 Z95 = 1.959963984540054  # the normal 97.5% quantile: score ± Z95·stderr is a 95% interval
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from mmmo.documents import DocumentPlan, EncodedOutcomes
-from mmmo.trial import Trial
+from mmmo.run.documents import DocumentPlan, EncodedOutcomes
+from mmmo.run.trial import Trial
 
 
 class EventKind(str, Enum):

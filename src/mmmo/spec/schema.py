@@ -10,10 +10,10 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mmmo.documents import SubsetKind
-from mmmo.errors import SpecError, one_line, validation_message
 from mmmo.merge.registry import DENSITY_METHODS, MethodName, method_info
-from mmmo.take_home_spec import TakeHomeSpec
+from mmmo.run.documents import SubsetKind
+from mmmo.runtime.errors import SpecError, one_line, validation_message
+from mmmo.spec.take_home import TakeHomeSpec
 
 DEFAULT_DENSITY_BOUNDS: tuple[float, float] = (0.1, 1.0)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -269,7 +269,7 @@ class SearchSpec(_Strict):
     optimizer: OptimizerSpec = OptimizerSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     output: OutputSpec = OutputSpec()
-    take_home: TakeHomeSpec = TakeHomeSpec()  # the merge a user takes home (mmmo.take_home_spec)
+    take_home: TakeHomeSpec = TakeHomeSpec()  # the merge a user takes home (mmmo.spec.take_home)
 
     @field_validator("name")
     @classmethod

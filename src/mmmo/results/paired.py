@@ -1,6 +1,6 @@
 """Paired comparison of two candidates (merges or source models) scored on the same documents.
 
-Every candidate of a run is scored on the same documents in the same order (mmmo.documents), so two candidates'
+Every candidate of a run is scored on the same documents in the same order (mmmo.run.documents), so two candidates'
 scores differ by a per-document difference whose spread is far smaller than either score's own: a paired test
 sees a gain that two independent standard errors would call noise. Torch-free: numpy and scipy only.
 """
@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 from scipy import stats
 
-from mmmo.documents import EncodedOutcomes, decode_outcomes
+from mmmo.run.documents import EncodedOutcomes, decode_outcomes
 
 
 @dataclass(frozen=True)

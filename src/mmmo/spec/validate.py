@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmmo.config import SearchSpec, is_hub_id, load_spec
-from mmmo.errors import MmmoError
+from mmmo.runtime.errors import MmmoError
+from mmmo.spec.schema import SearchSpec, is_hub_id, load_spec
 
 if TYPE_CHECKING:
     import torch
@@ -65,9 +65,9 @@ def probe_device(spec: SearchSpec, *, strict: bool) -> DeviceProbe:
     """
     import torch
 
-    from mmmo.dtypes import DTYPES
     from mmmo.merge.memory import available_host_bytes, free_device_bytes
     from mmmo.objectives.device import default_dtype, resolve_device
+    from mmmo.runtime.dtypes import DTYPES
 
     host = available_host_bytes()
     try:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from mmmo.config import SearchSpec
-from mmmo.documents import DocumentPlan
-from mmmo.evaluate import CandidateEvaluator
-from mmmo.parallel import RayPool
-from mmmo.run_store import SourceScore
-from mmmo.trial import Trial
+from mmmo.evaluation.evaluator import CandidateEvaluator
+from mmmo.evaluation.ray_pool import RayPool
+from mmmo.run.documents import DocumentPlan
+from mmmo.run.store import SourceScore
+from mmmo.run.trial import Trial
+from mmmo.spec.schema import SearchSpec
 
 if TYPE_CHECKING:
     from mmmo.merge.merger import Merger

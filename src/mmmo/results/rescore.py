@@ -6,13 +6,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmmo.documents import decode_outcomes, plan_differences
-from mmmo.environment import use_project_cache
-from mmmo.errors import MmmoError
-from mmmo.evaluate import build_objectives, merge_dtype
+from mmmo.evaluation.evaluator import build_objectives, merge_dtype
 from mmmo.objectives.device import resolve_device
-from mmmo.run_summary import load_run
-from mmmo.trial import Trial
+from mmmo.results.summary import load_run
+from mmmo.run.documents import decode_outcomes, plan_differences
+from mmmo.run.trial import Trial
+from mmmo.runtime.environment import use_project_cache
+from mmmo.runtime.errors import MmmoError
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mmmo.config import SearchSpec
-from mmmo.progress_lines import LogProgress
-from mmmo.run_store import SourceScore
-from mmmo.trial import Trial
+from mmmo.run.store import SourceScore
+from mmmo.run.trial import Trial
+from mmmo.runtime.progress_lines import LogProgress
+from mmmo.spec.schema import SearchSpec
 
 if TYPE_CHECKING:
     from mmmo.search.loop import BatchSummary

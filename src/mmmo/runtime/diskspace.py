@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mmmo.errors import MmmoError
+from mmmo.runtime.errors import MmmoError
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 # Libraries that write from Rust (safetensors) raise their own exception type; only the text says what happened.

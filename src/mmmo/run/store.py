@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import os
@@ -16,27 +15,17 @@ from typing import Any
 
 import yaml
 
-from mmmo.config import SearchSpec, spec_from_dict, spec_to_dict
-from mmmo.documents import DocumentPlan, plan_from_json
-from mmmo.errors import MmmoError, one_line
-from mmmo.journal_events import TRIAL_EVENTS, EventKind, JournalLineError, SourceScore, check_payload
-from mmmo.run_lock import LOCK_FILE
-from mmmo.trial import Trial
+from mmmo.run.atomic import atomic_write_bytes, atomic_write_text
+from mmmo.run.documents import DocumentPlan, plan_from_json
+from mmmo.run.events import TRIAL_EVENTS, EventKind, JournalLineError, SourceScore, check_payload
+from mmmo.run.lock import LOCK_FILE
+from mmmo.run.trial import Trial
+from mmmo.runtime.errors import MmmoError, one_line
+from mmmo.spec.resume import NOT_RESUMABLE, RESUMABLE_CHANGES, changed_fields, with_fields_added_later
+from mmmo.spec.schema import SearchSpec, spec_from_dict, spec_to_dict
 
 JOURNAL = "trials.jsonl"
 SPEC_FILE = "spec.yaml"
-
-# Fields a resumed run may change: where and how fast it evaluates, what it exports, and how long it runs.
-# Changes that leave every evaluated merge the same (merge.fused gives the same tensors bit for bit).
-# output.dir is where the folder was when the spec was written: a moved or copied folder is resumed where it
-# now is, so the old path is not a change of the run.
-RESUMABLE_CHANGES: tuple[str, ...] = (
-    "evaluation.", "output.export", "output.dir", "optimizer.batches", "merge.fused",
-    "take_home.",  # what the take-home merge maximises: no score depends on it, only later proposals and the choice
-)
-# ... except these evaluation fields, which decide what every candidate is scored on.
-NOT_RESUMABLE: tuple[str, ...] = ("evaluation.subset", "evaluation.subset_seed", "evaluation.stages")
-
 
 class TornJournalWarning(UserWarning):
     """The journal's last line was cut short (the process was killed while writing it)."""
@@ -51,35 +40,6 @@ class RunState:
     ref_point: list[float] | None
     hypervolumes: dict[int, float]  # batch -> hypervolume at its end
     documents: DocumentPlan | None = None  # None: not recorded yet (or a run written before it was)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never a part.
-
-    On any failure (a full disk included) the temporary file is removed and the old content stays.
-    """
-
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """`atomic_write_text` for bytes: fsync'd, then renamed onto `path`; the old content stays on failure."""
-    atomic_write_bytes_via(path, lambda tmp: _write_synced(tmp, data), suffix="")
-
-
-def atomic_write_bytes_via(path: Path, writer: Any, *, suffix: str | None = None) -> None:
-    """Call `writer(tmp_path)` and rename its output onto `path` (for files written by libraries).
-
-    The temporary file keeps `path`'s suffix (default) so libraries pick the format from it; it is removed if
-    the writer fails.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix if suffix is None else suffix}")
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class Journal:
@@ -224,13 +184,6 @@ def repair_journal(path: Path, objectives: Sequence[str] | None = None) -> Repai
     return RepairReport(len(bad), len(good), side)
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def _fold_one(
     kind: EventKind, ev: dict[str, Any], trials: dict[int, Trial], sources: dict[str, SourceScore], state: RunState
 ) -> None:
@@ -277,52 +230,6 @@ def fold_events(events: list[dict[str, Any]]) -> RunState:
         hypervolumes=acc.hypervolumes,
         documents=acc.documents,
     )
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): data}
-
-
-# Spec fields added after runs were already being written, with the value a run written before them ran with:
-# a stored spec without one is read with that value, so an old run resumes as it started.
-FIELDS_ADDED_LATER: dict[str, Any] = {
-    "optimizer.known_noise": False,
-    "optimizer.standard_recipes": False,
-    "optimizer.weak_to_strong.mode": "crossover",
-    "optimizer.prior_mean": "fitted",
-    "evaluation.subset": "first",
-    "evaluation.subset_seed": 0,
-    # Before `take_home` a run took home the highest observed mean task score (weights and requirements: none).
-    "take_home.weights": None,
-    "take_home.require": [],
-    "take_home.choose": "observed",
-}
-
-
-def with_fields_added_later(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """A stored spec dict with every missing field of FIELDS_ADDED_LATER filled in, and the names filled."""
-    out = copy.deepcopy(data)
-    filled = []
-    for dotted, value in FIELDS_ADDED_LATER.items():
-        *parents, leaf = dotted.split(".")
-        node = out
-        for key in parents:
-            node = node.setdefault(key, {}) if isinstance(node, dict) else None  # a damaged spec: schema says
-        if isinstance(node, dict) and leaf not in node:
-            node[leaf] = copy.deepcopy(value)  # a list default stays this table's own
-            filled.append(dotted)
-    return out, filled
-
-
-def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted names of the fields that differ between two spec dicts."""
-    a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 class RunStore:

@@ -11,13 +11,13 @@ from typing import Protocol
 
 import torch
 
-from mmmo.config import SearchSpec
-from mmmo.run_store import RunState, RunStore, SourceScore
+from mmmo.results.take_home import TakeHomeChoice, choose_trial
+from mmmo.run.store import RunState, RunStore, SourceScore
+from mmmo.run.trial import Trial
 from mmmo.search.pareto import pareto_mask
 from mmmo.search.space import SearchSpace
-from mmmo.take_home import TakeHomeChoice, choose_trial
-from mmmo.take_home_spec import TakeHomeSpec
-from mmmo.trial import Trial
+from mmmo.spec.schema import SearchSpec
+from mmmo.spec.take_home import TakeHomeSpec
 
 
 class Scored(Protocol):

@@ -11,11 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mmmo.chosen_merge import chosen_merge_section
-from mmmo.config import SearchSpec
-from mmmo.overview_plot import plot_overview
-from mmmo.run_store import RunState, atomic_write_bytes_via, atomic_write_text
-from mmmo.run_summary import RunSummary, summarize_run
+from mmmo.results.chosen_merge import chosen_merge_section
+from mmmo.results.overview_plot import plot_overview
+from mmmo.results.summary import RunSummary, summarize_run
+from mmmo.run.atomic import atomic_write_bytes_via, atomic_write_text
+from mmmo.run.store import RunState
+from mmmo.spec.schema import SearchSpec
 
 
 def _pareto_records(summary: RunSummary) -> list[dict[str, Any]]:

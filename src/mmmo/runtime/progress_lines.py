@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
-from mmmo.config import SearchSpec
-from mmmo.run_store import SourceScore
-from mmmo.run_summary import document_objectives, documents_scored, mean_task_score
-from mmmo.trial import Trial
+from mmmo.results.summary import document_objectives, documents_scored, mean_task_score
+from mmmo.run.store import SourceScore
+from mmmo.run.trial import Trial
+from mmmo.spec.schema import SearchSpec
 
 if TYPE_CHECKING:
     from mmmo.search.loop import BatchSummary

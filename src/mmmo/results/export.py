@@ -9,17 +9,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mmmo.config import SearchSpec
-from mmmo.diskspace import check_free_space, disk_full_as_error
-from mmmo.errors import MmmoError
-from mmmo.evaluate import build_merger, local_model_folder, merge_dtype
+from mmmo.evaluation.evaluator import build_merger, local_model_folder, merge_dtype
 from mmmo.objectives.device import resolve_device
-from mmmo.run_lock import run_lock
-from mmmo.run_summary import RunSummary, load_run
+from mmmo.results.summary import RunSummary, load_run
+from mmmo.results.take_home import NO_REQUIREMENTS_HINT, preference_from
+from mmmo.run.lock import run_lock
+from mmmo.run.trial import Trial
+from mmmo.runtime.diskspace import check_free_space, disk_full_as_error
+from mmmo.runtime.errors import MmmoError
 from mmmo.search.pareto import hypervolume_contributions, infer_ref_point
 from mmmo.search.space import SearchSpace
-from mmmo.take_home import NO_REQUIREMENTS_HINT, preference_from
-from mmmo.trial import Trial
+from mmmo.spec.schema import SearchSpec
 
 if TYPE_CHECKING:
     from mmmo.merge.merger import Merger

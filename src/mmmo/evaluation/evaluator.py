@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mmmo.config import SearchSpec, is_hub_id
-from mmmo.diskspace import is_disk_full
-from mmmo.documents import DocumentPlan, EncodedOutcomes, decode_outcomes, encode_outcomes
-from mmmo.errors import MmmoError, one_line
-from mmmo.hub import hub_model_folder
+from mmmo.evaluation.hub import hub_model_folder
 from mmmo.objectives.device import default_dtype, resolve_device
 from mmmo.objectives.lm_eval import LmEvalObjectives, TaskScore
-from mmmo.run_store import SourceScore
+from mmmo.run.documents import DocumentPlan, EncodedOutcomes, decode_outcomes, encode_outcomes
+from mmmo.run.store import SourceScore
+from mmmo.run.trial import Trial
+from mmmo.runtime.diskspace import is_disk_full
+from mmmo.runtime.errors import MmmoError, one_line
 from mmmo.search.space import SearchSpace
-from mmmo.trial import Trial
+from mmmo.spec.schema import SearchSpec, is_hub_id
 
 if TYPE_CHECKING:
     from mmmo.merge.merger import Merger

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmmo.paired import PairedDifference, compare_candidates, mean_over_objectives
-from mmmo.run_store import SourceScore
-from mmmo.run_summary import RunSummary
-from mmmo.trial import Trial
+from mmmo.results.paired import PairedDifference, compare_candidates, mean_over_objectives
+from mmmo.results.summary import RunSummary
+from mmmo.run.store import SourceScore
+from mmmo.run.trial import Trial
 
 BASE = "base"  # the name a run gives its base model among the sources
 CONFIDENCE = 0.95

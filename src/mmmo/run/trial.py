@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from mmmo.documents import EncodedOutcomes
+from mmmo.run.documents import EncodedOutcomes
 
 # "partial": scored on some stages of evaluation.stages, its next stage (or stop) not yet decided.
 TrialStatus = Literal["proposed", "partial", "done", "failed"]
@@ -31,7 +31,7 @@ class Trial:
     # an objective left out has unknown noise, which the GPs then infer.
     stderr: dict[str, float] = field(default_factory=dict)
     # Per-document values of each task objective's metric, per leaf task, in the run's document order (see
-    # mmmo.documents: encoded, "0110..." for 0/1 metrics); a prefix of that order when stages stopped it early.
+    # mmmo.run.documents: encoded, "0110..." for 0/1 metrics); a prefix of that order when stages stopped it early.
     outcomes: dict[str, dict[str, EncodedOutcomes]] = field(default_factory=dict)
     stages_scored: int = 0  # how many stages of evaluation.stages it has been scored on (1 when stages are off)
     stopped: bool = False  # done on part of its documents: the stage criterion gave it no real chance

@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmmo.errors import MmmoError, one_line
-from mmmo.progress_lines import duration, log_line
+from mmmo.runtime.errors import MmmoError, one_line
+from mmmo.runtime.progress_lines import duration, log_line
 
 # What a merge needs of a hub repo: weights, config and tokenizer (no optimizer states, no other formats).
 MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py")

@@ -12,15 +12,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmmo.config import SearchSpec, spec_from_dict, spec_to_dict
-from mmmo.diskspace import is_disk_full
-from mmmo.documents import DocumentPlan, plan_differences, plan_from_json, plan_to_json
-from mmmo.environment import use_project_cache
-from mmmo.errors import MmmoError, one_line
-from mmmo.evaluate import CandidateEvaluator
-from mmmo.run_store import SourceScore
-from mmmo.signals import keep_signal_handlers
-from mmmo.trial import Trial
+from mmmo.evaluation.evaluator import CandidateEvaluator
+from mmmo.run.documents import DocumentPlan, plan_differences, plan_from_json, plan_to_json
+from mmmo.run.store import SourceScore
+from mmmo.run.trial import Trial
+from mmmo.runtime.diskspace import is_disk_full
+from mmmo.runtime.environment import use_project_cache
+from mmmo.runtime.errors import MmmoError, one_line
+from mmmo.runtime.signals import keep_signal_handlers
+from mmmo.spec.schema import SearchSpec, spec_from_dict, spec_to_dict
 
 if TYPE_CHECKING:
     from mmmo.merge.merger import Merger
@@ -164,7 +164,7 @@ class RayWorker:
 class RayPool:
     """N resident evaluators as Ray actors; a candidate whose worker dies is failed, then retried once elsewhere.
 
-    An `EvaluatorPool` (see mmmo.pool).
+    An `EvaluatorPool` (see mmmo.evaluation.pool).
     """
 
     # What each actor runs: a class Ray can ship to its worker processes (tests install a faulty one here).

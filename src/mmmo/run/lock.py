@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmmo.errors import MmmoError
+from mmmo.runtime.errors import MmmoError
 
 LOCK_FILE = "mmmo.lock"
 # flock errors that mean "this file system has no locks", not "someone holds it"

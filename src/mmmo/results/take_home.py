@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mmmo.errors import MmmoError, validation_message
-from mmmo.journal_events import SourceScore
+from mmmo.run.events import SourceScore
+from mmmo.run.trial import Trial
+from mmmo.runtime.errors import MmmoError, validation_message
 from mmmo.search.loop import done_variances
 from mmmo.search.target import MIN_POINTS_FOR_POSTERIOR, Target, choose_take_home
-from mmmo.take_home_spec import Requirement, TakeHomeSpec
-from mmmo.trial import Trial
+from mmmo.spec.take_home import Requirement, TakeHomeSpec
 
 NO_REQUIREMENTS_HINT = "mmmo export --allow-infeasible takes the best by the preference ignoring them"
 
@@ -116,9 +116,9 @@ def choose_trial(
         for i, t in enumerate(trials) if bool((slack[i] < 0).any())
     }
     rule = Target(target.weights) if ignore_requirements else target
-    row = choose_take_home(X, Y, rule, done_variances(trials, names), by=pref.choose, cat_dims=cat_dims)
+    chosen = choose_take_home(X, Y, rule, done_variances(trials, names), by=pref.choose, cat_dims=cat_dims)
     among = len(trials) if ignore_requirements else len(trials) - len(infeasible)
-    by = pref.choose if among >= MIN_POINTS_FOR_POSTERIOR else "observed"
+    by = pref.choose if chosen is None else chosen.by
     how = (
         f"the highest {'posterior mean' if by == 'posterior' else 'observed value'} of {words} among the {among} "
         f"trial{'s' if among != 1 else ''} scored in full"
@@ -128,9 +128,12 @@ def choose_trial(
             " that meet every requirement"
         )
     if by != pref.choose:
-        how += f" (too few for the posterior, which needs {MIN_POINTS_FOR_POSTERIOR})"
-    trial = None if row is None else trials[row]
-    value = None if row is None else float(target.value(Y[row]))
+        how += (
+            f" (too few for the posterior, which needs {MIN_POINTS_FOR_POSTERIOR})" if among < MIN_POINTS_FOR_POSTERIOR
+            else " (the posterior's GP could not be fitted)"
+        )
+    trial = None if chosen is None else trials[chosen.row]
+    value = None if chosen is None else float(target.value(Y[chosen.row]))
     return TakeHomeChoice(trial, how, target, words, texts, infeasible, value, len(trials), ignore_requirements)
 
 
