@@ -58,9 +58,9 @@ def table_path(method: str) -> Path:
 
 def method_space(methods: Sequence[str]) -> Any:
     """The demo's search space for `methods` (one: that method's own; several: the mixed space)."""
-    from mmmo.config import DEFAULT_DENSITY_BOUNDS
     from mmmo.merge.registry import method_info
     from mmmo.search.space import SearchSpace
+    from mmmo.spec.schema import DEFAULT_DENSITY_BOUNDS
 
     density = DEFAULT_DENSITY_BOUNDS if any(method_info(m).uses_density for m in methods) else None
     return SearchSpace(MODELS, density_bounds=density, methods=tuple(methods))
@@ -68,12 +68,12 @@ def method_space(methods: Sequence[str]) -> Any:
 
 def build_table(method: str, n: int, demo_dir: Path) -> None:
     """Score `n` Sobol points of `method`'s own space on the demo; written incrementally as JSON."""
-    from mmmo.config import spec_from_dict
     from mmmo.demo import DEFAULT_PARAMS, build_demo
-    from mmmo.evaluate import CandidateEvaluator
+    from mmmo.evaluation.evaluator import CandidateEvaluator
+    from mmmo.run.records import Trial
     from mmmo.search.strategies import sobol_points
+    from mmmo.spec.schema import spec_from_dict
     from mmmo.testing import search_spec_for
-    from mmmo.trial import Trial
 
     demo = build_demo(demo_dir)
     data = search_spec_for(
@@ -135,10 +135,10 @@ class Surrogates:
 
 def run(strategy: str, methods: Sequence[str], surrogates: Surrogates, seed: int) -> dict[str, Any]:
     """One search through `run_loop`: `mixed` over every method, `<m> alone` over m's space."""
-    from mmmo.config import OptimizerSpec
     from mmmo.search.acquisition import budget_for
     from mmmo.search.loop import LoopOptions, run_loop
     from mmmo.search.space import standard_recipes
+    from mmmo.spec.schema import OptimizerSpec
 
     searched = list(methods) if strategy == "mixed" else [strategy.removesuffix(" alone")]
     space = method_space(searched)

@@ -28,12 +28,12 @@ from search_quality import DEFAULT_DEMO_DIR, demo_search_spec  # noqa: E402
 from search_quality import DEMO_OBJECTIVES as OBJECTIVES  # noqa: E402
 from search_quality import DEMO_TASKS as TASKS  # noqa: E402
 
-from mmmo.config import OptimizerSpec  # noqa: E402
 from mmmo.search.acquisition import budget_for, propose_hvi  # noqa: E402
 from mmmo.search.fisher import fisher_screen  # noqa: E402
 from mmmo.search.gp import fit_models  # noqa: E402
 from mmmo.search.strategies import batch_seed, sobol_points  # noqa: E402
 from mmmo.search.weak_to_strong import weak_to_strong  # noqa: E402
+from mmmo.spec.schema import OptimizerSpec  # noqa: E402
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -101,8 +101,8 @@ def main() -> None:
     task_cols = [OBJECTIVES.index(n) for n in TASKS]
 
     if not a.skip_demo:
-        from mmmo.evaluate import CandidateEvaluator
-        from mmmo.trial import Trial
+        from mmmo.evaluation.evaluator import CandidateEvaluator
+        from mmmo.run.records import Trial
 
         ev = CandidateEvaluator.from_spec(demo_search_spec(a.demo_dir, a.limit), device="cpu")
         Xd = sobol_points(a.history, ev.space.dim, 7)

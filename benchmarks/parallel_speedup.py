@@ -41,7 +41,7 @@ def main() -> None:
 
     import mmmo
     from mmmo.demo import build_demo
-    from mmmo.run_store import fold_events, read_events
+    from mmmo.run.store import fold_events, read_events
     from mmmo.testing import search_spec_for
 
     demo = build_demo(args.demo_dir)

@@ -99,8 +99,8 @@ def demo_dir_for(layer_groups: int, demo_dir: Path | None = None) -> Path:
 
 def demo_search_spec(demo_dir: Path, limit: int, layer_groups: int = 1) -> Any:
     """The demo's search spec (3 experts, dare_ties weight + density, 3 tasks + sparsity) on CPU."""
-    from mmmo.config import spec_from_dict
     from mmmo.demo import build_demo
+    from mmmo.spec.schema import spec_from_dict
     from mmmo.testing import search_spec_for
 
     demo = build_demo(demo_dir, params=demo_params(layer_groups))
@@ -132,10 +132,10 @@ def _demo_digest(layer_groups: int = 1) -> str:
 def build_table(demo_dir: Path, n: int, limit: int, out: Path, seed: int = 1234, layer_groups: int = 1) -> None:
     """Evaluate `n` scrambled Sobol points of the demo space (`layer_groups` per-layer-group weights) and write
     them (incrementally) as JSON."""
-    from mmmo.evaluate import CandidateEvaluator
+    from mmmo.evaluation.evaluator import CandidateEvaluator
+    from mmmo.run.records import Trial
     from mmmo.search.space import SearchSpace
     from mmmo.search.strategies import sobol_points
-    from mmmo.trial import Trial
 
     spec = demo_search_spec(demo_dir, limit, layer_groups=layer_groups)
     if SearchSpace.from_spec(spec).names != demo_space(layer_groups).names:  # the coordinates the table stores
@@ -319,7 +319,7 @@ def demo_base_scores(demo_dir: Path, limit: int) -> dict[str, float]:
         data = json.loads(path.read_text())
         if data.get("demo") == _demo_digest() and data.get("limit") == limit:
             return data["objectives"]
-    from mmmo.evaluate import CandidateEvaluator
+    from mmmo.evaluation.evaluator import CandidateEvaluator
 
     score = CandidateEvaluator.from_spec(demo_search_spec(demo_dir, limit), device="cpu").evaluate_source(None)
     if score.objectives is None:
@@ -331,8 +331,8 @@ def demo_base_scores(demo_dir: Path, limit: int) -> dict[str, float]:
 
 def demo_real_problem(demo_dir: Path, limit: int, budget: Budget) -> Problem:
     """The real demo: every point is merged and scored by `CandidateEvaluator` (slow)."""
-    from mmmo.evaluate import CandidateEvaluator
-    from mmmo.trial import Trial
+    from mmmo.evaluation.evaluator import CandidateEvaluator
+    from mmmo.run.records import Trial
 
     ev = CandidateEvaluator.from_spec(demo_search_spec(demo_dir, limit), device="cpu")
     _, Y_t, _ = load_table(table_path(1))
@@ -482,7 +482,7 @@ def is_bo(name: str) -> bool:
 
 def loop_spec(name: str, problem: Problem, budget: Budget, seed: int) -> tuple[Any, list[str]]:
     """The `OptimizerSpec` a loop strategy runs with, and the objectives it optimises."""
-    from mmmo.config import OptimizerSpec
+    from mmmo.spec.schema import OptimizerSpec
 
     cfg = dict(LOOP_STRATEGIES[name])
     objective_names = list(cfg.pop("_objectives", problem.objectives))
@@ -508,9 +508,9 @@ def spec_id(name: str, problem: Problem, budget: Budget, seed: int) -> str | Non
 
 def run_loop_strategy(name: str, problem: Problem, budget: Budget, seed: int, rec: Recorder) -> dict[str, Any]:
     """One run of a `run_loop` strategy."""
+    from mmmo.run.records import Trial
     from mmmo.search.acquisition import budget_for
     from mmmo.search.loop import BatchSummary, LoopOptions, NullObserver, run_loop
-    from mmmo.trial import Trial
 
     opt, objective_names = loop_spec(name, problem, budget, seed)
     recipes = problem.recipes()

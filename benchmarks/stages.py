@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import search_quality as sq  # noqa: E402  (a script module beside this one; it also sets the environment)
 import torch  # noqa: E402
 
-from mmmo.documents import decode_outcomes, encode_outcomes, stage_sizes  # noqa: E402
-from mmmo.trial import Trial  # noqa: E402
+from mmmo.run.documents import decode_outcomes, encode_outcomes, stage_sizes  # noqa: E402
+from mmmo.run.records import Trial  # noqa: E402
 
 PROBLEMS = ["bernoulli", "demo-real"]
 DEFAULT_SEEDS = {"bernoulli": "0-9", "demo-real": "0-4"}
@@ -243,7 +243,7 @@ class BernoulliDocs:
 
 
 def opt_spec(budget: sq.Budget, seed: int) -> Any:
-    from mmmo.config import OptimizerSpec
+    from mmmo.spec.schema import OptimizerSpec
 
     return OptimizerSpec(
         initial=budget.initial,
@@ -304,7 +304,7 @@ def demo_real_spec(
 ) -> Any:
     """The demo's search spec with the benchmark's optimizer sizes, seed, reference point (None: the search
     infers its own) and evaluation fields (`kwargs`)."""
-    from mmmo.config import EvaluationSpec, SearchSpec
+    from mmmo.spec.schema import EvaluationSpec, SearchSpec
 
     data = sq.demo_search_spec(demo_dir, limit).model_dump(mode="json")
     data["optimizer"].update(

@@ -93,10 +93,10 @@ def take_home(run: dict[str, Any], target: Any, rule: str, stderr: Values | None
     if idx.numel() == 0:
         return TakeHome(n, None, math.nan)
     Yvar = None if stderr is None else stderr(Y_obs[idx]) ** 2
-    row = choose_take_home(X[idx], Y_obs[idx], target, Yvar, by=rule)
-    if row is None:
+    chosen = choose_take_home(X[idx], Y_obs[idx], target, Yvar, by=rule)
+    if chosen is None:
         return TakeHome(n, None, math.nan)
-    i = int(idx[row])
+    i = int(idx[chosen.row])
     return TakeHome(n, i, float(target.value(Y[i])))
 
 
@@ -210,9 +210,9 @@ def run_single_objective(problem: sq.Problem, budget: sq.Budget, seed: int) -> d
     """BO on the preference alone (the library's loop with one objective: qLogNEI), from the same initial design
     as mm-mo; on a noisy problem it sees the mean of the noisy task scores with its stderr. Returns a run in
     search_quality's format (every objective's true and observed values per evaluation)."""
+    from mmmo.run.records import Trial
     from mmmo.search.acquisition import budget_for
     from mmmo.search.loop import LoopOptions, run_loop
-    from mmmo.trial import Trial
 
     rec = sq.Recorder(problem, seed)
     target = problem.target()

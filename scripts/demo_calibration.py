@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from mmmo import demo as D
-from mmmo.config import ObjectiveSpec
 from mmmo.objectives.lm_eval import LmEvalObjectives
+from mmmo.spec.schema import ObjectiveSpec
 
 MERGE_WEIGHTS = (0.3, 0.4, 0.5, 0.6, 0.7)
 

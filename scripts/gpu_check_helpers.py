@@ -75,7 +75,7 @@ def search_report(run_dir: Path, wall: float) -> None:
     """One line: candidates done, merge and scoring time per candidate, candidates scored per second."""
     import yaml
 
-    from mmmo.run_store import fold_events, read_events
+    from mmmo.run.store import fold_events, read_events
 
     spec = yaml.safe_load((run_dir / "spec.yaml").read_text())
     trials = fold_events(read_events(run_dir / "trials.jsonl")).trials

@@ -72,7 +72,7 @@ def score_demo_merges(demo_paths: Any, folder: Path, device: str, dtype: str) ->
     from demo_specs import write_demo_spec
 
     from mmmo.evaluation.evaluator import CandidateEvaluator
-    from mmmo.run.trial import Trial
+    from mmmo.run.records import Trial
     from mmmo.spec.schema import load_spec
 
     spec = load_spec(write_demo_spec(

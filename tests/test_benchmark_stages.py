@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmmo.run.trial import Trial
+from mmmo.run.records import Trial
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

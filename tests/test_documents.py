@@ -7,14 +7,17 @@ import pytest
 from mmmo.run.documents import (
     TaskDocuments,
     decode_outcomes,
+    document_limit,
     document_order,
     encode_outcomes,
     plan_differences,
     plan_from_json,
     plan_to_json,
+    shared_documents,
     stage_sizes,
     subset_size,
 )
+from mmmo.runtime.errors import MmmoError
 
 
 def test_random_order_is_a_seeded_permutation_stable_across_machines() -> None:
@@ -74,3 +77,28 @@ def test_plan_differences_name_what_changed() -> None:
         "task 'demo_arith': the chosen documents' contents changed"
     ]
     assert plan_differences(a, {}) == ["objective 'arith' is gone"]
+
+
+def test_objectives_share_documents_when_the_plan_gives_them_the_same_ids() -> None:
+    def docs(task: str, ids: tuple[int, ...]) -> list[TaskDocuments]:
+        return [TaskDocuments(task, ids, 100, "f")]
+
+    plan = {
+        "acc": docs("arith", (3, 1, 2)), "acc_norm": docs("arith", (3, 1, 2)),  # two metrics of one task
+        "all": docs("sort", (0, 1, 2, 3)), "all_again": docs("sort", (0, 1, 2, 3)),  # limit 1.0 beside no limit
+        "fewer": docs("sort", (0, 1)),  # the same task on fewer documents: its own group
+    }
+    assert shared_documents(plan, ["acc", "all", "acc_norm", "fewer", "all_again"]) == [
+        ["acc", "acc_norm"], ["all", "all_again"], ["fewer"],
+    ]
+
+
+@pytest.mark.parametrize("limit, read", [(None, None), (1.0, None), (0.5, 0.5), (20, 20), (20.0, 20)])
+def test_a_limit_reads_as_the_documents_it_chooses(limit, read) -> None:
+    assert document_limit(limit, "t") == read
+
+
+@pytest.mark.parametrize("limit", [0, 0.0, 1.5, -3])
+def test_a_bad_limit_is_one_line_naming_the_objective(limit) -> None:
+    with pytest.raises(MmmoError, match="objective 't': limit must be a count >= 1 or a fraction in"):
+        document_limit(limit, "t")

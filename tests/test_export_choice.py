@@ -11,8 +11,8 @@ import torch
 from mmmo.results.export import pareto_by_contribution, select_trials
 from mmmo.results.report import report_markdown
 from mmmo.results.summary import summarize_run
+from mmmo.run.records import Trial
 from mmmo.run.store import RunState
-from mmmo.run.trial import Trial
 from mmmo.runtime.diskspace import DiskFull, check_free_space, human_bytes, is_disk_full
 from mmmo.search.pareto import hypervolume, hypervolume_contributions
 from mmmo.spec.schema import spec_from_dict

@@ -22,8 +22,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mmmo.results.summary import load_run
-from mmmo.run.store import JOURNAL, SPEC_FILE, RunStore, SourceScore, TornJournalWarning, repair_journal
-from mmmo.run.trial import Trial
+from mmmo.run.records import SourceScore, Trial
+from mmmo.run.store import JOURNAL, SPEC_FILE, RunStore, TornJournalWarning, repair_journal
 from mmmo.runtime.errors import MmmoError
 from mmmo.spec.schema import spec_from_dict, spec_to_dict
 
@@ -40,8 +40,8 @@ EVENTS: list[dict[str, Any]] = [
     {"event": "documents", "documents": {"a": [{"task": "arith", "ids": [3, 1, 0, 2], "available": 10,
                                                 "fingerprint": "0123456789abcdef"}]}},
     {"event": "source", "source": SourceScore(
-        "base", {"a": 0.5, "sparsity": 0.0}, {"arith": {"exact_match": 0.5}}, None, {"a": 0.25}, {"a": 4},
-        OUTCOMES).__dict__},
+        name="base", objectives={"a": 0.5, "sparsity": 0.0}, metrics={"arith": {"exact_match": 0.5}},
+        stderr={"a": 0.25}, n_examples={"a": 4}, outcomes=OUTCOMES).to_json()},
     {"event": "proposed", "trial": Trial(0, 0, X, "sobol", params={"m1_weight": 0.5}).to_json()},
     {"event": "proposed", "trial": Trial(1, 0, X, "sobol").to_json()},
     {"event": "attempt_failed", "trial": Trial(1, 0, X, "sobol", attempts=1, error="worker died").to_json()},

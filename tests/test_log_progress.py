@@ -18,8 +18,7 @@ from rich.console import Console
 
 from mmmo.evaluation.evaluator import local_model_folder
 from mmmo.evaluation.hub import MODEL_FILES, folder_size, hub_model_folder, size_text
-from mmmo.run.store import SourceScore
-from mmmo.run.trial import Trial
+from mmmo.run.records import SourceScore, Trial
 from mmmo.runtime.errors import MmmoError
 from mmmo.runtime.progress import SearchProgress, search_progress
 from mmmo.runtime.progress_lines import LogProgress, duration, seconds_left

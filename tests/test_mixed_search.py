@@ -12,7 +12,7 @@ from tiny_models import make_family
 from typer.testing import CliRunner
 
 from mmmo.merge.merger import Merger
-from mmmo.run.trial import Trial
+from mmmo.run.records import Trial
 from mmmo.runtime.errors import SpecError
 from mmmo.search.space import STANDARD_DENSITY, STANDARD_WEIGHT, SearchSpace, standard_recipes
 from mmmo.spec.schema import MergeSpec, spec_from_dict

@@ -13,8 +13,7 @@ from mmmo.results.paired import (
     mean_task_difference,
     paired_difference,
 )
-from mmmo.run.store import SourceScore
-from mmmo.run.trial import Trial
+from mmmo.run.records import SourceScore, Trial
 
 A01 = [1, 1, 0, 0, 1, 0, 1, 1, 0, 0]
 B01 = [1, 1, 1, 1, 1, 1, 1, 0, 1, 0]
@@ -93,7 +92,7 @@ def test_a_stopped_trial_is_compared_on_its_prefix_of_each_leaf() -> None:
     trial = Trial(3, 1, [0.5], "acquisition", "done", stopped=True, outcomes={
         "grp": {"leaf_a": "1101", "leaf_b": [0.5, 0.25]},
     })
-    source = SourceScore("arith", {"grp": 0.5}, outcomes={
+    source = SourceScore(name="arith", objectives={"grp": 0.5}, outcomes={
         "grp": {"leaf_a": "110100", "leaf_b": [0.5, 0.5, 1.0]},
         "solo": {"solo": "0101"},
     })
@@ -119,7 +118,7 @@ def test_objectives_on_the_same_documents_are_paired_once_not_counted_as_indepen
     # Two metrics of one task (same 8 documents) and one other task (6 documents).
     a = Scored({"acc": {"t": "00110100"}, "acc_norm": {"t": "00110100"}, "other": {"u": "010101"}})
     b = Scored({"acc": {"t": "11110110"}, "acc_norm": {"t": "11110110"}, "other": {"u": "110111"}})
-    d = mean_over_objectives(a, b, ["acc", "acc_norm", "other"])
+    d = mean_over_objectives(a, b, [["acc", "acc_norm"], ["other"]])
     same = paired_difference([0, 0, 1, 1, 0, 1, 0, 0], [1, 1, 1, 1, 0, 1, 1, 0])  # +3/8, the shared task
     other = paired_difference([0, 1, 0, 1, 0, 1], [1, 1, 0, 1, 1, 1])  # +2/6
     assert d is not None
@@ -127,4 +126,4 @@ def test_objectives_on_the_same_documents_are_paired_once_not_counted_as_indepen
     assert d.diff == pytest.approx((2 * 3 / 8 + 2 / 6) / 3, abs=1e-12)
     assert d.se == pytest.approx(math.sqrt((2 * same.se) ** 2 + other.se**2) / 3, abs=1e-12)
     assert d.n == 8 + 6  # each document once
-    assert mean_over_objectives(a, Scored({}), ["acc"]) is None
+    assert mean_over_objectives(a, Scored({}), [["acc"]]) is None

@@ -13,8 +13,8 @@ from scipy import stats
 from mmmo.results.report import pareto_table, report_markdown, write_summaries
 from mmmo.results.summary import summarize_run
 from mmmo.run.documents import TaskDocuments
-from mmmo.run.store import RunState, SourceScore
-from mmmo.run.trial import Trial
+from mmmo.run.records import SourceScore, Trial
+from mmmo.run.store import RunState
 from mmmo.spec.schema import spec_from_dict
 
 # Task t0: 10 documents scored 0/1; task t1: 6 documents scored in quarters. `r` copies of each make a larger run.
@@ -66,7 +66,7 @@ def _trial(i: int, sparsity: float, t0: str, t1: list[float], r: int, *, stopped
 
 def _source(name: str, t0: str, t1: list[float], r: int, *, outcomes: bool = True) -> SourceScore:
     s = _scored(t0, t1, r, outcomes=outcomes)
-    return SourceScore(name, {**s["objectives"], "sparsity": -0.1}, n_examples=s["n_examples"],
+    return SourceScore(name=name, objectives={**s["objectives"], "sparsity": -0.1}, n_examples=s["n_examples"],
                        outcomes=s["outcomes"])
 
 

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 import mmmo
 from mmmo.cli import app
 from mmmo.run.lock import LOCK_FILE, RunFolderBusy, run_lock
+from mmmo.run.records import Trial
 from mmmo.run.store import RunStore
-from mmmo.run.trial import Trial
 from mmmo.spec.schema import spec_from_dict
 
 HOLD = """

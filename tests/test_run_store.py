@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from mmmo.run.atomic import atomic_write_text
+from mmmo.run.records import SourceScore, Trial
 from mmmo.run.store import (
     EventKind,
     Journal,
@@ -19,7 +20,6 @@ from mmmo.run.store import (
     read_events,
     repair_journal,
 )
-from mmmo.run.trial import Trial
 from mmmo.runtime.errors import MmmoError
 from mmmo.spec.resume import changed_fields
 from mmmo.spec.schema import spec_from_dict
@@ -60,6 +60,22 @@ def test_events_fold_last_wins(tmp_path: Path) -> None:
     # every line is one whole JSON object ending in a newline
     raw = j.path.read_bytes()
     assert raw.endswith(b"\n") and len(raw.splitlines()) == 5
+
+
+def test_a_newer_journals_fields_are_read_the_same_way_for_trials_and_sources(tmp_path: Path) -> None:
+    """A field a later mmmo adds to the scored record is left out on read, for a merge and a source alike."""
+    j = Journal(tmp_path / "trials.jsonl")
+    trial = {**_trial(0, "done", 0.5).to_json(), "energy_joules": 12.5}
+    source = {**SourceScore(name="base", objectives={"a": 0.4, "sp": 0.0}).to_json(), "energy_joules": 3.0}
+    j.append("done", trial=trial)
+    j.append("source", source=source)
+    state = fold_events(read_events(j.path, ["a", "sp"]))
+    assert state.trials == [_trial(0, "done", 0.5)]
+    assert state.sources == [SourceScore(name="base", objectives={"a": 0.4, "sp": 0.0})]
+    # ... while a known field of the wrong type is refused on both, naming it
+    j.append("source", source={**source, "n_examples": {"a": "many"}})
+    with pytest.raises(MmmoError, match="n_examples"):
+        read_events(j.path, ["a", "sp"])
 
 
 def test_torn_last_line_is_skipped_with_warning_and_repaired_before_append(tmp_path: Path) -> None:

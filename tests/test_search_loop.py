@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import pytest
 import torch
 
-from mmmo.run.trial import Trial
+from mmmo.run.records import Trial
 from mmmo.runtime.errors import MmmoError
 from mmmo.search import strategies
 from mmmo.search.acquisition import AcqBudget

@@ -10,7 +10,7 @@ import torch
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood, GaussianLikelihood
 from search_problems import CHEAP, objectives
 
-from mmmo.run.trial import Trial
+from mmmo.run.records import Trial
 from mmmo.runtime.quiet import expected_warnings
 from mmmo.search import strategies
 from mmmo.search.acquisition import AcqBudget, build_acquisition, propose_hvi, propose_hvi_pooled

@@ -14,7 +14,7 @@ import pytest
 import torch
 from botorch.test_functions.multi_objective import BraninCurrin
 
-from mmmo.run.trial import Trial
+from mmmo.run.records import Trial
 from mmmo.search.acquisition import AcqBudget
 from mmmo.search.loop import LoopOptions, run_loop
 from mmmo.spec.schema import OptimizerSpec

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mmmo.run.trial import Trial
+from mmmo.run.records import Trial
 from mmmo.search.loop import LoopOptions, NullObserver, run_loop
 from mmmo.search.pareto import hypervolume
 from mmmo.search.stages import PartialScores, chance_of_improving, full_score_distribution, hypervolume_gain

@@ -10,7 +10,7 @@ import pytest
 import torch
 from search_problems import CHEAP, objectives
 
-from mmmo.run.trial import Trial
+from mmmo.run.records import Trial
 from mmmo.runtime.errors import MmmoError
 from mmmo.search import loop, strategies
 from mmmo.search.acquisition import propose_hvi

@@ -18,8 +18,8 @@ from mmmo.results.export import select_trials
 from mmmo.results.report import report_markdown, write_summaries
 from mmmo.results.summary import load_run, summarize_run
 from mmmo.results.take_home import resolve_target
-from mmmo.run.store import SPEC_FILE, EventKind, RunState, RunStore, SourceScore
-from mmmo.run.trial import Trial
+from mmmo.run.records import SourceScore, Trial
+from mmmo.run.store import SPEC_FILE, EventKind, RunState, RunStore
 from mmmo.runtime.errors import MmmoError, SpecError
 from mmmo.spec.schema import spec_from_dict
 
@@ -54,7 +54,7 @@ def _trial(i: int, x: float, t0: float, t1: float | None = None, *, docs: int = 
 
 
 def _source(name: str, t0: float, t1: float) -> SourceScore:
-    return SourceScore(name, {"t0": t0, "t1": t1, "sparsity": 0.0}, n_examples={"t0": 2000, "t1": 2000},
+    return SourceScore(name=name, objectives={"t0": t0, "t1": t1, "sparsity": 0.0}, n_examples={"t0": 2000, "t1": 2000},
                        stderr={"t0": _se(t0, 2000), "t1": _se(t1, 2000), "sparsity": 0.0})
 
 
@@ -74,7 +74,7 @@ def _write_run(tmp_path: Path, trials: list[Trial], take_home: dict | None = Non
     spec = _spec(tmp_path, take_home)
     journal = RunStore(spec.run_dir).open(spec)
     for s in _sources():
-        journal.append(EventKind.SOURCE, source=s.__dict__)
+        journal.append(EventKind.SOURCE, source=s.to_json())
     for t in trials:
         journal.record_trial(t)
     return spec.run_dir
@@ -176,7 +176,7 @@ def test_a_relative_requirement_reads_the_source_score_from_the_run(tmp_path: Pa
     assert summarize_run(spec, RunState(trials, weaker_base, None, {})).best().id == 0
     for broken, line in (
         (sources[1:], "take_home.require 't1 >= base': the source model base has not been scored in this run"),
-        ([SourceScore("base", None, error="CUDA out of memory"), *sources[1:]],
+        ([SourceScore(name="base", objectives=None, error="CUDA out of memory"), *sources[1:]],
          "take_home.require 't1 >= base': the source model base failed to score (CUDA out of memory)"),
     ):
         with pytest.raises(MmmoError) as err:

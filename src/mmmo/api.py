@@ -14,6 +14,7 @@ from mmmo.results.summary import RunSummary
 from mmmo.results.take_home import resolve_target
 from mmmo.run.documents import plan_differences, plan_to_json
 from mmmo.run.lock import run_lock
+from mmmo.run.records import Trial
 from mmmo.run.store import (
     JOURNAL,
     EventKind,
@@ -24,7 +25,6 @@ from mmmo.run.store import (
     SourceScore,
     repair_journal,
 )
-from mmmo.run.trial import Trial
 from mmmo.runtime.diskspace import DiskFull, disk_full_as_error
 from mmmo.runtime.environment import use_project_cache
 from mmmo.runtime.errors import MmmoError
@@ -207,7 +207,7 @@ def _score_sources(spec: SearchSpec, pool: EvaluatorPool, recorder: SearchRecord
         return
     recorder.progress.note(f"scoring {len(todo)} source model(s) on the objectives")
     for score in pool.evaluate_sources(todo):
-        recorder.journal.append(EventKind.SOURCE, source=score.__dict__)
+        recorder.journal.append(EventKind.SOURCE, source=score.to_json())
         state.sources.append(score)
         recorder.progress.source(score)
 

@@ -14,8 +14,7 @@ from mmmo.evaluation.hub import hub_model_folder
 from mmmo.objectives.device import default_dtype, resolve_device
 from mmmo.objectives.lm_eval import LmEvalObjectives, TaskScore
 from mmmo.run.documents import DocumentPlan, EncodedOutcomes, decode_outcomes, encode_outcomes
-from mmmo.run.store import SourceScore
-from mmmo.run.trial import Trial
+from mmmo.run.records import Scored, SourceScore, Trial
 from mmmo.runtime.diskspace import is_disk_full
 from mmmo.runtime.errors import MmmoError, one_line
 from mmmo.search.space import SearchSpace
@@ -193,15 +192,10 @@ class CandidateEvaluator:
             trial,
             status="done" if last else "partial",
             params=params,
-            objectives=objectives,
-            metrics={name: s.metrics for name, s in scores.items()},
-            n_examples={name: s.n_examples for name, s in scores.items()},
-            stderr=self._stderr(scores),
-            outcomes=_encoded(scores),
+            **self._scored(objectives, scores).scores(),
             stages_scored=stage + 1,
             merge_seconds=(trial.merge_seconds or 0.0) + t1 - t0,
             eval_seconds=(trial.eval_seconds or 0.0) + t2 - t1,
-            error=None,
             attempts=trial.attempts + 1 if last else 0,
             worker=self.worker,
         )
@@ -219,12 +213,15 @@ class CandidateEvaluator:
             if is_disk_full(err):
                 raise
             return SourceScore(name=name, objectives=None, error=one_line(err, limit=TRIAL_ERROR_LIMIT))
-        return SourceScore(
-            name=name,
+        return SourceScore(name=name, **self._scored(objectives, scores).scores())
+
+    def _scored(self, objectives: dict[str, float], scores: dict[str, TaskScore]) -> Scored:
+        """What one scoring gave, as both a trial and a source record it."""
+        return Scored(
             objectives=objectives,
             metrics={k: s.metrics for k, s in scores.items()},
-            stderr=self._stderr(scores),
             n_examples={k: s.n_examples for k, s in scores.items()},
+            stderr=self._stderr(scores),
             outcomes=_encoded(scores),
         )
 

@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from mmmo.evaluation.evaluator import CandidateEvaluator
 from mmmo.evaluation.ray_pool import RayPool
 from mmmo.run.documents import DocumentPlan
-from mmmo.run.store import SourceScore
-from mmmo.run.trial import Trial
+from mmmo.run.records import SourceScore, Trial
 from mmmo.spec.schema import SearchSpec
 
 if TYPE_CHECKING:

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mmmo.evaluation.evaluator import CandidateEvaluator
 from mmmo.run.documents import DocumentPlan, plan_differences, plan_from_json, plan_to_json
-from mmmo.run.store import SourceScore
-from mmmo.run.trial import Trial
+from mmmo.run.records import SourceScore, Trial
 from mmmo.runtime.diskspace import is_disk_full
 from mmmo.runtime.environment import use_project_cache
 from mmmo.runtime.errors import MmmoError, one_line
@@ -155,7 +154,7 @@ class RayWorker:
         return self.evaluator.evaluate(Trial.from_json(trial_data)).to_json()
 
     def evaluate_source(self, index: int | None) -> dict[str, Any]:
-        return self.evaluator.evaluate_source(index).__dict__
+        return self.evaluator.evaluate_source(index).to_json()
 
     def documents(self) -> dict[str, Any]:
         return plan_to_json(self.evaluator.documents)
@@ -259,7 +258,7 @@ class RayPool:
     def evaluate_sources(self, indices: Iterable[int | None]) -> list[SourceScore]:
         indices = list(indices)
         refs = [self.actors[k % len(self.actors)].evaluate_source.remote(i) for k, i in enumerate(indices)]
-        return [SourceScore(**d) for d in get_results(self.ray, refs)]
+        return [SourceScore.from_json(d) for d in get_results(self.ray, refs)]
 
     def documents(self) -> DocumentPlan:
         """The documents the workers score, as each of them chose them (they must agree)."""

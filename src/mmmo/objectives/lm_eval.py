@@ -30,10 +30,9 @@ from mmmo.objectives.lm_eval_tasks import (
     allow_code_eval,
     averages_documents,
     build_unit,
-    normalize_limit,
     resolve_metric,
 )
-from mmmo.run.documents import DocumentPlan, SubsetKind, stage_sizes
+from mmmo.run.documents import DocumentPlan, SubsetKind, document_limit, stage_sizes
 from mmmo.runtime.errors import MmmoError, one_line
 from mmmo.spec.schema import ObjectiveSpec
 
@@ -122,7 +121,7 @@ class LmEvalObjectives:
             if spec.type != "lm_eval":
                 continue
             assert spec.task is not None and spec.metric is not None  # guaranteed by ObjectiveSpec
-            limit = normalize_limit(spec)
+            limit = document_limit(spec.limit, spec.name)
             key = (spec.task, spec.num_fewshot, limit)
             if key not in units:
                 units[key] = build_unit(spec, limit, catalog, confirm_run_unsafe_code, subset, subset_seed)

@@ -97,25 +97,6 @@ def _task_manager(tasks_dir: str | None, *, include_defaults: bool) -> TaskManag
     return TaskManager(include_path=tasks_dir, include_defaults=include_defaults)
 
 
-def normalize_limit(spec: ObjectiveSpec) -> int | float | None:
-    """An int count, a fraction in (0, 1), or None for every example (a fraction of 1.0 included)."""
-    limit = spec.limit
-    if limit is None:
-        return None
-    if isinstance(limit, float):
-        if 0.0 < limit < 1.0:
-            return limit
-        if limit == 1.0:
-            return None
-        if limit > 1.0 and limit.is_integer():
-            return int(limit)
-    elif limit >= 1:
-        return int(limit)
-    raise MmmoError(
-        f"objective {spec.name!r}: limit must be a count >= 1 or a fraction in (0, 1], got {limit!r}"
-    )
-
-
 def build_unit(
     spec: ObjectiveSpec,
     limit: float | None,

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 from mmmo.results.paired import PairedDifference, compare_candidates, mean_over_objectives
 from mmmo.results.summary import RunSummary
-from mmmo.run.store import SourceScore
-from mmmo.run.trial import Trial
+from mmmo.run.records import SourceScore, Trial
 
 BASE = "base"  # the name a run gives its base model among the sources
 CONFIDENCE = 0.95
@@ -39,7 +38,7 @@ def best_expert(summary: RunSummary) -> SourceScore | None:
 def compare_with_source(summary: RunSummary, chosen: Trial, source: SourceScore) -> SourceComparison:
     """`chosen - source` on each task objective's shared documents, and on the mean task score."""
     per_task = compare_candidates(source, chosen, summary.task_names, confidence=CONFIDENCE)
-    mean = mean_over_objectives(source, chosen, summary.task_names, confidence=CONFIDENCE)
+    mean = mean_over_objectives(source, chosen, summary.document_groups, confidence=CONFIDENCE)
     source_mean = summary.source_mean_task_score(source)
     assert source_mean is not None
     return SourceComparison(source, per_task, mean, summary.mean_task_score(chosen) - source_mean)

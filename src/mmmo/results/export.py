@@ -14,7 +14,7 @@ from mmmo.objectives.device import resolve_device
 from mmmo.results.summary import RunSummary, load_run
 from mmmo.results.take_home import NO_REQUIREMENTS_HINT, preference_from
 from mmmo.run.lock import run_lock
-from mmmo.run.trial import Trial
+from mmmo.run.records import Trial
 from mmmo.runtime.diskspace import check_free_space, disk_full_as_error
 from mmmo.runtime.errors import MmmoError
 from mmmo.search.pareto import hypervolume_contributions, infer_ref_point

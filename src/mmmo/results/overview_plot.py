@@ -9,8 +9,7 @@ from typing import Any
 from mmmo.results.paired import outcome_stderr
 from mmmo.results.summary import RunSummary
 from mmmo.run.atomic import atomic_write_bytes_via
-from mmmo.run.store import SourceScore
-from mmmo.run.trial import Trial
+from mmmo.run.records import SourceScore, Trial
 
 Z95 = 1.959963984540054  # the normal 97.5% quantile: score ± Z95·stderr is a 95% interval
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 from scipy import stats
 
 from mmmo.run.documents import EncodedOutcomes, decode_outcomes
+from mmmo.run.records import Scored
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,6 @@ class PairedDifference:
     p_value: float
     test: str
     se: float
-
-
-class HasOutcomes(Protocol):
-    """A Trial or a SourceScore: per objective, per leaf task, its per-document values (run order)."""
-
-    outcomes: dict[str, dict[str, EncodedOutcomes]]
 
 
 def _is_binary(values: np.ndarray) -> bool:
@@ -120,29 +114,30 @@ def mean_task_difference(
 
 
 def mean_over_objectives(
-    a: HasOutcomes, b: HasOutcomes, objectives: Sequence[str], *, confidence: float = 0.95
+    a: Scored, b: Scored, groups: Sequence[Sequence[str]], *, confidence: float = 0.95
 ) -> PairedDifference | None:
-    """b against a on the mean of `objectives`; None where any objective lacks outcomes on either side.
+    """b against a on the mean of the objectives in `groups`; None where any lacks outcomes on either side.
 
-    Objectives scored on the same documents (the same leaf tasks and counts: two metrics of one task) are not
-    independent: their per-document differences are averaged first and paired once, with the group's weight;
-    the groups' documents are independent (`mean_task_difference`). `n` counts each document once.
+    `groups`: the objectives grouped by the documents they score (`RunSummary.document_groups`, from the run's
+    document plan). Objectives of one group (two metrics of one task) are not independent: their per-document
+    differences are averaged first and paired once, with the group's weight; the groups' documents are
+    independent (`mean_task_difference`). `n` counts each document once.
     """
-    groups: dict[tuple[tuple[str, int], ...], list[tuple[np.ndarray, np.ndarray]]] = {}
-    for name in objectives:
-        sa, sb = a.outcomes.get(name, {}), b.outcomes.get(name, {})
-        xa, xb = aligned_values(sa, sb)
-        if xa.shape[0] < 2:
-            return None
-        key = tuple(sorted((leaf, min(len(decode_outcomes(sa[leaf])), len(decode_outcomes(sb[leaf]))))
-                           for leaf in sa if leaf in sb))
-        groups.setdefault(key, []).append((xa, xb))
+    pairs_of: list[list[tuple[np.ndarray, np.ndarray]]] = []
+    for group in groups:
+        by_length: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for name in group:
+            xa, xb = aligned_values(a.outcomes.get(name, {}), b.outcomes.get(name, {}))
+            if xa.shape[0] < 2:
+                return None
+            by_length.setdefault(xa.shape[0], []).append((xa, xb))  # equal in a run; apart if not, never averaged
+        pairs_of.extend(by_length.values())
     diffs = [
         paired_difference(np.mean([p[0] for p in pairs], axis=0), np.mean([p[1] for p in pairs], axis=0),
                           confidence=confidence)
-        for pairs in groups.values()
+        for pairs in pairs_of
     ]
-    return mean_task_difference(diffs, confidence=confidence, weights=[len(p) for p in groups.values()])
+    return mean_task_difference(diffs, confidence=confidence, weights=[len(p) for p in pairs_of])
 
 
 def aligned_values(
@@ -166,7 +161,7 @@ def aligned_values(
 
 
 def compare_candidates(
-    a: HasOutcomes, b: HasOutcomes, objectives: Sequence[str], *, confidence: float = 0.95
+    a: Scored, b: Scored, objectives: Sequence[str], *, confidence: float = 0.95
 ) -> dict[str, PairedDifference | None]:
     """b against a on each objective's shared documents; None where either lacks outcomes (or shares < 2)."""
     out: dict[str, PairedDifference | None] = {}

@@ -10,7 +10,7 @@ from mmmo.evaluation.evaluator import build_objectives, merge_dtype
 from mmmo.objectives.device import resolve_device
 from mmmo.results.summary import load_run
 from mmmo.run.documents import decode_outcomes, plan_differences
-from mmmo.run.trial import Trial
+from mmmo.run.records import Trial
 from mmmo.runtime.environment import use_project_cache
 from mmmo.runtime.errors import MmmoError
 

@@ -7,23 +7,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
 from mmmo.results.take_home import TakeHomeChoice, choose_trial
-from mmmo.run.store import RunState, RunStore, SourceScore
-from mmmo.run.trial import Trial
+from mmmo.run.documents import DocumentPlan, document_limit, shared_documents
+from mmmo.run.records import Scored, SourceScore, Trial
+from mmmo.run.store import RunState, RunStore
 from mmmo.search.pareto import pareto_mask
 from mmmo.search.space import SearchSpace
 from mmmo.spec.schema import SearchSpec
 from mmmo.spec.take_home import TakeHomeSpec
-
-
-class Scored(Protocol):
-    """A Trial or a SourceScore: documents scored per objective."""
-
-    n_examples: dict[str, int]
 
 
 @dataclass
@@ -39,8 +33,9 @@ class RunSummary:
     hypervolumes: dict[int, float]
     ref_point: list[float] | None
     budget: int
-    # One task objective per distinct (task, limit): objectives that share both score the same documents.
-    document_objectives: list[str] = field(default_factory=list)
+    # The task objectives grouped by the documents they score (`run.documents.shared_documents`): two metrics of
+    # one task are one group, counted once and paired once.
+    document_groups: list[list[str]] = field(default_factory=list)
     # Documents a candidate scored on all of them takes (from the run's document plan); None where unrecorded.
     full_documents: int | None = None
     # The spec's merge methods: one, or those a search chose among (each trial then records its own).
@@ -112,7 +107,7 @@ class RunSummary:
 
         None when it recorded no counts (a failed source, or a run written before counts were kept).
         """
-        return documents_scored(candidate, self.document_objectives)
+        return documents_scored(candidate, [group[0] for group in self.document_groups])
 
     @property
     def scored_in_full(self) -> list[Trial]:
@@ -157,7 +152,7 @@ def mean_task_score(objectives: Mapping[str, float], task_names: Sequence[str]) 
 
 
 def documents_scored(candidate: Scored, document_names: Sequence[str]) -> int | None:
-    """Documents a trial or source was scored on, counting `document_names` (see `document_objectives`) only;
+    """Documents a trial or source was scored on, counting `document_names` (one per document group) only;
     None when it recorded no counts."""
     counts = [candidate.n_examples[n] for n in document_names if n in candidate.n_examples]
     return sum(counts) if counts else None
@@ -168,12 +163,16 @@ def objective_matrix(trials: list[Trial], names: list[str]) -> torch.Tensor:
     return torch.tensor([[t.objectives[n] for n in names] for t in trials], dtype=torch.float64)  # type: ignore[index]
 
 
-def document_objectives(spec: SearchSpec) -> list[str]:
-    """The first task objective of each distinct (task, limit): the ones whose documents are counted."""
-    seen: dict[tuple[str | None, int | float | None], str] = {}
+def document_groups(spec: SearchSpec, plan: DocumentPlan | None) -> list[list[str]]:
+    """The task objectives grouped by the documents they score: from the run's document plan, or (a run written
+    before the plan was recorded) by task and limit as the plan would choose them."""
+    names = [o.name for o in spec.task_objectives]
+    if plan is not None and all(n in plan for n in names):
+        return shared_documents(plan, names)
+    groups: dict[tuple[str | None, int | float | None], list[str]] = {}
     for o in spec.task_objectives:
-        seen.setdefault((o.task, o.limit), o.name)
-    return list(seen.values())
+        groups.setdefault((o.task, document_limit(o.limit, o.name)), []).append(o.name)
+    return list(groups.values())
 
 
 def _full_documents(names: list[str], state: RunState) -> int | None:
@@ -192,7 +191,7 @@ def summarize_run(spec: SearchSpec, state: RunState) -> RunSummary:
     if full:
         mask = pareto_mask(objective_matrix(full, names))
         pareto = [t for t, keep in zip(full, mask.tolist()) if keep]
-    counted = document_objectives(spec)
+    groups = document_groups(spec, state.documents)
     return RunSummary(
         objective_names=names,
         task_names=[o.name for o in spec.task_objectives],
@@ -203,8 +202,8 @@ def summarize_run(spec: SearchSpec, state: RunState) -> RunSummary:
         hypervolumes=state.hypervolumes,
         ref_point=state.ref_point,
         budget=spec.optimizer.budget,
-        document_objectives=counted,
-        full_documents=_full_documents(counted, state),
+        document_groups=groups,
+        full_documents=_full_documents([group[0] for group in groups], state),
         methods=spec.merge.methods,
         take_home_spec=spec.take_home,
         cat_dims=_cat_dims(spec),

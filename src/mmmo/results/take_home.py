@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mmmo.run.events import SourceScore
-from mmmo.run.trial import Trial
+from mmmo.run.records import SourceScore, Trial
 from mmmo.runtime.errors import MmmoError, validation_message
 from mmmo.search.loop import done_variances
 from mmmo.search.target import MIN_POINTS_FOR_POSTERIOR, Target, choose_take_home

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from mmmo.runtime.errors import MmmoError
+
 SubsetKind = Literal["random", "first"]
 
 # Per-document values as a run stores them: "0110..." when every value is 0 or 1, else the values themselves.
@@ -27,6 +29,23 @@ def document_order(n_docs: int, task: str, seed: int, kind: SubsetKind) -> list[
     if kind == "first":
         return list(range(n_docs))
     return sorted(range(n_docs), key=lambda i: hashlib.sha256(f"{seed}:{task}:{i}".encode()).digest())
+
+
+def document_limit(limit: int | float | None, objective: str) -> int | float | None:
+    """An objective's `limit` as documents are chosen by it: a count >= 1, a fraction in (0, 1), or None for every
+    document (a fraction of 1.0 included, so `limit: 1.0` and no limit are the same documents); MmmoError else."""
+    if limit is None:
+        return None
+    if isinstance(limit, float):
+        if 0.0 < limit < 1.0:
+            return limit
+        if limit == 1.0:
+            return None
+        if limit > 1.0 and limit.is_integer():
+            return int(limit)
+    elif limit >= 1:
+        return int(limit)
+    raise MmmoError(f"objective {objective!r}: limit must be a count >= 1 or a fraction in (0, 1], got {limit!r}")
 
 
 def subset_size(n_docs: int, limit: int | float | None) -> int:
@@ -90,6 +109,17 @@ def plan_to_json(plan: DocumentPlan) -> dict[str, list[dict[str, object]]]:
 
 def plan_from_json(data: dict[str, list[dict[str, object]]]) -> DocumentPlan:
     return {name: [TaskDocuments.from_json(d) for d in docs] for name, docs in data.items()}
+
+
+def shared_documents(plan: DocumentPlan, names: Sequence[str]) -> list[list[str]]:
+    """`names` grouped by the documents they are scored on (the same tasks and document ids: two metrics of one
+    task, or `limit: 1.0` beside no limit), groups and members in the order of `names`. Every name must be in
+    `plan`. The one answer to "which objectives share documents" for counting documents and pairing scores."""
+    groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[str]] = {}
+    for name in names:
+        key = tuple((d.task, tuple(d.ids)) for d in plan[name])
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
 
 
 def plan_differences(recorded: DocumentPlan, now: DocumentPlan) -> list[str]:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from mmmo.run.documents import DocumentPlan, EncodedOutcomes
-from mmmo.run.trial import Trial
+from mmmo.run.documents import DocumentPlan
+from mmmo.run.records import SourceScore, Trial
 
 
 class EventKind(str, Enum):
@@ -33,19 +32,6 @@ class EventKind(str, Enum):
 
 
 TRIAL_EVENTS = (EventKind.PROPOSED, EventKind.PARTIAL, EventKind.DONE, EventKind.FAILED)
-
-
-@dataclass
-class SourceScore:
-    """A source model (the base or one fine-tuned model) scored on the run's objectives."""
-
-    name: str
-    objectives: dict[str, float] | None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    stderr: dict[str, float] = field(default_factory=dict)
-    n_examples: dict[str, int] = field(default_factory=dict)
-    outcomes: dict[str, dict[str, EncodedOutcomes]] = field(default_factory=dict)  # as Trial.outcomes
 
 
 class JournalLineError(ValueError):

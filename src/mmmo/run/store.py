@@ -17,9 +17,9 @@ import yaml
 
 from mmmo.run.atomic import atomic_write_bytes, atomic_write_text
 from mmmo.run.documents import DocumentPlan, plan_from_json
-from mmmo.run.events import TRIAL_EVENTS, EventKind, JournalLineError, SourceScore, check_payload
+from mmmo.run.events import TRIAL_EVENTS, EventKind, JournalLineError, check_payload
 from mmmo.run.lock import LOCK_FILE
-from mmmo.run.trial import Trial
+from mmmo.run.records import SourceScore, Trial
 from mmmo.runtime.errors import MmmoError, one_line
 from mmmo.spec.resume import NOT_RESUMABLE, RESUMABLE_CHANGES, changed_fields, with_fields_added_later
 from mmmo.spec.schema import SearchSpec, spec_from_dict, spec_to_dict
@@ -203,7 +203,7 @@ def _fold_one(
             trials[attempt.id] = replace(pending or attempt, status=status, attempts=attempt.attempts, error=None)
     elif kind is EventKind.SOURCE:
         s = ev["source"]
-        sources[s["name"]] = SourceScore(**s)
+        sources[s["name"]] = SourceScore.from_json(s)
     elif kind is EventKind.REF_POINT:
         state.ref_point = [float(v) for v in ev["ref_point"]]
     elif kind is EventKind.BATCH_END:

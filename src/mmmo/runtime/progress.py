@@ -15,8 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mmmo.run.store import SourceScore
-from mmmo.run.trial import Trial
+from mmmo.run.records import SourceScore, Trial
 from mmmo.runtime.progress_lines import LogProgress
 from mmmo.spec.schema import SearchSpec
 

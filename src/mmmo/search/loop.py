@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from mmmo.run.trial import Trial
+from mmmo.run.records import Trial
 from mmmo.runtime.errors import MmmoError
 from mmmo.search.acquisition import AcqBudget
 from mmmo.search.gp import observation_variance

@@ -157,10 +157,10 @@ def describe_spec(spec: SearchSpec) -> str:
 
 def check_limits(spec: SearchSpec) -> None:
     """Each objective's limit, as the task builder would read it (a field check that needs no task)."""
-    from mmmo.objectives.lm_eval_tasks import normalize_limit
+    from mmmo.run.documents import document_limit
 
     for objective in spec.task_objectives:
-        normalize_limit(objective)
+        document_limit(objective.limit, objective.name)
 
 
 def check_fields(path: str | Path) -> str:
