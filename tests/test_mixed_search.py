@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from mmmo.merge.merger import Merger
 from mmmo.run.records import Trial
 from mmmo.runtime.errors import SpecError
+from mmmo.search.history import History
 from mmmo.search.space import STANDARD_DENSITY, STANDARD_WEIGHT, SearchSpace, standard_recipes
 from mmmo.spec.schema import MergeSpec, spec_from_dict
 
@@ -152,7 +153,7 @@ def test_mixed_batches_are_projected_and_modelled_with_a_categorical_method() ->
     space = SearchSpace(("a", "b"), density_bounds=(0.1, 1.0), methods=MIXED)
     opt = OptimizerSpec(initial=6, batches=1, batch_size=3, candidates=3, seed=3)
     X0 = torch.stack([torch.tensor(p.x, dtype=torch.float64) for p in propose_batch(
-        opt, X_done=torch.zeros(0, space.dim), Y_done=torch.zeros(0, 2), X_all_seen=torch.zeros(0, space.dim),
+        opt, History(X_done=torch.zeros(0, space.dim), Y_done=torch.zeros(0, 2), X_seen=torch.zeros(0, space.dim)),
         task_columns=[0, 1], batch_index=0, dim=space.dim, initial_points=standard_recipes(space), space=space,
     )]).to(torch.float64)
     assert torch.equal(space.project(X0), X0)
@@ -166,10 +167,10 @@ def test_mixed_batches_are_projected_and_modelled_with_a_categorical_method() ->
     assert all(any(isinstance(k, CategoricalKernel) for k in m.covar_module.modules()) for m in model.models)
     assert [type(m) for m in fit_models(X0, Y0).models] == [SingleTaskGP] * 2  # without: the plain GP
     got = propose_batch(
-        opt, X_done=X0, Y_done=Y0, X_all_seen=X0, task_columns=[0, 1], batch_index=1, dim=space.dim, space=space,
+        opt, History(X_done=X0, Y_done=Y0, X_seen=X0), task_columns=[0, 1], batch_index=1, dim=space.dim, space=space,
     )
     X1 = torch.tensor([p.x for p in got], dtype=torch.float64)
-    assert X1.shape == (3, space.dim) and [p.step for p in got] == ["acquisition"] * 3
+    assert X1.shape == (3, space.dim) and [p.step for p in got] == ["take_home", "acquisition", "acquisition"]
     assert torch.allclose(space.project(X1), X1)  # every proposal is a configuration of one method
     assert all(space.method_of(x) in MIXED for x in X1)
 

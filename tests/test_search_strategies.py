@@ -12,6 +12,7 @@ from mmmo.runtime.errors import MmmoError
 from mmmo.search import strategies
 from mmmo.search.acquisition import propose_hvi
 from mmmo.search.gp import fit_models
+from mmmo.search.history import History
 from mmmo.search.strategies import batch_seed, initial_design, propose_batch, sobol_points
 from mmmo.spec.schema import OptimizerSpec, WeakToStrongSpec
 
@@ -36,9 +37,7 @@ def propose(
 ):
     return propose_batch(
         opt,
-        X_done=X,
-        Y_done=Y,
-        X_all_seen=X if seen is None else seen,
+        History(X_done=X, Y_done=Y, X_seen=X if seen is None else seen),
         task_columns=[0, 1],
         batch_index=batch_index,
         dim=2,
@@ -54,7 +53,7 @@ def test_initial_design_is_seeded_sobol_in_the_unit_cube() -> None:
     assert not torch.allclose(initial_design(7, 3, seed=5), X)
     opt = OptimizerSpec(initial=7, seed=4)
     batch0 = propose_batch(
-        opt, X_done=torch.zeros(0, 3), Y_done=torch.zeros(0, 2), X_all_seen=torch.zeros(0, 3),
+        opt, History(X_done=torch.zeros(0, 3), Y_done=torch.zeros(0, 2), X_seen=torch.zeros(0, 3)),
         task_columns=[0], batch_index=0, dim=3,
     )  # fmt: skip
     assert [p.step for p in batch0] == ["sobol"] * 7
@@ -79,8 +78,8 @@ def test_same_seed_same_proposals(strategy: str) -> None:
     if strategy in ("random", "nsga2"):  # cheap; the GP strategies differ through the same batch_seed
         other = propose(opt.model_copy(update={"seed": 12}), X, Y)
         assert [p.x for p in other] != [p.x for p in first]
-    expected = {"mm-mo": {"acquisition", "weak_to_strong"}, "qnehvi": {"acquisition"}, "random": {"random"},
-                "nsga2": {"nsga2"}}[strategy]  # fmt: skip
+    expected = {"mm-mo": {"take_home", "acquisition", "weak_to_strong"}, "qnehvi": {"take_home", "acquisition"},
+                "random": {"random"}, "nsga2": {"nsga2"}}[strategy]  # fmt: skip
     assert {p.step for p in first} <= expected | {"sobol"}
     assert {p.step for p in first} & expected
 
@@ -103,15 +102,15 @@ def test_too_few_done_trials_fall_back_gracefully() -> None:
     opt = OptimizerSpec(strategy="mm-mo", initial=2, candidates=4, batch_size=2, seed=0)
     X, Y = history(1)
     assert [p.step for p in propose(opt, X, Y)] == ["sobol", "sobol"]
-    X, Y = history(2)  # enough for a GP, not for weak-to-strong (needs 3)
-    assert {p.step for p in propose(opt, X, Y)} == {"acquisition"}
+    X, Y = history(2)  # enough for a GP, not for weak-to-strong (needs 3): one point on the take-home target
+    assert [p.step for p in propose(opt, X, Y)] == ["take_home", "acquisition"]
 
 
 def test_mm_mo_with_both_steps_off_keeps_the_first_acquisition_candidates() -> None:
     X, Y = history()
     opt = OptimizerSpec(
         strategy="mm-mo", initial=8, candidates=5, batch_size=2, seed=3,
-        weak_to_strong=WeakToStrongSpec(enabled=False), fisher_screening=False,
+        weak_to_strong=WeakToStrongSpec(enabled=False), fisher_screening=False, take_home_points=0,
     )  # fmt: skip
     got = propose(opt, X, Y)
     assert [p.step for p in got] == ["acquisition"] * 2
@@ -130,7 +129,7 @@ def test_paper_crossover_ranks_on_task_columns_only(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(strategies, "weak_to_strong", spy)
     X, Y = history()
     opt = OptimizerSpec(
-        strategy="mm-mo", initial=8, candidates=2, batch_size=2, seed=0, fisher_screening=False,
+        strategy="mm-mo", initial=8, candidates=2, batch_size=2, seed=0, fisher_screening=False, take_home_points=0,
         weak_to_strong=WeakToStrongSpec(enabled=True, mode="crossover"),
     )  # fmt: skip
     got = propose(opt, X, Y)

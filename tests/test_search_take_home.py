@@ -15,6 +15,7 @@ from mmmo.runtime.errors import MmmoError
 from mmmo.search import loop, strategies
 from mmmo.search.acquisition import propose_hvi
 from mmmo.search.gp import fit_models
+from mmmo.search.history import History
 from mmmo.search.loop import LoopOptions, run_loop
 from mmmo.search.strategies import batch_seed, initial_design, propose_batch
 from mmmo.search.target import Target
@@ -32,7 +33,7 @@ def history(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
 
 def batch(k: int, X: torch.Tensor, Y: torch.Tensor, target: Target | None = None, size: int = 4) -> list:
     opt = OptimizerSpec(initial=X.shape[0], batch_size=size, candidates=max(size, 10), take_home_points=k, seed=3)
-    return propose_batch(opt, X_done=X, Y_done=Y, X_all_seen=X, task_columns=[0, 1], batch_index=1, dim=2,
+    return propose_batch(opt, History(X_done=X, Y_done=Y, X_seen=X), task_columns=[0, 1], batch_index=1, dim=2,
                          budget=CHEAP, target=target)
 
 

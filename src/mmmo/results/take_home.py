@@ -10,7 +10,7 @@ import torch
 
 from mmmo.run.records import SourceScore, Trial
 from mmmo.runtime.errors import MmmoError, validation_message
-from mmmo.search.loop import done_variances
+from mmmo.search.history import done_variances
 from mmmo.search.target import MIN_POINTS_FOR_POSTERIOR, Target, choose_take_home
 from mmmo.spec.take_home import Requirement, TakeHomeSpec
 

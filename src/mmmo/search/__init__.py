@@ -14,6 +14,7 @@ from typing import Any
 _EXPORTS = {
     "AcqBudget": "mmmo.search.acquisition",
     "budget_for": "mmmo.search.acquisition",
+    "History": "mmmo.search.history",
     "Proposal": "mmmo.search.strategies",
     "initial_design": "mmmo.search.strategies",
     "propose_batch": "mmmo.search.strategies",

@@ -6,7 +6,6 @@ finished trials out) and a `LoopObserver` that hears of each step (to journal it
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,7 +17,7 @@ from torch import Tensor
 from mmmo.run.records import Trial
 from mmmo.runtime.errors import MmmoError
 from mmmo.search.acquisition import AcqBudget
-from mmmo.search.gp import observation_variance
+from mmmo.search.history import History, done_arrays, done_variances
 from mmmo.search.pareto import hypervolume, infer_ref_point, pareto_mask
 from mmmo.search.space import SearchSpace
 from mmmo.search.stages import PartialScores, continue_chances
@@ -172,41 +171,6 @@ class NullObserver:
         pass
 
 
-def is_usable(trial: Trial, objective_names: Sequence[str]) -> bool:
-    """A done trial with a finite value for every objective (only these enter the GP and the hypervolume)."""
-    if trial.status != "done" or trial.objectives is None:
-        return False
-    return all(n in trial.objectives and math.isfinite(float(trial.objectives[n])) for n in objective_names)
-
-
-def done_arrays(
-    trials: Sequence[Trial], objective_names: Sequence[str], dim: int, *, scored_in_full: bool = False
-) -> tuple[Tensor, Tensor, list[Trial]]:
-    """`X [n, dim]`, `Y [n, m]` (float64, objectives in `objective_names` order) of the usable trials, and them.
-
-    `scored_in_full` leaves out trials stopped after part of their documents (the front is made of the others).
-    """
-    usable = [t for t in trials if is_usable(t, objective_names) and not (scored_in_full and t.stopped)]
-    X = torch.tensor([t.x for t in usable], dtype=torch.float64).reshape(-1, dim)
-    Y = torch.tensor(
-        [[float(t.objectives[n]) for n in objective_names] for t in usable],  # type: ignore[index]
-        dtype=torch.float64,
-    ).reshape(-1, len(objective_names))
-    return X, Y, usable
-
-
-def done_variances(usable: Sequence[Trial], objective_names: Sequence[str]) -> Tensor:
-    """Known observation variances `[n, m]` of `usable` trials from their stderrs (NaN where unknown)."""
-    m = len(objective_names)
-    stderr = torch.tensor(
-        [[float(t.stderr.get(n, math.nan)) for n in objective_names] for t in usable], dtype=torch.float64
-    ).reshape(-1, m)
-    n_examples = torch.tensor(
-        [[float(t.n_examples.get(n, 0)) for n in objective_names] for t in usable], dtype=torch.float64
-    ).reshape(-1, m)
-    return observation_variance(stderr, n_examples)
-
-
 def summarize_batch(
     trials: Sequence[Trial],
     batch: int,
@@ -313,18 +277,13 @@ def _propose(
 ) -> list[Trial]:
     """Batch `batch`'s new trials, numbered after the history's last id."""
     names, dim = options.objective_names, options.dim
-    X_done, Y_done, usable = done_arrays(history, names, dim)
     proposals = propose_batch(
         options.opt,
-        X_done=X_done,
-        Y_done=Y_done,
-        Yvar_done=done_variances(usable, names),
-        X_all_seen=torch.tensor([t.x for t in history], dtype=torch.float64).reshape(-1, dim),
+        History.of(history, names, dim),
         task_columns=task_columns,
         batch_index=batch,
         dim=dim,
         ref_point=ref,
-        done_batches=[t.batch for t in usable],
         initial_points=options.initial_points,
         budget=options.budget,
         device=options.device,
@@ -416,8 +375,8 @@ def _stage_decisions(
     names, dim, stages = options.objective_names, options.dim, options.stages
     if not stages:
         raise MmmoError(f"trial {partial[0].id} is partly scored, but the run has no evaluation.stages")
-    X, Y, usable = done_arrays(history, names, dim)
-    front = Y[torch.tensor([not t.stopped for t in usable], dtype=torch.bool)]  # the trials scored in full
+    done = History.of(history, names, dim)
+    front = done.Y_in_full
     known = options.opt.known_noise
     tasks = set(options.task_objective_names)
     scored = torch.tensor(
@@ -434,7 +393,8 @@ def _stage_decisions(
         scored=scored,
     )
     chances = continue_chances(
-        X, Y, done_variances(usable, names) if known else None, front[pareto_mask(front)] if front.shape[0] else front,
+        done.X_done, done.Y_done, done.Yvar_done if known else None,
+        front[pareto_mask(front)] if front.shape[0] else front,
         evidence, torch.tensor(ref, dtype=torch.float64) if ref is not None else None,
         prior_mean=options.opt.prior_mean, seed=options.opt.seed * 100003 + partial[0].id,
         min_gain=options.stage_min_gain,

@@ -28,6 +28,7 @@ from mmmo.search.acquisition import (
 )
 from mmmo.search.fisher import DEDUPE_TOL, far_from, fisher_screen
 from mmmo.search.gp import fit_models
+from mmmo.search.history import History
 from mmmo.search.space import SearchSpace
 from mmmo.search.target import Target
 from mmmo.search.weak_to_strong import de_offspring, weak_to_strong
@@ -107,16 +108,12 @@ def _novel(X: Tensor, steps: Sequence[str], X_seen: Tensor, limit: int) -> list[
 
 def propose_batch(
     opt: OptimizerSpec,
+    history: History,
     *,
-    X_done: Tensor,
-    Y_done: Tensor,
-    X_all_seen: Tensor,
     task_columns: list[int],
     batch_index: int,
     dim: int,
-    Yvar_done: Tensor | None = None,
     ref_point: Sequence[float] | None = None,
-    done_batches: Sequence[int] | None = None,
     initial_points: Tensor | None = None,
     budget: AcqBudget | None = None,
     device: torch.device | str | None = None,
@@ -125,11 +122,9 @@ def propose_batch(
 ) -> list[Proposal]:
     """The next batch: `opt.initial` points for batch 0, else `opt.batch_size` points from `opt.strategy`.
 
-    `X_done`/`Y_done` hold only successful trials (all objectives, maximised); `Yvar_done` their known
-    observation variances (NaN: unknown; used only with `opt.known_noise`). `X_all_seen` holds every
-    point ever proposed, failed ones included, none of which is proposed again. `ref_point` (raw units;
-    the run's fixed one) defaults to `opt.ref_point`, else it is inferred from `Y_done`. `done_batches`
-    (the batch of each done trial) sets NSGA-II's generations; None assumes full batches in order.
+    `history` is what is known (`search.history.History`): its known variances are used only with
+    `opt.known_noise`, its points seen are never proposed again, its done batches set NSGA-II's generations.
+    `ref_point` (raw units; the run's fixed one) defaults to `opt.ref_point`, else it is inferred from the history.
     `initial_points` (unit cube, e.g. the standard recipes) open the initial design, tagged "standard".
     `budget` is the acquisition effort (None: AcqBudget's defaults). A mixed `space` (the method a coordinate) has
     every point projected onto its configurations (`SearchSpace.project`), the GPs model its method coordinate as
@@ -138,10 +133,11 @@ def propose_batch(
     whose constraints the front's acquisition treats as feasibility (None: the plain mean of the task columns).
     """
     budget = budget if budget is not None else DEFAULT_BUDGET
-    dev = torch.device(device) if device is not None else X_done.device
-    X_done = X_done.to(dev, torch.float64).reshape(-1, dim)
-    Y_done = Y_done.to(dev, torch.float64)
-    X_seen = X_all_seen.to(torch.float64).reshape(-1, dim).cpu()
+    dev = torch.device(device) if device is not None else history.X_done.device
+    X_done = history.X_done.to(dev, torch.float64).reshape(-1, dim)
+    Y_done = history.Y_done.to(dev, torch.float64)
+    X_seen = history.X_seen.to(torch.float64).reshape(-1, dim).cpu()
+    Yvar_done, done_batches = history.Yvar_done, history.done_batches
     seed = batch_seed(opt.seed, batch_index)
     ref = ref_point if ref_point is not None else opt.ref_point
     if ref is not None and len(ref) != Y_done.shape[-1]:
