@@ -41,7 +41,7 @@ from benchmarks.demo_tables import (
 from benchmarks.environment import DATA, benchmark_environment, quiet_benchmark
 from benchmarks.metrics import best_mean_task, hv_curve
 from benchmarks.problems import Budget
-from benchmarks.report import fmt
+from benchmarks.report import final_scores, fmt
 
 METHODS = ["ties", "dare_ties", "della", "breadcrumbs_ties"]
 BUDGET = Budget(10, 4, 5, 10)
@@ -204,12 +204,7 @@ def report(runs: list[dict[str, Any]], key: dict[str, Any], strategies: Sequence
              "tables); median [quartiles] over seeds.", "",
              "| strategy | seeds | final HV, % of best seen | final HV (raw) | best mean task score | methods evaluated "
              "| s / run |", "|---|---|---|---|---|---|---|"]
-    for s in strategies:
-        rs = [r for r in runs if r["strategy"] == s]
-        if not rs:
-            continue
-        hv = [curves[(s, r["seed"])][-1] for r in rs]
-        bt = [best_mean_task(r["y"], task_cols) for r in rs]
+    for s, rs, hv, bt in final_scores(runs, curves, task_cols, strategies):
         counts: dict[str, int] = {}
         for r in rs:
             for m in r["methods"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,18 @@ def fmt(v: Sequence[float], digits: int, scale: float = 1.0, general: bool = Fal
     return f"{f(med)} [{f(q1)}–{f(q3)}]"
 
 
+def final_scores(
+    runs: list[dict[str, Any]], curves: dict[tuple[str, int], list[float]], task_cols: Sequence[int],
+    strategies: Sequence[str],
+) -> Iterator[tuple[str, list[dict[str, Any]], list[float], list[float]]]:
+    """Per strategy that has runs (in `strategies` order): its runs, their final hypervolumes and best mean task
+    scores (the two columns every table starts from)."""
+    for s in strategies:
+        rs = [r for r in runs if r["strategy"] == s]
+        if rs:
+            yield s, rs, [curves[(s, r["seed"])][-1] for r in rs], [best_mean_task(r["y"], task_cols) for r in rs]
+
+
 def make_table(runs: list[dict[str, Any]], curves: dict[tuple[str, int], list[float]], ref: list[float],
                task_cols: Sequence[int], strategies: Sequence[str]) -> tuple[str, dict[str, Any]]:
     best_hv = max(c[-1] for c in curves.values())
@@ -37,12 +49,7 @@ def make_table(runs: list[dict[str, Any]], curves: dict[tuple[str, int], list[fl
         "|---|---|---|---|---|---|---|---|---|",
     ]
     summary: dict[str, Any] = {"best_hv": best_hv, "target": target, "ref_point": ref}
-    for s in strategies:
-        rs = [r for r in runs if r["strategy"] == s]
-        if not rs:
-            continue
-        hv = [curves[(s, r["seed"])][-1] for r in rs]
-        bt = [best_mean_task(r["y"], task_cols) for r in rs]
+    for s, rs, hv, bt in final_scores(runs, curves, task_cols, strategies):
         reach = [evals_to_reach(curves[(s, r["seed"])], target) for r in rs]
         step = [r.get("step_seconds", math.nan) for r in rs]
         secs = [r["seconds"] for r in rs]
@@ -79,9 +86,17 @@ def plot(runs: list[dict[str, Any]], curves: dict[tuple[str, int], list[float]],
         color = plt.get_cmap("tab20")(ALL_STRATEGIES.index(s) % 20)  # one colour per strategy, on every plot
         (line,) = ax.plot(k, med, style, label=s, lw=2 if s == "mm-mo" else 1.2, color=color)
         ax.fill_between(k, np.percentile(a, 25, 0), np.percentile(a, 75, 0), color=line.get_color(), alpha=0.12)
+    finish_plot(fig, ax, out, ylabel="hypervolume (fixed reference point, true values)",
+                title=f"{title}: hypervolume vs evaluations (median, IQR shaded)")
+
+
+def finish_plot(fig: Any, ax: Any, out: Path, *, ylabel: str, title: str) -> None:
+    """Every benchmark plot's last step: evaluations on x, `ylabel`, `title`, the legend; written to `out`, closed."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel("evaluations")
-    ax.set_ylabel("hypervolume (fixed reference point, true values)")
-    ax.set_title(f"{title}: hypervolume vs evaluations (median, IQR shaded)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)

@@ -41,7 +41,7 @@ from benchmarks.demo_tables import DEFAULT_DEMO_DIR, DEMO_EXAMPLES
 from benchmarks.environment import DATA, REPO, benchmark_environment, quiet_benchmark
 from benchmarks.metrics import hv_curve
 from benchmarks.problems import PROBLEM_BUDGETS, Budget, Problem, binomial_stderr, make_problem, results_key
-from benchmarks.report import fmt
+from benchmarks.report import finish_plot, fmt
 from benchmarks.results import merge_runs, parts, results_path, save_runs
 from benchmarks.strategies import Recorder, is_bo, loop_spec, run_one
 
@@ -296,13 +296,8 @@ def plot(problem: Problem, scored: list[RunTakeHome], best: BestInSpace, recipe:
                 color=plt.get_cmap("tab10")(i % 10))
     ax.axhline(best.value, color="k", lw=1, ls="--", label=f"best in space {best.value:.3f}")
     ax.axhline(recipe, color="grey", lw=1, ls=":", label=f"standard recipe {recipe:.3f}")
-    ax.set_xlabel("evaluations")
-    ax.set_ylabel("true preference of the merge it would export")
-    ax.set_title(f"{problem.name}: take-home vs evaluations (median over seeds)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    finish_plot(fig, ax, out, ylabel="true preference of the merge it would export",
+                title=f"{problem.name}: take-home vs evaluations (median over seeds)")
 
 
 def report(problem: Problem, new: Sequence[Path], png: Path) -> str:
