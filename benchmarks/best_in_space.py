@@ -29,7 +29,7 @@ def best_in_space(value: Values, dim: int, *, slack: Values | None = None, sampl
     `samples` scrambled Sobol points are scored; the best `top` feasible ones start a local search (L-BFGS-B, or
     SLSQP with the slacks as inequality constraints) with finite-difference gradients. Returns the best value,
     its point, and the share of the sampled points that are feasible. Raises when no sampled point is."""
-    from mmmo.search.strategies import sobol_points
+    from mmmo.optimizer.strategies import sobol_points
 
     X = sobol_points(samples, dim, seed)
     v = torch.cat([value(c) for c in X.split(8192)])

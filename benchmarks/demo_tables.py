@@ -67,7 +67,7 @@ def demo_search_spec(demo_dir: Path, limit: int, layer_groups: int = 1) -> Any:
 def demo_space(layer_groups: int) -> Any:
     """The demo's search space without building the spec (what `SearchSpace.from_spec(demo_search_spec(...))`
     gives; `build_table` checks that, and `load_table` checks the dimension names against the table's)."""
-    from mmmo.search.space import SearchSpace
+    from mmmo.optimizer.space import SearchSpace
 
     return SearchSpace(model_names=("arith", "reverse", "sort"), layer_groups=layer_groups,
                        weight_bounds=(0.0, 1.0), density_bounds=(0.1, 1.0))
@@ -82,9 +82,9 @@ def build_table(demo_dir: Path, n: int, limit: int, out: Path, seed: int = 1234,
     """Evaluate `n` scrambled Sobol points of the demo space (`layer_groups` per-layer-group weights) and write
     them (incrementally) as JSON."""
     from mmmo.evaluation.evaluator import CandidateEvaluator
+    from mmmo.optimizer.space import SearchSpace
+    from mmmo.optimizer.strategies import sobol_points
     from mmmo.run.records import Trial
-    from mmmo.search.space import SearchSpace
-    from mmmo.search.strategies import sobol_points
 
     spec = demo_search_spec(demo_dir, limit, layer_groups=layer_groups)
     if SearchSpace.from_spec(spec).names != demo_space(layer_groups).names:  # the coordinates the table stores
@@ -137,7 +137,7 @@ def load_table(path: Path, layer_groups: int = 1) -> tuple[torch.Tensor, torch.T
 
 def fixed_ref_point(Y_table: torch.Tensor) -> list[float]:
     """One reference point for every strategy and seed: the table's nadir minus 10% of its range."""
-    from mmmo.search.pareto import infer_ref_point
+    from mmmo.optimizer.pareto import infer_ref_point
 
     return infer_ref_point(Y_table).tolist()
 

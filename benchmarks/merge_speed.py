@@ -140,7 +140,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from mmmo.merge.merger import Merger
-    from mmmo.merge.registry import METHODS
+    from mmmo.merge.methods.registry import METHODS
     from mmmo.objectives.device import default_dtype
 
     base, experts = prepare(args.cache, args.experts, args.scale, args.layers if args.synthetic else None)
@@ -207,7 +207,7 @@ def mergekit_seconds(base, models, method, w, d, params, args) -> float:
     from mergekit.options import MergeOptions
     from transformers import AutoModelForCausalLM
 
-    from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
+    from mmmo.merge.recipes.recipe import MergeRecipe, to_mergekit_yaml
 
     n = len(models)
     weights = w if w is not None else torch.ones(n, dtype=torch.float64)

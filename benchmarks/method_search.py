@@ -42,6 +42,7 @@ from benchmarks.environment import DATA, benchmark_environment, quiet_benchmark
 from benchmarks.metrics import best_mean_task, hv_curve
 from benchmarks.problems import Budget
 from benchmarks.report import final_scores, fmt
+from benchmarks.results import StrategyRun, merge_runs, read_results, save_runs
 
 METHODS = ["ties", "dare_ties", "della", "breadcrumbs_ties"]
 BUDGET = Budget(10, 4, 5, 10)
@@ -55,8 +56,8 @@ def table_path(method: str) -> Path:
 
 def method_space(methods: Sequence[str]) -> Any:
     """The demo's search space for `methods` (one: that method's own; several: the mixed space)."""
-    from mmmo.merge.registry import method_info
-    from mmmo.search.space import SearchSpace
+    from mmmo.merge.methods.registry import method_info
+    from mmmo.optimizer.space import SearchSpace
     from mmmo.spec.schema import DEFAULT_DENSITY_BOUNDS
 
     density = DEFAULT_DENSITY_BOUNDS if any(method_info(m).uses_density for m in methods) else None
@@ -67,8 +68,8 @@ def build_table(method: str, n: int, demo_dir: Path) -> None:
     """Score `n` Sobol points of `method`'s own space on the demo; written incrementally as JSON."""
     from mmmo.demo import DEFAULT_PARAMS, build_demo
     from mmmo.evaluation.evaluator import CandidateEvaluator
+    from mmmo.optimizer.strategies import sobol_points
     from mmmo.run.records import Trial
-    from mmmo.search.strategies import sobol_points
     from mmmo.spec.schema import spec_from_dict
     from mmmo.testing import search_spec_for
 
@@ -102,7 +103,7 @@ class Surrogates:
     """Each method's table interpolated by a GP posterior mean (fitted once), clamped to the table's range."""
 
     def __init__(self, methods: Sequence[str]) -> None:
-        from mmmo.search.gp import fit_models
+        from mmmo.optimizer.gp import fit_models
 
         self.models: dict[str, Any] = {}
         self.ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -130,11 +131,12 @@ class Surrogates:
         return torch.maximum(torch.minimum(mean, hi), lo)
 
 
-def run(strategy: str, methods: Sequence[str], surrogates: Surrogates, seed: int) -> dict[str, Any]:
+def run(strategy: str, methods: Sequence[str], surrogates: Surrogates, seed: int) -> StrategyRun:
     """One search through `run_loop`: `mixed` over every method, `<m> alone` over m's space."""
-    from mmmo.search.acquisition import budget_for
-    from mmmo.search.loop import LoopOptions, run_loop
-    from mmmo.search.space import standard_recipes
+    from mmmo.optimizer.acquisition import budget_for
+    from mmmo.optimizer.loop import run_loop
+    from mmmo.optimizer.options import LoopOptions
+    from mmmo.optimizer.space import standard_recipes
     from mmmo.spec.schema import OptimizerSpec
 
     searched = list(methods) if strategy == "mixed" else [strategy.removesuffix(" alone")]
@@ -164,16 +166,15 @@ def run(strategy: str, methods: Sequence[str], surrogates: Surrogates, seed: int
                           initial_points=standard_recipes(space), space=space)
     t0 = time.perf_counter()
     run_loop([], options, evaluate)
-    return {"strategy": strategy, "seed": seed, "x": xs, "y": ys, "methods": chosen,
-            "seconds": time.perf_counter() - t0}
+    return StrategyRun(strategy=strategy, seed=seed, x=xs, y=ys, methods=chosen, seconds=time.perf_counter() - t0)
 
 
 def time_kernels(methods: Sequence[str], surrogates: Surrogates, n: int = 10, repeats: int = 3) -> None:
     """Seconds to fit the 4 GPs of a batch on the mixed space's first `n` initial points, per mixed kernel, against
     the single-method GP on the first method's own space (median of `repeats`)."""
-    from mmmo.search import gp
-    from mmmo.search.space import standard_recipes
-    from mmmo.search.strategies import initial_design
+    from mmmo.optimizer import gp
+    from mmmo.optimizer.space import standard_recipes
+    from mmmo.optimizer.strategies import initial_design
 
     space, own = method_space(methods), method_space(methods[:1])
     X = space.project(initial_design(n, space.dim, 0, standard_recipes(space)))
@@ -194,10 +195,10 @@ def time_kernels(methods: Sequence[str], surrogates: Surrogates, n: int = 10, re
     gp.MIXED_KERNEL = "product"
 
 
-def report(runs: list[dict[str, Any]], key: dict[str, Any], strategies: Sequence[str]) -> str:
+def report(runs: list[StrategyRun], key: dict[str, Any], strategies: Sequence[str]) -> str:
     ref = key["ref_point"]
     task_cols = [DEMO_OBJECTIVES.index(n) for n in DEMO_TASKS]
-    curves = {(r["strategy"], r["seed"]): hv_curve(r["y"], ref) for r in runs}
+    curves = {(r.strategy, r.seed): hv_curve(r.y, ref) for r in runs}
     best_hv = max(c[-1] for c in curves.values())
     lines = [f"Methods {', '.join(key['methods'])}; budget {BUDGET.total} evaluations ({BUDGET.initial} initial + "
              f"{BUDGET.batches} x {BUDGET.batch_size}); reference point {[round(v, 4) for v in ref]} (union of the "
@@ -207,15 +208,15 @@ def report(runs: list[dict[str, Any]], key: dict[str, Any], strategies: Sequence
     for s, rs, hv, bt in final_scores(runs, curves, task_cols, strategies):
         counts: dict[str, int] = {}
         for r in rs:
-            for m in r["methods"]:
+            for m in r.methods or []:
                 counts[m] = counts.get(m, 0) + 1
         mix = ", ".join(f"{m} {c / len(rs):.1f}" for m, c in counts.items())
         lines.append(f"| {s} | {len(rs)} | {fmt(hv, 1, 100 / best_hv)} | {statistics.median(hv):.4g} | {fmt(bt, 3)} "
-                     f"| {mix} | {statistics.median(r['seconds'] for r in rs):.0f} |")
-    alone = [s for s in strategies if s.endswith(" alone") and any(r["strategy"] == s for r in runs)]
+                     f"| {mix} | {statistics.median(r.seconds for r in rs):.0f} |")
+    alone = [s for s in strategies if s.endswith(" alone") and any(r.strategy == s for r in runs)]
     if alone:  # what a user who picks one of the methods without knowing which is best gets, on average
-        hv = [statistics.fmean(curves[(s, r["seed"])][-1] for r in runs if r["strategy"] == s) for s in alone]
-        bt = [statistics.fmean(best_mean_task(r["y"], task_cols) for r in runs if r["strategy"] == s) for s in alone]
+        hv = [statistics.fmean(curves[(s, r.seed)][-1] for r in runs if r.strategy == s) for s in alone]
+        bt = [statistics.fmean(best_mean_task(r.y, task_cols) for r in runs if r.strategy == s) for s in alone]
         lines.append(f"| one method alone, picked at random (mean of the rows above) | – | "
                      f"{100 * statistics.fmean(hv) / best_hv:.1f} | {statistics.fmean(hv):.4g} | {statistics.fmean(bt):.3f} "
                      "| – | – |")
@@ -253,15 +254,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     strategies = ["mixed", *(f"{m} alone" for m in methods)]
     if a.strategies:
         strategies = [s.strip() for s in a.strategies.split(",") if s.strip()]
-    stored = json.loads(a.out.read_text()) if a.out.is_file() else {"key": None, "runs": []}
+    stored_key, stored = read_results(a.out, StrategyRun.from_json)
     if a.report_only:
-        runs = list(stored["runs"])
-        for extra in a.include:
-            other = json.loads(extra.read_text())
-            if other["key"] != stored["key"]:
-                sys.exit(f"{extra}: other methods, budget or tables, not comparable")
-            runs += other["runs"]
-        print(report(runs, stored["key"], strategies))
+        if stored_key is None:
+            sys.exit(f"no results at {a.out}")
+        print(report(merge_runs(stored, stored_key, a.include), stored_key, strategies))
         return
     surrogates = Surrogates(methods)
     if a.time_kernels:
@@ -270,16 +267,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     key = {"methods": methods, "budget": vars(BUDGET), "ref_point": surrogates.ref_point,
            "tables": [json.loads(table_path(m).read_text())["seconds"] for m in methods]}
     key = json.loads(json.dumps(key))
-    runs = stored["runs"] if stored["key"] == key else []
+    runs = stored if stored_key == key else []
     for seed in range(a.seeds):
         for s in strategies:
-            if any(r["strategy"] == s and r["seed"] == seed for r in runs):
+            if any(r.strategy == s and r.seed == seed for r in runs):
                 continue
             r = run(s, methods, surrogates, seed)
             runs.append(r)
-            a.out.write_text(json.dumps({"key": key, "runs": runs}, separators=(",", ":")))
-            print(f"seed {seed} {s:24s} HV {hv_curve(r['y'], key['ref_point'])[-1]:.4g} ({r['seconds']:.0f} s)",
-                  flush=True)
+            save_runs(a.out, key, runs)
+            print(f"seed {seed} {s:24s} HV {hv_curve(r.y, key['ref_point'])[-1]:.4g} ({r.seconds:.0f} s)", flush=True)
     print(report(runs, key, strategies))
 
 

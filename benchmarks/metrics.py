@@ -12,7 +12,7 @@ import torch
 
 def hv_curve(ys: Sequence[Sequence[float]], ref: Sequence[float]) -> list[float]:
     """Hypervolume of the first k evaluated points against `ref`, for k = 1..len(ys) (NaN rows skipped)."""
-    from mmmo.search.pareto import hypervolume, pareto_mask
+    from mmmo.optimizer.pareto import hypervolume, pareto_mask
 
     Y = torch.tensor(ys, dtype=torch.float64)
     out: list[float] = []

@@ -25,11 +25,11 @@ from benchmarks.demo_tables import DEFAULT_DEMO_DIR, demo_search_spec
 from benchmarks.demo_tables import DEMO_OBJECTIVES as OBJECTIVES
 from benchmarks.demo_tables import DEMO_TASKS as TASKS
 from benchmarks.environment import benchmark_environment, quiet_benchmark
-from mmmo.search.acquisition import budget_for, propose_hvi
-from mmmo.search.fisher import fisher_screen
-from mmmo.search.gp import fit_models
-from mmmo.search.strategies import batch_seed, sobol_points
-from mmmo.search.weak_to_strong import weak_to_strong
+from mmmo.optimizer.acquisition import budget_for, propose_hvi
+from mmmo.optimizer.fisher import fisher_screen
+from mmmo.optimizer.gp import fit_models
+from mmmo.optimizer.strategies import batch_seed, sobol_points
+from mmmo.optimizer.weak_to_strong import weak_to_strong
 from mmmo.spec.schema import OptimizerSpec
 
 

@@ -69,7 +69,7 @@ class Problem:
 
     def target(self) -> Any:
         """The take-home `Target`: the mean of the task objectives, subject to `minimums`."""
-        from mmmo.search.target import Target
+        from mmmo.optimizer.target import Target
 
         cols = [self.objectives.index(n) for n in self.tasks]
         mins = tuple((self.objectives.index(n), v) for n, v in self.minimums.items())
@@ -79,7 +79,7 @@ class Problem:
         """The standard recipe point(s) `[k, dim]` of a demo merge space; None for a test function."""
         if self.layer_groups is None:
             return None
-        from mmmo.search.space import standard_recipes
+        from mmmo.optimizer.space import standard_recipes
 
         return standard_recipes(demo_space(self.layer_groups)).to(torch.float64)
 
@@ -119,7 +119,7 @@ def gaussian_noise(std: Sequence[float]) -> Noise:
 
 def surrogate_problem(name: str, layer_groups: int, budget: Budget, noisy: bool = False) -> Problem:
     """A table interpolated by a GP posterior mean (fitted once), clamped to the table's range per objective."""
-    from mmmo.search.gp import fit_models
+    from mmmo.optimizer.gp import fit_models
 
     path = table_path(layer_groups)
     X_t, Y_t, meta = load_table(path, layer_groups)

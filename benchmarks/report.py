@@ -11,6 +11,7 @@ from typing import Any
 
 from benchmarks.metrics import best_mean_task, evals_to_reach, hv_curve, quartiles
 from benchmarks.problems import Budget
+from benchmarks.results import StrategyRun
 from benchmarks.strategies import ALL_STRATEGIES
 
 REACH_FRACTION = 0.95  # "evals to reach": this share of the best final hypervolume any run of the problem saw
@@ -28,18 +29,18 @@ def fmt(v: Sequence[float], digits: int, scale: float = 1.0, general: bool = Fal
 
 
 def final_scores(
-    runs: list[dict[str, Any]], curves: dict[tuple[str, int], list[float]], task_cols: Sequence[int],
+    runs: list[StrategyRun], curves: dict[tuple[str, int], list[float]], task_cols: Sequence[int],
     strategies: Sequence[str],
-) -> Iterator[tuple[str, list[dict[str, Any]], list[float], list[float]]]:
+) -> Iterator[tuple[str, list[StrategyRun], list[float], list[float]]]:
     """Per strategy that has runs (in `strategies` order): its runs, their final hypervolumes and best mean task
     scores (the two columns every table starts from)."""
     for s in strategies:
-        rs = [r for r in runs if r["strategy"] == s]
+        rs = [r for r in runs if r.strategy == s]
         if rs:
-            yield s, rs, [curves[(s, r["seed"])][-1] for r in rs], [best_mean_task(r["y"], task_cols) for r in rs]
+            yield s, rs, [curves[(s, r.seed)][-1] for r in rs], [best_mean_task(r.y, task_cols) for r in rs]
 
 
-def make_table(runs: list[dict[str, Any]], curves: dict[tuple[str, int], list[float]], ref: list[float],
+def make_table(runs: list[StrategyRun], curves: dict[tuple[str, int], list[float]], ref: list[float],
                task_cols: Sequence[int], strategies: Sequence[str]) -> tuple[str, dict[str, Any]]:
     best_hv = max(c[-1] for c in curves.values())
     target = REACH_FRACTION * best_hv
@@ -50,11 +51,11 @@ def make_table(runs: list[dict[str, Any]], curves: dict[tuple[str, int], list[fl
     ]
     summary: dict[str, Any] = {"best_hv": best_hv, "target": target, "ref_point": ref}
     for s, rs, hv, bt in final_scores(runs, curves, task_cols, strategies):
-        reach = [evals_to_reach(curves[(s, r["seed"])], target) for r in rs]
-        step = [r.get("step_seconds", math.nan) for r in rs]
-        secs = [r["seconds"] for r in rs]
+        reach = [evals_to_reach(curves[(s, r.seed)], target) for r in rs]
+        step = [r.step_seconds for r in rs]
+        secs = [r.seconds for r in rs]
         summary[s] = {"hv": hv, "best_task": bt, "reach": reach, "step_seconds": step}
-        copied = {r.get("copied_from") for r in rs}
+        copied = {r.copied_from for r in rs}
         label = f"{s} (= {copied.pop()})" if len(copied) == 1 and None not in copied else s
         step_txt = f"{statistics.median(step):.2f}" if not all(math.isnan(x) for x in step) else "–"
         pct = fmt(hv, 1, 100 / best_hv) if best_hv > 0 else "–"  # no run dominated the reference point
@@ -65,7 +66,7 @@ def make_table(runs: list[dict[str, Any]], curves: dict[tuple[str, int], list[fl
     return "\n".join(lines), summary
 
 
-def plot(runs: list[dict[str, Any]], curves: dict[tuple[str, int], list[float]], strategies: Sequence[str],
+def plot(runs: list[StrategyRun], curves: dict[tuple[str, int], list[float]], strategies: Sequence[str],
          total: int, title: str, out: Path) -> None:
     import matplotlib
 
@@ -75,7 +76,7 @@ def plot(runs: list[dict[str, Any]], curves: dict[tuple[str, int], list[float]],
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in strategies:
-        cs = [curves[(s, r["seed"])] for r in runs if r["strategy"] == s]
+        cs = [curves[(s, r.seed)] for r in runs if r.strategy == s]
         if not cs:
             continue
         n = max(max(len(c) for c in cs), total)
@@ -103,16 +104,16 @@ def finish_plot(fig: Any, ax: Any, out: Path, *, ylabel: str, title: str) -> Non
     plt.close(fig)
 
 
-def report(runs: list[dict[str, Any]], key: dict[str, Any], strategies: Sequence[str], png: Path) -> None:
+def report(runs: list[StrategyRun], key: dict[str, Any], strategies: Sequence[str], png: Path) -> None:
     """Print one problem's table (markdown) and write its plot."""
     ref = key["ref_point"]
     budget = Budget(**key["budget"])
     task_cols = [key["objectives"].index(n) for n in key["tasks"]]
-    strategies = [s for s in strategies if any(r["strategy"] == s for r in runs)]
+    strategies = [s for s in strategies if any(r.strategy == s for r in runs)]
     if not runs:
         print(f"\nproblem {key['problem']}: no runs")
         return
-    curves = {(r["strategy"], r["seed"]): hv_curve(r["y"], ref) for r in runs}
+    curves = {(r.strategy, r.seed): hv_curve(r.y, ref) for r in runs}
     table, _ = make_table(runs, curves, ref, task_cols, strategies)
     plot(runs, curves, strategies, budget.total, key["problem"], png)
     noise = " (noisy: optimizer sees noisy values, scores use true ones)" if key.get("noisy") else ""

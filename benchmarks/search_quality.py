@@ -40,9 +40,9 @@ strategies.py, metrics.py, report.py); this script parses the command line and r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,15 @@ from benchmarks.environment import SMOKE_OUT, benchmark_environment, quiet_bench
 from benchmarks.metrics import hv_curve
 from benchmarks.problems import PROBLEM_BUDGETS, PROBLEMS, SMOKE_BUDGET, Budget, make_problem, results_key
 from benchmarks.report import report
-from benchmarks.results import merge_runs, parts, results_path, save_runs, stored_runs
+from benchmarks.results import (
+    StrategyRun,
+    merge_runs,
+    parts,
+    read_results,
+    results_path,
+    save_runs,
+    stored_runs,
+)
 from benchmarks.strategies import (
     ALL_STRATEGIES,
     DEFAULT_STRATEGIES,
@@ -113,13 +121,13 @@ def report_all(a: argparse.Namespace, strategies: Sequence[str]) -> None:
     for name in PROBLEMS:
         path = default_out(name, a.smoke)
         if path.is_file():
-            stored = json.loads(path.read_text())
-            runs = merge_runs(stored["runs"], stored["key"], [], parts(path))
-            report(runs, stored["key"], strategies, path.with_suffix(".png"))
+            key, runs = read_results(path, StrategyRun.from_json)
+            assert key is not None
+            report(merge_runs(runs, key, [], parts(path)), key, strategies, path.with_suffix(".png"))
 
 
 def run_missing(a: argparse.Namespace, out: Path, strategies: list[str], seeds: int, bo_seeds: int,
-                n_seeds: Callable[[str], int]) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+                n_seeds: Callable[[str], int]) -> tuple[dict[str, Any], list[StrategyRun], list[str]]:
     """Run every (strategy, seed) not stored yet, saving after each: the results key, the runs and the strategies
     this problem has (demo-only ones left out of a test function)."""
     base = SMOKE_BUDGET if a.smoke else PROBLEM_BUDGETS[a.problem]
@@ -134,7 +142,7 @@ def run_missing(a: argparse.Namespace, out: Path, strategies: list[str], seeds: 
     runs = stored_runs(out, key, a.fresh)
     # runs another process already stored (--include, part files) are not run again here either
     others = merge_runs([], key, a.include, parts(out) if a.out is None else [])
-    done = {(r["strategy"], r["seed"]) for r in runs + others}
+    done = {(r.strategy, r.seed) for r in runs + others}
     warm_imports(strategies)
     for seed in range(max(seeds, bo_seeds)):  # seed-major, so a cut-short run still has every strategy per seed
         for s in strategies:
@@ -142,16 +150,16 @@ def run_missing(a: argparse.Namespace, out: Path, strategies: list[str], seeds: 
                 continue
             sid = spec_id(s, problem, budget, seed)
             same = next((r for r in runs + others
-                         if sid is not None and r["seed"] == seed and r.get("spec") == sid), None)
+                         if sid is not None and r.seed == seed and r.spec == sid), None)
             if same is not None:  # the same OptimizerSpec already ran at this seed: the same run
-                r = {**same, "strategy": s, "copied_from": same.get("copied_from", same["strategy"])}
-                print(f"seed {seed} {s:20s} same OptimizerSpec as {r['copied_from']!r}: copied", flush=True)
+                r = replace(same, strategy=s, copied_from=same.copied_from or same.strategy)
+                print(f"seed {seed} {s:20s} same OptimizerSpec as {r.copied_from!r}: copied", flush=True)
             else:
                 r = run_one(s, problem, budget, seed)
             runs.append(r)
             save_runs(out, key, runs)
-            print(f"seed {seed} {s:20s} final HV {hv_curve(r['y'], problem.ref_point)[-1]:.4g} "
-                  f"({r['seconds']:.1f} s, {r['step_seconds']:.2f} s/batch proposing)", flush=True)
+            print(f"seed {seed} {s:20s} final HV {hv_curve(r.y, problem.ref_point)[-1]:.4g} "
+                  f"({r.seconds:.1f} s, {r.step_seconds:.2f} s/batch proposing)", flush=True)
     return key, runs, strategies
 
 
@@ -178,12 +186,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.report_only:  # the table and plot from the stored runs, with their stored key
         if not out.is_file():
             sys.exit(f"no results at {out}")
-        stored = json.loads(out.read_text())
-        key, runs = stored["key"], stored["runs"]
+        stored_key, runs = read_results(out, StrategyRun.from_json)
+        assert stored_key is not None
+        key = stored_key
     else:
         key, runs, strategies = run_missing(a, out, strategies, seeds, bo_seeds, n_seeds)
     runs = merge_runs(runs, key, a.include, parts(out) if a.out is None else [])
-    runs = [r for r in runs if r["strategy"] in strategies and (a.report_only or r["seed"] < n_seeds(r["strategy"]))]
+    runs = [r for r in runs if r.strategy in strategies and (a.report_only or r.seed < n_seeds(r.strategy))]
     report(runs, key, strategies, out.with_suffix(".png"))
 
 

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,36 @@ from benchmarks.bernoulli_docs import BernoulliDocs, documents_scored, score_nex
 from benchmarks.demo_tables import DEMO_OBJECTIVES, DEMO_TASKS, demo_search_spec
 from benchmarks.metrics import hv_curve
 from benchmarks.problems import Budget, Problem
+from benchmarks.results import known_fields, without_none
 from mmmo.run.records import Trial
 
+
+@dataclass(frozen=True)
+class StageRun:
+    """One run of a staged-scoring variant: the final hypervolume of its fully scored trials' TRUE values (`hv`),
+    the TRUE mean task score of the merge it would export (`best_task`), documents scored, trials stopped early
+    and failed, seconds, and per trial (`trials`: id, batch, x, y_obs, y, stopped, stages_scored, docs)."""
+
+    variant: str
+    seed: int
+    hv: float
+    best_task: float
+    docs: int
+    stopped: int
+    failed: int
+    seconds: float
+    trials: list[dict[str, Any]]
+
+    @property
+    def label(self) -> str:
+        return self.variant
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StageRun:
+        return cls(**known_fields(cls, data))
+
+    def to_json(self) -> dict[str, Any]:
+        return without_none(self)
 
 def opt_spec(budget: Budget, seed: int) -> Any:
     from mmmo.spec.schema import OptimizerSpec
@@ -35,8 +64,9 @@ def run_bernoulli(
     problem: Problem, budget: Budget, seed: int, n_docs: int, rho: float, kwargs: Mapping[str, Any]
 ) -> dict[str, Any]:
     """One run_loop run on per-document outcomes; `kwargs` are extra LoopOptions fields (stages among them)."""
-    from mmmo.search.acquisition import budget_for
-    from mmmo.search.loop import LoopOptions, run_loop
+    from mmmo.optimizer.acquisition import budget_for
+    from mmmo.optimizer.loop import run_loop
+    from mmmo.optimizer.options import LoopOptions
 
     docs = BernoulliDocs(problem, n_docs, rho, seed)
     names = list(problem.objectives)

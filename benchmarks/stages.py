@@ -54,8 +54,8 @@ from benchmarks.environment import SMOKE_OUT, benchmark_environment, quiet_bench
 from benchmarks.metrics import quartiles
 from benchmarks.problems import Budget, surrogate_problem
 from benchmarks.report import fmt
-from benchmarks.results import merge_runs, parts, results_path, save_runs, stored_runs
-from benchmarks.stage_runs import check_demo, run_bernoulli, run_demo_real, warm_demo_real
+from benchmarks.results import merge_runs, parts, read_results, results_path, save_runs, stored_runs
+from benchmarks.stage_runs import StageRun, check_demo, run_bernoulli, run_demo_real, warm_demo_real
 from benchmarks.strategies import warm_imports
 
 PROBLEMS = ["bernoulli", "demo-real"]
@@ -141,9 +141,9 @@ def default_out(problem: str, smoke: bool) -> Path:
     return results_path("stages", problem, smoke)
 
 
-def make_table(runs: list[dict[str, Any]], variants: Sequence[str]) -> str:
-    by = {v: [r for r in runs if r["variant"] == v] for v in variants}
-    full_docs = statistics.median(r["docs"] for r in by[FULL]) if by.get(FULL) else math.nan
+def make_table(runs: list[StageRun], variants: Sequence[str]) -> str:
+    by = {v: [r for r in runs if r.variant == v] for v in variants}
+    full_docs = statistics.median(r.docs for r in by[FULL]) if by.get(FULL) else math.nan
     lines = [
         "| variant | seeds | final HV | best mean task score | documents scored | fewer than full "
         "| stopped trials | s / run |",
@@ -153,25 +153,25 @@ def make_table(runs: list[dict[str, Any]], variants: Sequence[str]) -> str:
         rs = by.get(v) or []
         if not rs:
             continue
-        docs = statistics.median(r["docs"] for r in rs)
+        docs = statistics.median(r.docs for r in rs)
         fewer = f"{1 - docs / full_docs:.0%}" if v != FULL and full_docs > 0 else "–"
         lines.append(
-            f"| {v} | {len(rs)} | {fmt([r['hv'] for r in rs], 4, general=True)} | {fmt([r['best_task'] for r in rs], 3)} "
-            f"| {fmt([r['docs'] for r in rs], 0)} | {fewer} | {fmt([r['stopped'] for r in rs], 0)} "
-            f"| {statistics.median(r['seconds'] for r in rs):.1f} |"
+            f"| {v} | {len(rs)} | {fmt([r.hv for r in rs], 4, general=True)} | {fmt([r.best_task for r in rs], 3)} "
+            f"| {fmt([r.docs for r in rs], 0)} | {fewer} | {fmt([r.stopped for r in rs], 0)} "
+            f"| {statistics.median(r.seconds for r in rs):.1f} |"
         )
     lines.append("")
     for v in variants:
         rs = by.get(v) or []
         if v == FULL or not rs or not by.get(FULL):
             continue
-        seeds = sorted({r["seed"] for r in rs} & {r["seed"] for r in by[FULL]})
-        full_hv = [r["hv"] for r in by[FULL] if r["seed"] in seeds]
-        hv = statistics.median(r["hv"] for r in rs if r["seed"] in seeds)
+        seeds = sorted({r.seed for r in rs} & {r.seed for r in by[FULL]})
+        full_hv = [r.hv for r in by[FULL] if r.seed in seeds]
+        hv = statistics.median(r.hv for r in rs if r.seed in seeds)
         _, q1, q3 = quartiles(full_hv)
         where = quartile_verdict(hv, full_hv)
-        full_d = statistics.median(r["docs"] for r in by[FULL] if r["seed"] in seeds)
-        saved = 1 - statistics.median(r["docs"] for r in rs if r["seed"] in seeds) / full_d if full_d else 0.0
+        full_d = statistics.median(r.docs for r in by[FULL] if r.seed in seeds)
+        saved = 1 - statistics.median(r.docs for r in rs if r.seed in seeds) / full_d if full_d else 0.0
         ok = where != "below" and saved >= DONE_WHEN_FEWER
         lines.append(
             f"- {v}: median HV {hv:.4g} is {where} the full runs' IQR [{q1:.4g}–{q3:.4g}] and it scores "
@@ -181,22 +181,22 @@ def make_table(runs: list[dict[str, Any]], variants: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def oracle_line(runs: list[dict[str, Any]], first_stage: float = 0.25) -> str:
+def oracle_line(runs: list[StageRun], first_stage: float = 0.25) -> str:
     """What stopping could save at best without losing hypervolume: in the full runs, how many trials end off the
     final front of true values, and the documents an oracle saves by stopping exactly those after `first_stage`."""
-    from mmmo.search.pareto import pareto_mask
+    from mmmo.optimizer.pareto import pareto_mask
 
-    full = [r for r in runs if r["variant"] == FULL]
+    full = [r for r in runs if r.variant == FULL]
     if not full:
         return ""
     off, saved = [], []
     for r in full:
-        Y = torch.tensor([t["y"] for t in r["trials"] if t["y"] is not None], dtype=torch.float64)
-        docs = [t["docs"] for t in r["trials"] if t["y"] is not None]
+        Y = torch.tensor([t["y"] for t in r.trials if t["y"] is not None], dtype=torch.float64)
+        docs = [t["docs"] for t in r.trials if t["y"] is not None]
         dominated = (~pareto_mask(Y)).tolist()
         off.append(sum(dominated))
         saved.append(sum((1 - first_stage) * d for d, dom in zip(docs, dominated) if dom) / max(1, sum(docs)))
-    n = len(full[0]["trials"])
+    n = len(full[0].trials)
     return (
         f"- oracle bound: in the full runs {fmt(off, 0)} of {n} trials end off the final front; stopping exactly "
         f"those after {first_stage:.0%} of their documents would save {fmt([100 * s for s in saved], 0)}% of the "
@@ -205,9 +205,9 @@ def oracle_line(runs: list[dict[str, Any]], first_stage: float = 0.25) -> str:
 
 
 def report(
-    runs: list[dict[str, Any]], key: dict[str, Any], out: Path, variants: Sequence[str] | None
+    runs: list[StageRun], key: dict[str, Any], out: Path, variants: Sequence[str] | None
 ) -> None:
-    seen = list(dict.fromkeys(r["variant"] for r in runs))
+    seen = list(dict.fromkeys(r.variant for r in runs))
     order = [FULL, *[v for v in (variants or seen) if v != FULL and v in seen]]
     b = key["budget"]
     text = (
@@ -287,7 +287,7 @@ def make_runner(
         "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
     }
     if a.problem == "bernoulli":
-        from mmmo.search.loop import LoopOptions
+        from mmmo.optimizer.options import LoopOptions
 
         fields = {f.name for f in dataclasses.fields(LoopOptions)}
         unknown = sorted({k for kw in [options, *variants.values()] for k in kw} - fields)
@@ -317,8 +317,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.report_only:
         if not out.is_file():
             sys.exit(f"no results at {out}")
-        stored = json.loads(out.read_text())
-        report(merge_runs(stored["runs"], stored["key"], [], extra, label="variant"), stored["key"], out,
+        key, runs = read_results(out, StageRun.from_json)
+        assert key is not None
+        report(merge_runs(runs, key, [], extra, StageRun.from_json), key, out,
                list(variants) if a.variant is not None else None)
         return
 
@@ -332,8 +333,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ref = fixed_ref_point(Y_table)
     key, run = make_runner(a, options, variants, budget, n_docs, ref)
 
-    runs = stored_runs(out, key, a.fresh)
-    done = {(r["variant"], r["seed"]) for r in runs + merge_runs([], key, [], extra, label="variant")}
+    runs = stored_runs(out, key, a.fresh, StageRun.from_json)
+    done = {(r.variant, r.seed) for r in runs + merge_runs([], key, [], extra, StageRun.from_json)}
     if any((label, seed) not in done for seed in seeds for label in variants):  # untimed warm-up
         if a.problem == "demo-real":
             warm_demo_real(a.demo_dir, n_docs, ref)
@@ -343,16 +344,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         for label, kw in variants.items():
             if (label, seed) in done:
                 continue
-            r = {"variant": label, "seed": seed, **run(seed, {**options, **kw})}
+            r = StageRun(variant=label, seed=seed, **run(seed, {**options, **kw}))
             runs.append(r)
             save_runs(out, key, runs)
             print(
-                f"seed {seed} {label:40s} HV {r['hv']:.4g}  best task {r['best_task']:.3f}  docs {r['docs']}  "
-                f"stopped {r['stopped']}  ({r['seconds']:.1f} s)",
+                f"seed {seed} {label:40s} HV {r.hv:.4g}  best task {r.best_task:.3f}  docs {r.docs}  "
+                f"stopped {r.stopped}  ({r.seconds:.1f} s)",
                 flush=True,
             )
-    runs = merge_runs(runs, key, [], extra, label="variant")
-    runs = [r for r in runs if r["variant"] in variants]  # every stored seed: split runs join the table
+    runs = merge_runs(runs, key, [], extra, StageRun.from_json)
+    runs = [r for r in runs if r.variant in variants]  # every stored seed: split runs join the table
     report(runs, key, out, list(variants))
 
 

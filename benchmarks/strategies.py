@@ -14,6 +14,7 @@ import torch
 
 from benchmarks.demo_tables import DEMO_TASKS
 from benchmarks.problems import Budget, Problem
+from benchmarks.results import StrategyRun
 
 
 class Recorder:
@@ -39,11 +40,9 @@ class Recorder:
         self.seconds += time.perf_counter() - t0
         return Y_obs, S
 
-    def result(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"x": self.xs, "y": self.ys, "eval_seconds": self.seconds}
-        if self.problem.noisy:
-            out["y_obs"] = self.ys_obs
-        return out
+    def observed(self) -> list[list[float]] | None:
+        """What the optimizer saw, kept only where it differs from the truth (a noisy problem)."""
+        return self.ys_obs if self.problem.noisy else None
 
 
 # OptimizerSpec overrides of the strategies run through `run_loop` ("_objectives": optimise only those).
@@ -111,11 +110,14 @@ def spec_id(name: str, problem: Problem, budget: Budget, seed: int) -> str | Non
     return json.dumps({"opt": opt.model_dump(mode="json"), "objectives": objective_names}, sort_keys=True)
 
 
-def run_loop_strategy(name: str, problem: Problem, budget: Budget, seed: int, rec: Recorder) -> dict[str, Any]:
-    """One run of a `run_loop` strategy."""
+def run_loop_strategy(
+    name: str, problem: Problem, budget: Budget, seed: int, rec: Recorder
+) -> tuple[list[float], list[str]]:
+    """One run of a `run_loop` strategy: the seconds each batch's proposal took, and the step behind each point."""
+    from mmmo.optimizer.acquisition import budget_for
+    from mmmo.optimizer.loop import BatchSummary, NullObserver, run_loop
+    from mmmo.optimizer.options import LoopOptions
     from mmmo.run.records import Trial
-    from mmmo.search.acquisition import budget_for
-    from mmmo.search.loop import BatchSummary, LoopOptions, NullObserver, run_loop
 
     opt, objective_names = loop_spec(name, problem, budget, seed)
     recipes = problem.recipes()
@@ -153,17 +155,17 @@ def run_loop_strategy(name: str, problem: Problem, budget: Budget, seed: int, re
                           ref_point=[problem.ref_point[c] for c in cols], budget=budget_for(len(objective_names)),
                           initial_points=recipes, **told)
     run_loop([], options, evaluate, ProposeTimes())
-    return {"propose_seconds": propose, "steps": steps}
+    return propose, steps
 
 
 def initial_points(problem: Problem, budget: Budget, seed: int) -> torch.Tensor:
     """The library's initial design: the standard recipe(s) of a demo problem first, then seeded Sobol points."""
-    from mmmo.search.strategies import initial_design
+    from mmmo.optimizer.strategies import initial_design
 
     return initial_design(budget.initial, problem.dim, seed, problem.recipes())
 
 
-def run_cma(problem: Problem, budget: Budget, seed: int, rec: Recorder) -> dict[str, Any]:
+def run_cma(problem: Problem, budget: Budget, seed: int, rec: Recorder) -> None:
     """CMA-ES on the sum of task scores (the mergekit-evolve approach; on a test function every objective is a
     task), started from the same initial design as the loop strategies.
 
@@ -183,23 +185,21 @@ def run_cma(problem: Problem, budget: Budget, seed: int, rec: Recorder) -> dict[
         cand = es.ask()
         Y = rec(torch.stack([torch.as_tensor(c, dtype=torch.float64) for c in cand]))[0].tolist()
         es.tell(cand, [-score(y) for y in Y])
-    return {}
 
 
-def run_standard_recipe(problem: Problem, budget: Budget, seed: int, rec: Recorder) -> dict[str, Any]:
+def run_standard_recipe(problem: Problem, budget: Budget, seed: int, rec: Recorder) -> None:
     """Only the standard recipe point(s): what a user trying the usual merge by hand gets."""
     rec(problem.recipes())
-    return {}
 
 
-def run_authors(problem: Problem, budget: Budget, seed: int, rec: Recorder) -> dict[str, Any]:
+def run_authors(problem: Problem, budget: Budget, seed: int, rec: Recorder) -> None:
     """The MM-MO authors' released code as it effectively behaves: each batch's `candidates` are Sobol points
     (no acquisition), crossed with DE mutants of the top configurations (weak-to-strong), then the
     `batch_size` the GPs (noise inferred) are least sure of are kept (Fisher screening)."""
-    from mmmo.search.fisher import fisher_screen
-    from mmmo.search.gp import fit_models
-    from mmmo.search.strategies import batch_seed, sobol_points
-    from mmmo.search.weak_to_strong import weak_to_strong
+    from mmmo.optimizer.fisher import fisher_screen
+    from mmmo.optimizer.gp import fit_models
+    from mmmo.optimizer.strategies import batch_seed, sobol_points
+    from mmmo.optimizer.weak_to_strong import weak_to_strong
 
     task_cols = [problem.objectives.index(n) for n in problem.tasks]
     X_seen = initial_points(problem, budget, seed)
@@ -222,13 +222,12 @@ def run_authors(problem: Problem, budget: Budget, seed: int, rec: Recorder) -> d
                 break
         Y_obs = torch.cat([Y_obs, rec(kept)[0]])
         X_seen = torch.cat([X_seen, kept])
-    return {}
 
 
 def warm_imports(strategies: Sequence[str]) -> None:
     """Import what the strategies use before any run, so no run's time includes a first import."""
-    import mmmo.search.loop  # noqa: F401
-    import mmmo.search.strategies  # noqa: F401
+    import mmmo.optimizer.loop  # noqa: F401
+    import mmmo.optimizer.strategies  # noqa: F401
 
     if "cma-es" in strategies:
         import cma  # noqa: F401
@@ -236,17 +235,23 @@ def warm_imports(strategies: Sequence[str]) -> None:
         import optuna  # noqa: F401
 
 
-def run_one(name: str, problem: Problem, budget: Budget, seed: int) -> dict[str, Any]:
+def run_one(name: str, problem: Problem, budget: Budget, seed: int) -> StrategyRun:
     rec = Recorder(problem, seed)
     runner = {"cma-es": run_cma, "standard recipe": run_standard_recipe, "authors' code": run_authors}.get(name)
     t0 = time.perf_counter()
-    extra = runner(problem, budget, seed, rec) if runner else run_loop_strategy(name, problem, budget, seed, rec)
+    propose: list[float] | None = None
+    steps: list[str] | None = None
+    if runner is not None:
+        runner(problem, budget, seed, rec)
+    else:
+        propose, steps = run_loop_strategy(name, problem, budget, seed, rec)
     seconds = time.perf_counter() - t0
-    r = {"strategy": name, "seed": seed, **rec.result(), "seconds": seconds, **extra}
-    if name in LOOP_STRATEGIES:
-        r["spec"] = spec_id(name, problem, budget, seed)
-    # BO batch-step time: the run's time outside evaluation, per batch after the initial design
-    r["batches"] = 0 if name == "standard recipe" else budget.batches
-    r["step_seconds"] = (seconds - rec.seconds) / r["batches"] if r["batches"] else math.nan
-    return r
+    batches = 0 if name == "standard recipe" else budget.batches
+    return StrategyRun(
+        strategy=name, seed=seed, x=rec.xs, y=rec.ys, y_obs=rec.observed(), seconds=seconds,
+        eval_seconds=rec.seconds, propose_seconds=propose, steps=steps,
+        spec=spec_id(name, problem, budget, seed) if name in LOOP_STRATEGIES else None, batches=batches,
+        # BO batch-step time: the run's time outside evaluation, per batch after the initial design
+        step_seconds=(seconds - rec.seconds) / batches if batches else math.nan,
+    )
 

@@ -9,7 +9,7 @@ merge in the space.
 The preference is the problem's `Target` (`benchmarks.problems.Problem.target`): the mean of the task scores, subject
 to the problem's outcome constraints (demo-constrained: every task at least the base model's). Each strategy
 exports its own way: the library's Bayesian-optimisation strategies (`mm-mo`, `qnehvi`) the evaluated merge with
-the highest posterior mean of the preference (`mmmo.search.target.choose_take_home(by="posterior")` on what
+the highest posterior mean of the preference (`mmmo.optimizer.target.choose_take_home(by="posterior")` on what
 they observed: the noisy scores with their stderrs on a noisy problem, the values on a noise-free one), the
 baselines (random, nsga2, cma-es, the standard recipe, single-objective BO) their best observed. Only a merge
 whose OBSERVED scores meet the constraints can be exported. Its take-home is the surrogate's TRUE preference
@@ -42,7 +42,7 @@ from benchmarks.environment import DATA, REPO, benchmark_environment, quiet_benc
 from benchmarks.metrics import hv_curve
 from benchmarks.problems import PROBLEM_BUDGETS, Budget, Problem, binomial_stderr, make_problem, results_key
 from benchmarks.report import finish_plot, fmt
-from benchmarks.results import merge_runs, parts, results_path, save_runs
+from benchmarks.results import StrategyRun, merge_runs, parts, read_results, results_path, save_runs
 from benchmarks.strategies import Recorder, is_bo, loop_spec, run_one
 
 SINGLE_OBJECTIVE = "single-objective BO"
@@ -80,17 +80,17 @@ class TakeHome:
     value: float
 
 
-def take_home(run: dict[str, Any], target: Any, rule: str, stderr: Values | None = None,
+def take_home(run: StrategyRun, target: Any, rule: str, stderr: Values | None = None,
               evaluations: int | None = None) -> TakeHome:
     """What `run` (a stored search_quality run: `x`, true `y`, observed `y_obs` when noisy) exports after its
     first `evaluations` (None: all), chosen by `rule` on what it observed; `stderr` maps observed values
     `[n, m]` to their stderrs (None: noise-free, the GP infers its noise as the library's runs did)."""
-    from mmmo.search.target import choose_take_home
+    from mmmo.optimizer.target import choose_take_home
 
-    n = len(run["x"]) if evaluations is None else min(evaluations, len(run["x"]))
-    X = torch.tensor(run["x"][:n], dtype=torch.float64)
-    Y = torch.tensor(run["y"][:n], dtype=torch.float64)
-    Y_obs = torch.tensor(run.get("y_obs", run["y"])[:n], dtype=torch.float64)
+    n = len(run.x) if evaluations is None else min(evaluations, len(run.x))
+    X = torch.tensor(run.x[:n], dtype=torch.float64)
+    Y = torch.tensor(run.y[:n], dtype=torch.float64)
+    Y_obs = torch.tensor(run.observed[:n], dtype=torch.float64)
     done = ~torch.isnan(Y_obs).any(-1)  # failed evaluations are never exported
     idx = torch.nonzero(done).flatten()
     if idx.numel() == 0:
@@ -106,13 +106,14 @@ def take_home(run: dict[str, Any], target: Any, rule: str, stderr: Values | None
 # ------------------------------------------------------------------------------------ single-objective BO
 
 
-def run_single_objective(problem: Problem, budget: Budget, seed: int) -> dict[str, Any]:
+def run_single_objective(problem: Problem, budget: Budget, seed: int) -> StrategyRun:
     """BO on the preference alone (the library's loop with one objective: qLogNEI), from the same initial design
     as mm-mo; on a noisy problem it sees the mean of the noisy task scores with its stderr. Returns a run in
     search_quality's format (every objective's true and observed values per evaluation)."""
+    from mmmo.optimizer.acquisition import budget_for
+    from mmmo.optimizer.loop import run_loop
+    from mmmo.optimizer.options import LoopOptions
     from mmmo.run.records import Trial
-    from mmmo.search.acquisition import budget_for
-    from mmmo.search.loop import LoopOptions, run_loop
 
     rec = Recorder(problem, seed)
     target = problem.target()
@@ -138,8 +139,9 @@ def run_single_objective(problem: Problem, budget: Budget, seed: int) -> dict[st
     t0 = time.perf_counter()
     run_loop([], options, evaluate)
     seconds = time.perf_counter() - t0
-    return {"strategy": SINGLE_OBJECTIVE, "seed": seed, **rec.result(), "seconds": seconds,
-            "batches": budget.batches, "step_seconds": (seconds - rec.seconds) / budget.batches}
+    return StrategyRun(strategy=SINGLE_OBJECTIVE, seed=seed, x=rec.xs, y=rec.ys, y_obs=rec.observed(), seconds=seconds,
+                       eval_seconds=rec.seconds, batches=budget.batches,
+                       step_seconds=(seconds - rec.seconds) / budget.batches)
 
 
 def part_file(problem: str) -> Path:
@@ -151,36 +153,32 @@ def run_strategy(problem: Problem, strategy: str, seeds: Sequence[int], out: Pat
     (resumably) in `out` under the problem's results key."""
     budget = problem.budget
     key = results_key(problem, budget)
-    stored = json.loads(out.read_text()) if out.is_file() else {"key": key, "runs": []}
-    if stored["key"] != key:
+    stored_key, runs = read_results(out, StrategyRun.from_json)
+    if stored_key is not None and stored_key != key:
         raise SystemExit(f"{out}: stored runs are for another problem, budget or reference point")
     for seed in seeds:
-        if any(r["strategy"] == strategy and r["seed"] == seed for r in stored["runs"]):
+        if any(r.strategy == strategy and r.seed == seed for r in runs):
             continue
         if strategy == SINGLE_OBJECTIVE:
             r = run_single_objective(problem, budget, seed)
         else:
             r = run_one(strategy, problem, budget, seed)
-        stored["runs"].append(r)
-        save_runs(out, key, stored["runs"])
-        print(f"{problem.name} seed {seed} {strategy}: {r['seconds']:.0f} s", flush=True)
+        runs.append(r)
+        save_runs(out, key, runs)
+        print(f"{problem.name} seed {seed} {strategy}: {r.seconds:.0f} s", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------- the table
 
 
-def stored_runs(name: str, key: dict[str, Any]) -> list[dict[str, Any]]:
+def stored_runs(name: str, key: dict[str, Any]) -> list[StrategyRun]:
     """The stored runs of problem `name` (results file and part files) whose key is `key`."""
     path = results_path("search_quality", name, False)
-    runs: list[dict[str, Any]] = []
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored["key"] == key:
-            runs = stored["runs"]
-    return merge_runs(runs, key, [], parts(path))
+    stored_key, runs = read_results(path, StrategyRun.from_json)
+    return merge_runs(runs if stored_key == key else [], key, [], parts(path))
 
 
-def problem_runs(problem: Problem, new: Sequence[Path]) -> list[dict[str, Any]]:
+def problem_runs(problem: Problem, new: Sequence[Path]) -> list[StrategyRun]:
     """Every stored run of `problem` of a strategy in ORDER, the stored "mm-mo" labelled today's default, and every
     run in `new` (files of the same key, another process's), its "mm-mo" labelled the new default."""
     key = results_key(problem, problem.budget)
@@ -190,17 +188,16 @@ def problem_runs(problem: Problem, new: Sequence[Path]) -> list[dict[str, Any]]:
         src = make_problem(source, PROBLEM_BUDGETS[source], DEFAULT_DEMO_DIR, DEMO_EXAMPLES)
         if src.info["table_digest"] != problem.info["table_digest"]:
             raise SystemExit(f"{problem.name} and {source} no longer share a surrogate")
-        have = {(r["strategy"], r["seed"]) for r in runs}
-        runs += [r for r in stored_runs(source, results_key(src, src.budget))
-                 if (r["strategy"], r["seed"]) not in have]
+        have = {(r.strategy, r.seed) for r in runs}
+        runs += [r for r in stored_runs(source, results_key(src, src.budget)) if (r.strategy, r.seed) not in have]
     # the strategies of the table (not search_quality's ablations); "mm-mo" as stored is today's default
-    runs = [r if r["strategy"] != "mm-mo" else {**r, "strategy": "mm-mo (today's default)"}
-            for r in runs if r["strategy"] in ORDER]
+    runs = [r if r.strategy != "mm-mo" else replace(r, strategy="mm-mo (today's default)")
+            for r in runs if r.strategy in ORDER]
     for path in new:
-        other = json.loads(path.read_text())
-        if other.get("key") != key:
+        other_key, others = read_results(path, StrategyRun.from_json)
+        if other_key != key:
             raise SystemExit(f"{path}: not runs of {problem.name} at its budget and reference point")
-        runs += [r if r["strategy"] != "mm-mo" else {**r, "strategy": "mm-mo (new default)"} for r in other["runs"]]
+        runs += [r if r.strategy != "mm-mo" else replace(r, strategy="mm-mo (new default)") for r in others]
     return runs
 
 
@@ -232,20 +229,19 @@ class RunTakeHome:
     final_hv: float
 
 
-def score_runs(problem: Problem, runs: list[dict[str, Any]]) -> list[RunTakeHome]:
+def score_runs(problem: Problem, runs: list[StrategyRun]) -> list[RunTakeHome]:
     target, stderr = problem.target(), stderr_model(problem)
     out = []
     for r in runs:
-        rule = take_home_rule(r["strategy"])
-        n = len(r["x"])
+        rule = take_home_rule(r.strategy)
+        n = len(r.x)
         points = [c for c in checkpoints(problem.budget) if c < n] + [n]
         curve = [take_home(r, target, rule, stderr, c) for c in points]
-        Y = torch.tensor(r["y"], dtype=torch.float64)
+        Y = torch.tensor(r.y, dtype=torch.float64)
         ok = target.feasible(Y) & ~torch.isnan(Y).any(-1)
         best = float(target.value(Y[ok]).max()) if bool(ok.any()) else math.nan
         lucky = curve[-1].value if rule == "observed" else take_home(r, target, "observed").value
-        out.append(RunTakeHome(r["strategy"], r["seed"], curve, lucky, best,
-                               hv_curve(r["y"], problem.ref_point)[-1]))
+        out.append(RunTakeHome(r.strategy, r.seed, curve, lucky, best, hv_curve(r.y, problem.ref_point)[-1]))
     return out
 
 

@@ -32,7 +32,7 @@ def one_torch_thread():
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """Records each call of the fused merge kernel: True where it ran, False where it declined or fell back."""
-    from mmmo.merge import fused
+    from mmmo.merge.kernels import fused
 
     calls: list[bool] = []
     real = fused.consensus_merge

@@ -11,7 +11,7 @@ import pytest
 from mmmo import api
 from mmmo.evaluation.pool import EvaluatorPool, LocalPool
 from mmmo.evaluation.ray_pool import RayPool
-from mmmo.search.loop import LoopObserver, NullObserver
+from mmmo.optimizer.loop import LoopObserver, NullObserver
 from mmmo.spec.schema import SearchSpec, spec_from_dict
 
 

@@ -1,6 +1,6 @@
 """The house: no import cycles in src/mmmo or benchmarks/, modules and functions of a readable size in both, no
-private names in tests and benchmarks, benchmark modules that change nothing when imported, and `mmmo.search` a
-plain function beside the `mmmo.search` subpackage."""
+private names in tests and benchmarks, benchmark modules that change nothing when imported, and `mmmo.search` the
+function whatever was imported before it."""
 
 from __future__ import annotations
 
@@ -153,10 +153,10 @@ def a_cycle(graph: dict[str, set[str]], component: list[str]) -> list[str]:
 
 def test_the_import_graph_sees_every_kind_of_import() -> None:
     graph = import_graph()
-    assert "mmmo.spec.schema" in graph["mmmo.search.space"]  # module level
-    assert "mmmo.merge.recipe" in graph["mmmo.results.export"]  # inside a function and under TYPE_CHECKING
+    assert "mmmo.spec.schema" in graph["mmmo.optimizer.space"]  # module level
+    assert "mmmo.merge.recipes.recipe" in graph["mmmo.results.export"]  # inside a function and under TYPE_CHECKING
     assert {"mmmo", "mmmo.api"} <= graph["mmmo.cli"]  # `from mmmo import api`: the package and the module
-    assert {"mmmo.api", "mmmo.results.summary", "mmmo.search"} <= graph["mmmo"]  # importlib.import_module by name
+    assert {"mmmo.api", "mmmo.results.summary", "mmmo.spec.schema"} <= graph["mmmo"]  # importlib.import_module by name
     benchmarks = import_graph(BENCHMARK_MODULES)
     assert {"benchmarks.problems", "benchmarks.strategies", "benchmarks.report"} <= benchmarks["benchmarks.search_quality"]
     assert {"benchmarks.stage_runs", "benchmarks.environment"} <= benchmarks["benchmarks.stages"]
@@ -282,7 +282,7 @@ def test_the_private_name_check_sees_each_way_in(tmp_path: Path) -> None:
         "import mmmo.evaluation.evaluator as ev\n"
         "from mmmo import demo as D\n"
         "from mmmo.evaluation.evaluator import _hidden\n"
-        "from mmmo.search import strategies\n"
+        "from mmmo.optimizer import strategies\n"
         "D._save\n"
         "strategies.acquire\n"
         "mmmo.evaluation.evaluator._thing\n"
@@ -295,34 +295,30 @@ def test_the_private_name_check_sees_each_way_in(tmp_path: Path) -> None:
     ]
 
 
-# ------------------------------------------------------------------------------------ mmmo.search
+# ------------------------------------------------------------------------------------ mmmo.search, the function
 
 
 def _run_python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
 
 
-def test_mmmo_search_is_the_function_and_its_subpackage_stays_importable() -> None:
-    """A fresh interpreter, the subpackage imported first: `mmmo.search` is still `mmmo.api.search`."""
+def test_mmmo_search_is_the_function_whatever_was_imported_first() -> None:
+    """A fresh interpreter, the optimiser's modules imported first: `mmmo.search` is `mmmo.api.search`, and no
+    module or package of mmmo is named `search` (a subpackage of that name would shadow the function)."""
     code = (
-        "import mmmo.search.loop\n"
+        "import mmmo.optimizer.loop\n"
         "import mmmo\n"
         "import mmmo.api\n"
         "assert mmmo.search is mmmo.api.search, mmmo.search\n"
         "from mmmo import search\n"
         "assert search is mmmo.api.search\n"
-        "from mmmo.search import loop, strategies\n"
-        "from mmmo.search.loop import run_loop\n"
-        "assert loop.run_loop is run_loop and strategies.propose_batch\n"
-        "import importlib\n"
-        "assert importlib.import_module('mmmo.search.space').SearchSpace\n"
-        "from mmmo.search import SearchSpace\n"
-        "assert SearchSpace is importlib.import_module('mmmo.search.space').SearchSpace\n"
-        "import mmmo.search.pareto\n"
+        "import mmmo.optimizer.loop as loop\n"
+        "assert loop.run_loop and mmmo.optimizer.strategies.propose_batch\n"
         "assert mmmo.search is mmmo.api.search\n"
     )
     result = _run_python(code)
     assert result.returncode == 0, result.stderr
+    assert not [name for name in MODULES if name.split(".")[-1] == "search"]
 
 
 def test_importing_the_benchmarks_changes_neither_the_environment_nor_the_import_path() -> None:

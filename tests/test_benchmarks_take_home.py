@@ -10,7 +10,8 @@ import torch
 
 from benchmarks import best_in_space, problems
 from benchmarks import take_home as th
-from mmmo.search.target import Target
+from benchmarks.results import StrategyRun
+from mmmo.optimizer.target import Target
 
 MEAN_OF_TASKS = Target((1.0, 1.0, 1.0, 0.0))  # 3 tasks + sparsity, as on the demo problems
 
@@ -32,11 +33,11 @@ def test_library_strategies_choose_by_posterior_and_baselines_by_their_best_obse
         assert th.take_home_rule(s) == "observed", s
 
 
-def _run() -> dict:
+def _run() -> StrategyRun:
     # Row 1 looks best as observed (0.9 mean) but is truly 0.6; row 2 is truly the best (0.8).
     y = [[0.5, 0.5, 0.5, 0.0], [0.6, 0.6, 0.6, 0.0], [0.8, 0.8, 0.8, 0.0], [0.7, 0.7, 0.7, 0.0]]
     y_obs = [[0.5, 0.5, 0.5, 0.0], [0.9, 0.9, 0.9, 0.0], [0.7, 0.8, 0.75, 0.0], [0.7, 0.6, 0.6, 0.0]]
-    return {"x": [[0.1], [0.4], [0.6], [0.9]], "y": y, "y_obs": y_obs}
+    return StrategyRun(strategy="mm-mo", seed=0, x=[[0.1], [0.4], [0.6], [0.9]], y=y, y_obs=y_obs, seconds=1.0)
 
 
 def test_the_take_home_of_a_stored_run_is_the_true_value_of_what_it_observed_best() -> None:
@@ -60,13 +61,14 @@ def test_a_take_home_meets_the_constraints_as_observed_or_is_none() -> None:
 
 def test_a_failed_evaluation_is_never_taken_home() -> None:
     run = _run()
-    run["y_obs"][1] = [math.nan] * 4
+    run.observed[1] = [math.nan] * 4
     got = th.take_home(run, MEAN_OF_TASKS, "observed")
     assert (got.row, got.value) == (2, pytest.approx(0.8))
 
 
 def test_noise_free_posterior_choice_takes_the_best_observed() -> None:
-    run = {"x": [[i / 7] for i in range(8)], "y": [[v, v, v, 0.0] for v in [0.1, 0.3, 0.5, 0.9, 0.6, 0.4, 0.2, 0.1]]}
+    y = [[v, v, v, 0.0] for v in [0.1, 0.3, 0.5, 0.9, 0.6, 0.4, 0.2, 0.1]]
+    run = StrategyRun(strategy="mm-mo", seed=0, x=[[i / 7] for i in range(8)], y=y, seconds=1.0)
     got = th.take_home(run, MEAN_OF_TASKS, "posterior")
     assert (got.row, got.value) == (3, pytest.approx(0.9))
 
@@ -98,3 +100,35 @@ def test_best_in_space_keeps_to_the_feasible_region() -> None:
     assert share == pytest.approx(0.5, abs=0.01)
     with pytest.raises(ValueError, match="feasible"):
         best_in_space.best_in_space(value, 2, slack=lambda X: (X[:, :1] - 2.0), samples=64)
+
+
+def _noisy_problem() -> problems.Problem:
+    budget = problems.Budget(initial=4, batches=0, batch_size=1, candidates=1)
+    return problems.Problem(name="toy", dim=1, objectives=["a", "b", "c", "sparsity"], tasks=["a", "b", "c"],
+                            evaluate=lambda X: X, ref_point=[0.0] * 4, budget=budget, n_examples=50)
+
+
+def test_replaying_a_run_without_rescoring_is_the_posterior_take_home() -> None:
+    from benchmarks import rescore_top
+
+    run, problem = _run(), _noisy_problem()
+    plain = rescore_top.choose(run, problem, rescore_top.Variant(None, 0, 0), torch.Generator().manual_seed(0))
+    assert plain == th.take_home(run, problem.target(), "posterior", th.stderr_model(problem)).value
+    early = rescore_top.choose(run, problem, rescore_top.Variant(1, 0, 0), torch.Generator().manual_seed(0))
+    assert early == pytest.approx(0.5)  # after one evaluation, the only merge there is
+    assert rescore_top.Variant(25, 5, 1).cost(30) == 30 and rescore_top.Variant(None, 3, 3).cost(30) == 39
+
+
+def test_rescoring_pools_the_documents_and_shrinks_the_stderr() -> None:
+    from benchmarks import rescore_top
+
+    Y = torch.tensor([[0.8, 0.5, 0.0]], dtype=torch.float64)
+    one = rescore_top.stderrs(Y, torch.tensor([50.0], dtype=torch.float64), [0, 1])
+    four = rescore_top.stderrs(Y, torch.tensor([200.0], dtype=torch.float64), [0, 1])
+    assert float(one[0, 0]) == pytest.approx(math.sqrt(0.8 * 0.2 / 49)) and float(one[0, 2]) == 0.0
+    assert float(four[0, 1]) == pytest.approx(math.sqrt(0.25 / 199))
+    # re-scoring the top merge on many more documents pulls its pooled score to its true value: the lucky row 1
+    # (observed 0.9, truly 0.6) loses to row 2 (truly 0.8)
+    run, problem = _run(), _noisy_problem()
+    got = rescore_top.choose(run, problem, rescore_top.Variant(None, 2, 200), torch.Generator().manual_seed(1))
+    assert got == pytest.approx(0.8)

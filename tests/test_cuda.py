@@ -26,12 +26,12 @@ from device_cases import (
 )
 from tiny_models import make_family
 
-from mmmo.merge import fused
-from mmmo.merge.fast_merge import merge_into
+from mmmo.merge.kernels import fused
+from mmmo.merge.kernels.fast_merge import merge_into
+from mmmo.merge.kernels.tables import Precomputed, dare_tables, sorted_magnitudes
 from mmmo.merge.merger import Merger
-from mmmo.merge.plan import MergePlan
-from mmmo.merge.sparsify import dare_generator
-from mmmo.merge.tables import Precomputed, dare_tables, sorted_magnitudes
+from mmmo.merge.methods.plan import MergePlan
+from mmmo.merge.methods.sparsify import dare_generator
 
 pytestmark = [
     pytest.mark.cuda,

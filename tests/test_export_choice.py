@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmmo.optimizer.pareto import hypervolume, hypervolume_contributions
 from mmmo.results.export import pareto_by_contribution, select_trials
 from mmmo.results.report import report_markdown
 from mmmo.results.summary import summarize_run
 from mmmo.run.records import Trial
 from mmmo.run.store import RunState
 from mmmo.runtime.diskspace import DiskFull, check_free_space, human_bytes, is_disk_full
-from mmmo.search.pareto import hypervolume, hypervolume_contributions
 from mmmo.spec.schema import spec_from_dict
 
 
@@ -112,8 +112,8 @@ def test_a_full_disk_is_recognised_from_any_library() -> None:
 def test_model_card_rounds_weights_and_the_recipe_keeps_them_exact() -> None:
     import yaml
 
-    from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
-    from mmmo.merge.save import model_card
+    from mmmo.merge.recipes.recipe import MergeRecipe, to_mergekit_yaml
+    from mmmo.merge.recipes.save import model_card
 
     w = torch.tensor([[0.47510719299316406], [0.0123456789]], dtype=torch.float64)
     d = torch.tensor([[0.8999999761581421], [1.0]], dtype=torch.float64)

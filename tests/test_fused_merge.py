@@ -12,12 +12,12 @@ import torch
 from tiny_models import make_family
 from torch._dynamo.utils import counters
 
-from mmmo.merge import fused
-from mmmo.merge.fast_merge import merge_into
+from mmmo.merge.kernels import fused
+from mmmo.merge.kernels.fast_merge import merge_into
+from mmmo.merge.kernels.tables import Precomputed, dare_tables, sorted_magnitudes
 from mmmo.merge.merger import Merger
-from mmmo.merge.plan import MergePlan
-from mmmo.merge.sparsify import dare_generator
-from mmmo.merge.tables import Precomputed, dare_tables, sorted_magnitudes
+from mmmo.merge.methods.plan import MergePlan
+from mmmo.merge.methods.sparsify import dare_generator
 
 # Inductor compiles C++ on CPU; without a compiler the kernel is off (tested below by simulating its failure).
 HAS_COMPILER = any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++"))
@@ -96,11 +96,12 @@ def test_fused_kernel_in_float64_and_with_one_model(kernel_calls: list[bool]) ->
 def test_cases_the_kernel_does_not_take_run_eagerly(kernel_calls: list[bool]) -> None:
     base, deltas = _tensors(torch.float32)
     # a negative weight under normalize needs the general divisor; half types need eager's per-op rounding;
-    # methods without sign election have no kernel
+    # the plain weighted sums (linear, task_arithmetic) have no kernel
     cases = [
         ("ties", base, deltas, [0.6, -0.25, 0.9], [0.3, 0.5, 0.8]),
         ("ties", base.bfloat16(), deltas.bfloat16(), [0.6] * 3, [0.3] * 3),
-        ("dare_linear", base, deltas, [0.6] * 3, [0.3] * 3),
+        ("task_arithmetic", base, deltas, [0.6] * 3, [0.3] * 3),
+        ("dare_linear", base.bfloat16(), deltas.bfloat16(), [0.6] * 3, [0.3] * 3),
     ]
     for method, b, d, weights, densities in cases:
         asked, eager = torch.empty_like(b), torch.empty_like(b)
@@ -177,8 +178,8 @@ _KERNEL_UNDER_ANOTHER_CAPABILITY = """
 import sys, torch
 sys.path.insert(0, {tests!r})
 from test_fused_merge import _tensors, same_bits
-from mmmo.merge.fast_merge import merge_into
-from mmmo.merge.plan import MergePlan
+from mmmo.merge.kernels.fast_merge import merge_into
+from mmmo.merge.methods.plan import MergePlan
 base, deltas = _tensors(torch.float32)
 want, got = torch.empty_like(base), torch.empty_like(base)
 merge_into(want, MergePlan.of("ties"), base, deltas, [0.6, 0.25, 0.9], [0.3, 0.55, 0.8])

@@ -1,5 +1,6 @@
-"""The fast paths of Breadcrumbs and DELLA: the magnitude-rank table, DELLA's one-pass rescale norms and the
-compiled kernel (with and without sign election) give the eager / reference merge, bit for bit."""
+"""The fast paths of Breadcrumbs, DELLA and SCE: the magnitude- and variance-rank tables, DELLA's one-pass rescale
+norms and the compiled kernels (with and without sign election; SCE's two passes) give the eager / reference
+merge, bit for bit (SCE in float64: to the last bits of its weights' float64 sums)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,21 @@ from test_fused_merge import _tensors, needs_compiler, same_bits
 from tiny_models import make_family
 from torch._dynamo.utils import counters
 
-from mmmo.merge import fused
-from mmmo.merge.fast_merge import merge_into
+from mmmo.merge.kernels import fused
+from mmmo.merge.kernels.fast_merge import merge_into
+from mmmo.merge.kernels.sce import variance
+from mmmo.merge.kernels.tables import (
+    Precomputed,
+    dare_tables,
+    della_tables,
+    magnitude_ranks,
+    rescale_l1,
+    variance_ranks,
+)
 from mmmo.merge.merger import Merger
-from mmmo.merge.plan import MergePlan
-from mmmo.merge.reference import reference_delta
-from mmmo.merge.sparsify import dare_generator, della_rank_norm, outlier_band, outlier_mask, top_mask
-from mmmo.merge.tables import Precomputed, della_tables, magnitude_ranks, rescale_l1
+from mmmo.merge.methods.plan import MergePlan
+from mmmo.merge.methods.reference import reference_delta, sce_delta, sce_mask
+from mmmo.merge.methods.sparsify import dare_generator, della_rank_norm, outlier_band, outlier_mask, top_mask
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 W = [0.6, 0.25, 0.9]
@@ -30,6 +39,9 @@ def _gens() -> list[torch.Generator]:
 def _tables(method: str, deltas: torch.Tensor) -> Precomputed:
     if method.startswith("breadcrumbs"):
         return Precomputed(mag_rank=magnitude_ranks(deltas))
+    if method == "dare_linear":
+        u, u_sorted, prefix = dare_tables(deltas, _gens())
+        return Precomputed(uniforms=u, u_sorted=u_sorted, l1_prefix=prefix)
     u, ranks = della_tables(deltas, _gens())
     return Precomputed(uniforms=u, ranks=ranks, l1_norms=torch.stack([rescale_l1(d) for d in deltas]))
 
@@ -85,20 +97,20 @@ CASES = [
 
 
 @needs_compiler
-@pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties", "della", "della_linear"])
+@pytest.mark.parametrize("method", ["dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_kernel_gives_the_eager_merge_bit_for_bit(method: str, dtype: torch.dtype,
                                                         kernel_calls: list[bool]) -> None:
     base, deltas = _tensors(dtype)
     tables = _tables(method, deltas)
     default = MergePlan.of(method)
-    name = "gamma" if method.startswith("breadcrumbs") else "epsilon"
+    name = "gamma" if method.startswith("breadcrumbs") else "epsilon" if method.startswith("della") else None
     for w, d, normalize, lambda_, rescale, value in CASES:
         options = {
             "normalize": (not default.normalize) if normalize == "other" else None,
             "rescale": (not default.rescale) if rescale == "other" else None,
             "lambda_": lambda_,
-            "parameters": None if value is None else {name: value},
+            "parameters": None if value is None or name is None else {name: value},
         }
         eager, compiled = MergePlan.of(method, **options), MergePlan.of(method, fused=True, **options)
         want, got = torch.empty_like(base), torch.empty_like(base)
@@ -147,13 +159,14 @@ def test_sce_with_its_variance_tables_writes_the_same_model(family: tuple[Path, 
     without = Merger(base, experts, method="sce", layer_groups=2, precompute=False)
     assert with_tables.precomputed and not without.precomputed
     numel = with_tables.numel
-    assert with_tables.precompute_bytes == numel * (2 * 4 + 4)  # variance, sorted, positions: per parameter
+    assert with_tables.precompute_bytes == numel * 4  # each parameter's int32 rank by variance
     for name in with_tables.names:
         tables = with_tables.task_vectors.tables[name]
         _, deltas = with_tables.task_vectors.fetch(name)
-        assert tables.variance is not None and tables.sorted_var is not None and tables.var_pos is not None
-        assert torch.equal(tables.variance, torch.var(deltas.reshape(3, -1), dim=0, unbiased=False))
-        assert torch.equal(tables.variance[tables.var_pos.long()], tables.sorted_var)
+        var = torch.var(deltas.reshape(3, -1), dim=0, unbiased=False)
+        assert tables.var_rank is not None and tables.var_nonzero == int(torch.count_nonzero(var))
+        for k in (0, 7, tables.var_nonzero // 2):
+            assert torch.equal(tables.var_rank < k, top_mask(var, k)), (name, k)
     for topk in (0.4, [1.0, 0.25]):
         s_with = with_tables.apply(None, parameters={"select_topk": topk})
         s_without = without.apply(None, parameters={"select_topk": topk})
@@ -161,3 +174,54 @@ def test_sce_with_its_variance_tables_writes_the_same_model(family: tuple[Path, 
         live_with, live_without = with_tables.live_state_dict(), without.live_state_dict()
         for name, t in live_without.items():
             assert same_bits(live_with[name], t), (topk, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_variance_ranks_select_as_the_reference_with_ties(dtype: torch.dtype) -> None:
+    _, deltas = _tensors(dtype)  # many equal variances
+    flat = deltas.reshape(3, -1)
+    rank, nonzero = variance_ranks(variance(flat))
+    assert nonzero == int(torch.count_nonzero(variance(flat)))
+    for topk in (0.0, 0.1, 0.5, 0.999):
+        assert torch.equal(rank < int(nonzero * topk), sce_mask(flat, topk)), topk
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_sce_gives_the_eager_merge(dtype: torch.dtype) -> None:
+    base, deltas = _tensors(dtype)
+    rank, nonzero = variance_ranks(variance(deltas.reshape(3, -1)))
+    tables = Precomputed(var_rank=rank, var_nonzero=nonzero)
+    for topk in (0.3, 1.0, 0.0):
+        eager = MergePlan.of("sce", parameters={"select_topk": topk})
+        compiled = MergePlan.of("sce", fused=True, parameters={"select_topk": topk})
+        want, got = torch.empty_like(base), torch.empty_like(base)
+        stat_want = merge_into(want, eager, base, deltas, W, [1.0] * 3, tables=tables)
+        stat_got = merge_into(got, compiled, base, deltas, W, [1.0] * 3, tables=tables)
+        # the same operations in the same order; only the weights' float64 sums of squares are summed in another
+        # order: rounded to float32 they are the same (but for a 1-ulp chance), in float64 they differ in the last bits
+        if dtype == torch.float32:
+            assert same_bits(got, want), topk
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+        assert stat_got.item() == pytest.approx(stat_want.item(), rel=1e-9)
+        reference = base + sce_delta(deltas, topk)
+        torch.testing.assert_close(got, reference, rtol=1e-6, atol=1e-7)
+    assert fused.available()
+
+
+@needs_compiler
+def test_merger_runs_sce_compiled_and_writes_the_same_model(family: tuple[Path, list[Path]]) -> None:
+    base, experts = family
+    eager = Merger(base, experts, method="sce", layer_groups=2)
+    compiled = Merger(base, experts, method="sce", layer_groups=2, fused=True)
+    assert not eager.fused and compiled.fused and compiled.precomputed
+    graphs = counters["stats"]["unique_graphs"]
+    for topk in (0.4, [1.0, 0.25]):
+        s_eager = eager.apply(None, parameters={"select_topk": topk})
+        s_compiled = compiled.apply(None, parameters={"select_topk": topk})
+        assert s_compiled == pytest.approx(s_eager, rel=1e-9) and s_eager > 0
+        live_eager, live_compiled = eager.live_state_dict(), compiled.live_state_dict()
+        for name, t in live_eager.items():
+            assert same_bits(live_compiled[name], t), (topk, name)
+    assert counters["stats"]["unique_graphs"] == graphs  # compiled while loading

@@ -24,8 +24,8 @@ from safetensors import safe_open
 from safetensors.torch import save, save_file
 from tiny_models import VOCAB_SIZE, make_base, make_expert
 
-from mmmo.merge.checkpoint import check_compatible, open_checkpoint
 from mmmo.merge.merger import Merger
+from mmmo.merge.sources.checkpoint import check_compatible, open_checkpoint
 from mmmo.runtime.errors import MmmoError
 
 CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 6}

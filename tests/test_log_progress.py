@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,11 +19,11 @@ from rich.console import Console
 
 from mmmo.evaluation.evaluator import local_model_folder
 from mmmo.evaluation.hub import MODEL_FILES, folder_size, hub_model_folder, size_text
+from mmmo.optimizer.loop import BatchSummary
 from mmmo.run.records import SourceScore, Trial
 from mmmo.runtime.errors import MmmoError
 from mmmo.runtime.progress import SearchProgress, search_progress
 from mmmo.runtime.progress_lines import LogProgress, duration, seconds_left
-from mmmo.search.loop import BatchSummary
 from mmmo.spec.schema import SearchSpec
 
 STAMP = re.compile(r"^\[\d\d:\d\d:\d\d\] ")
@@ -80,11 +81,13 @@ def test_a_finished_trial_is_one_line_with_its_scores_documents_and_seconds() ->
     log.finished(_done(6, 0.4, 0.3, 0.2, stopped=True))
     log.finished(Trial(id=7, batch=1, x=[0.1], step="acquisition", status="failed", error="RuntimeError: CUDA oom",
                        eval_seconds=0.5))
+    log.finished(replace(_done(8, 0.5, 0.5, 0.5), method="ties"))  # a search over methods names each trial's
     assert _lines(out) == [
         "trial 5 (batch 1) done: a=0.6 b=0.25 a2=0.5 sparsity=-0.0123; 30 documents; 4.2 s; 1/10 trials finished",
         "trial 6 (batch 1) stopped after stage 1: a=0.4 b=0.3 a2=0.2 sparsity=-0.0123; 30 documents; 4.2 s; "
         "2/10 trials finished",
         "trial 7 (batch 1) failed: RuntimeError: CUDA oom; 0.5 s; 3/10 trials finished",
+        "trial 8 (batch 1, ties) done: a=0.5 b=0.5 a2=0.5 sparsity=-0.0123; 30 documents; 4.2 s; 4/10 trials finished",
     ]
 
 

@@ -19,8 +19,8 @@ import mmmo.api
 import mmmo.spec.validate
 from mmmo.cli import app
 from mmmo.merge import memory
-from mmmo.merge.checkpoint import Checkpoint
 from mmmo.merge.memory_plan import GIB, RunMemoryPlan, ScoringEstimate
+from mmmo.merge.sources.checkpoint import Checkpoint
 from mmmo.runtime.errors import MmmoError
 from mmmo.spec.schema import load_spec
 from mmmo.spec.validate import DeviceProbe, check_memory, memory_lines, plan_spec_memory

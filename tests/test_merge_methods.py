@@ -5,13 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmmo.merge import selection
-from mmmo.merge.fast_merge import merge_into, merge_tensor
-from mmmo.merge.plan import MergePlan
-from mmmo.merge.reference import reference_delta, sign_consensus_mask
-from mmmo.merge.registry import METHODS
-from mmmo.merge.selection import KEEP_NONZERO, MagnitudeCut, cut_by_selection, cut_from_sorted, trim_chunk
-from mmmo.merge.sparsify import (
+from mmmo.merge.kernels import selection
+from mmmo.merge.kernels.fast_merge import merge_into, merge_tensor
+from mmmo.merge.kernels.selection import (
+    KEEP_NONZERO,
+    MagnitudeCut,
+    cut_by_selection,
+    cut_from_sorted,
+    trim_chunk,
+)
+from mmmo.merge.kernels.tables import Precomputed, dare_tables, masked_l1, rescale_l1, sorted_magnitudes
+from mmmo.merge.kernels.workspace import Workspace
+from mmmo.merge.methods.plan import MergePlan
+from mmmo.merge.methods.reference import reference_delta, sign_consensus_mask
+from mmmo.merge.methods.registry import METHODS
+from mmmo.merge.methods.sparsify import (
     bernoulli_mask,
     dare_generator,
     dare_prune,
@@ -20,8 +28,6 @@ from mmmo.merge.sparsify import (
     magnitude_mask,
     magnitude_prune,
 )
-from mmmo.merge.tables import Precomputed, dare_tables, masked_l1, rescale_l1, sorted_magnitudes
-from mmmo.merge.workspace import Workspace
 from mmmo.runtime.errors import MmmoError
 
 
@@ -199,7 +205,7 @@ def test_method_defaults_follow_mergekit() -> None:
 
 def reference(method: str, base: torch.Tensor, deltas: torch.Tensor, weights: list[float],
               densities: list[float], seed: int = 0, normalize: bool | None = None) -> torch.Tensor:
-    """mergekit's generalized task arithmetic, step by step (`mmmo.merge.reference`), with DARE draws seeded as
+    """mergekit's generalized task arithmetic, step by step (`mmmo.merge.methods.reference`), with DARE draws seeded as
     the Merger seeds them."""
     gens = [dare_generator(seed, i, "t") for i in range(deltas.shape[0])]
     return reference_delta(MergePlan.of(method, normalize=normalize), base, deltas, weights, densities, gens)

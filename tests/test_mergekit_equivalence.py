@@ -20,9 +20,9 @@ pytest.importorskip("mergekit")
 from tiny_models import make_family, read_weights
 
 from mmmo.merge.merger import Merger
-from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
-from mmmo.merge.recipe_run import run_recipe
-from mmmo.merge.sparsify import bernoulli_mask, dare_generator
+from mmmo.merge.methods.sparsify import bernoulli_mask, dare_generator
+from mmmo.merge.recipes.recipe import MergeRecipe, to_mergekit_yaml
+from mmmo.merge.recipes.recipe_run import run_recipe
 
 W = torch.tensor([[0.6, 0.3], [0.3, 0.9], [0.5, 0.2]], dtype=torch.float64)
 D = torch.tensor([[0.4, 0.7], [0.6, 0.2], [0.3, 0.5]], dtype=torch.float64)

@@ -19,14 +19,14 @@ pytest.importorskip("mergekit")
 
 from tiny_models import make_family, read_weights
 
-from mmmo.merge.fast_merge import merge_tensor
-from mmmo.merge.geometric import GeometricMerge
-from mmmo.merge.interpolate import nuslerp, slerp
+from mmmo.merge.kernels.fast_merge import merge_tensor
+from mmmo.merge.kernels.geometric import GeometricMerge
 from mmmo.merge.merger import Merger
-from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
-from mmmo.merge.recipe_reader import load_mergekit_recipe
-from mmmo.merge.recipe_run import run_recipe
-from mmmo.merge.registry import METHODS, method_info
+from mmmo.merge.methods.interpolate import nuslerp, slerp
+from mmmo.merge.methods.registry import METHODS, method_info
+from mmmo.merge.recipes.recipe import MergeRecipe, to_mergekit_yaml
+from mmmo.merge.recipes.recipe_reader import load_mergekit_recipe
+from mmmo.merge.recipes.recipe_run import run_recipe
 from mmmo.runtime.errors import MmmoError
 
 W3 = [0.5, 0.3, 0.4]

@@ -22,14 +22,13 @@ pytest.importorskip("mergekit")
 
 from tiny_models import make_family, read_weights
 
-from mmmo.merge.fast_merge import merge_into
+from mmmo.merge.kernels.fast_merge import merge_into
+from mmmo.merge.kernels.tables import Precomputed, della_tables, sorted_magnitudes
+from mmmo.merge.kernels.workspace import Workspace
 from mmmo.merge.merger import Merger
-from mmmo.merge.plan import MergePlan
-from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
-from mmmo.merge.recipe_reader import load_mergekit_recipe
-from mmmo.merge.recipe_run import run_recipe
-from mmmo.merge.reference import reference_delta, sce_delta, sce_mask, sce_weights
-from mmmo.merge.sparsify import (
+from mmmo.merge.methods.plan import MergePlan
+from mmmo.merge.methods.reference import reference_delta, sce_delta, sce_mask, sce_weights
+from mmmo.merge.methods.sparsify import (
     dare_generator,
     della_epsilon,
     della_probabilities,
@@ -37,8 +36,9 @@ from mmmo.merge.sparsify import (
     outlier_band,
     outlier_mask,
 )
-from mmmo.merge.tables import Precomputed, della_tables, sorted_magnitudes
-from mmmo.merge.workspace import Workspace
+from mmmo.merge.recipes.recipe import MergeRecipe, to_mergekit_yaml
+from mmmo.merge.recipes.recipe_reader import load_mergekit_recipe
+from mmmo.merge.recipes.recipe_run import run_recipe
 from mmmo.runtime.errors import MmmoError
 
 W = torch.tensor([[0.6, 0.3], [0.3, 0.9], [0.5, 0.2]], dtype=torch.float64)

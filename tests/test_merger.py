@@ -11,14 +11,14 @@ import torch
 import yaml
 from tiny_models import make_base, make_expert, make_family, read_weights
 
-from mmmo.merge.fast_merge import merge_tensor
-from mmmo.merge.layers import layer_group_of
+from mmmo.merge.kernels.fast_merge import merge_tensor
 from mmmo.merge.merger import Merger, MergerOptions
-from mmmo.merge.recipe import MergeRecipe, to_mergekit_yaml
-from mmmo.merge.recipe_reader import load_mergekit_recipe
-from mmmo.merge.recipe_run import run_recipe
-from mmmo.merge.save import save_merged
-from mmmo.merge.sparsify import dare_generator
+from mmmo.merge.methods.sparsify import dare_generator
+from mmmo.merge.recipes.recipe import MergeRecipe, to_mergekit_yaml
+from mmmo.merge.recipes.recipe_reader import load_mergekit_recipe
+from mmmo.merge.recipes.recipe_run import run_recipe
+from mmmo.merge.recipes.save import save_merged
+from mmmo.merge.sources.layers import layer_group_of
 from mmmo.runtime.errors import MmmoError
 
 W3 = torch.tensor([0.7, 0.4, 0.9], dtype=torch.float64)
@@ -295,7 +295,7 @@ def test_saved_folder_loads_and_generates(family: tuple[Path, list[Path]], ties_
 
 def test_save_refuses_non_empty_folder_and_is_atomic(family: tuple[Path, list[Path]], ties_merger: Merger,
                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mmmo.merge.save as save_mod
+    import mmmo.merge.recipes.save as save_mod
 
     base, _ = family
     out = tmp_path / "out"

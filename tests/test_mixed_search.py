@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from search_problems import search_options
 from tiny_models import make_family
 from typer.testing import CliRunner
 
 from mmmo.merge.merger import Merger
+from mmmo.optimizer.history import History
+from mmmo.optimizer.space import STANDARD_DENSITY, STANDARD_WEIGHT, SearchSpace, standard_recipes
 from mmmo.run.records import Trial
 from mmmo.runtime.errors import SpecError
-from mmmo.search.history import History
-from mmmo.search.space import STANDARD_DENSITY, STANDARD_WEIGHT, SearchSpace, standard_recipes
 from mmmo.spec.schema import MergeSpec, spec_from_dict
 
 MIXED = ("ties", "dare_ties", "task_arithmetic")
@@ -118,7 +119,7 @@ def test_mixed_standard_recipes_open_one_point_per_method() -> None:
 
 
 def test_method_parameters_of_the_registry_get_their_own_dimension() -> None:
-    from mmmo.merge.registry import METHODS
+    from mmmo.merge.methods.registry import METHODS
 
     with_parameter = [m for m, i in METHODS.items() if i.searchable and any(p.searched for p in i.parameters)]
     if not with_parameter:
@@ -146,15 +147,16 @@ def test_mixed_batches_are_projected_and_modelled_with_a_categorical_method() ->
     from botorch.models import SingleTaskGP
     from botorch.models.kernels.categorical import CategoricalKernel
 
-    from mmmo.search.gp import fit_models
-    from mmmo.search.strategies import propose_batch
+    from mmmo.optimizer.gp import fit_models
+    from mmmo.optimizer.strategies import propose_batch
     from mmmo.spec.schema import OptimizerSpec
 
     space = SearchSpace(("a", "b"), density_bounds=(0.1, 1.0), methods=MIXED)
     opt = OptimizerSpec(initial=6, batches=1, batch_size=3, candidates=3, seed=3)
     X0 = torch.stack([torch.tensor(p.x, dtype=torch.float64) for p in propose_batch(
-        opt, History(X_done=torch.zeros(0, space.dim), Y_done=torch.zeros(0, 2), X_seen=torch.zeros(0, space.dim)),
-        task_columns=[0, 1], batch_index=0, dim=space.dim, initial_points=standard_recipes(space), space=space,
+        search_options(opt, space.dim, 2, 2, initial_points=standard_recipes(space), space=space),
+        History(X_done=torch.zeros(0, space.dim), Y_done=torch.zeros(0, 2), X_seen=torch.zeros(0, space.dim)),
+        batch_index=0,
     )]).to(torch.float64)
     assert torch.equal(space.project(X0), X0)
     assert [space.method_of(x) for x in X0[:3]] == list(MIXED)
@@ -167,7 +169,7 @@ def test_mixed_batches_are_projected_and_modelled_with_a_categorical_method() ->
     assert all(any(isinstance(k, CategoricalKernel) for k in m.covar_module.modules()) for m in model.models)
     assert [type(m) for m in fit_models(X0, Y0).models] == [SingleTaskGP] * 2  # without: the plain GP
     got = propose_batch(
-        opt, History(X_done=X0, Y_done=Y0, X_seen=X0), task_columns=[0, 1], batch_index=1, dim=space.dim, space=space,
+        search_options(opt, space.dim, 2, 2, space=space), History(X_done=X0, Y_done=Y0, X_seen=X0), batch_index=1,
     )
     X1 = torch.tensor([p.x for p in got], dtype=torch.float64)
     assert X1.shape == (3, space.dim) and [p.step for p in got] == ["take_home", "acquisition", "acquisition"]
@@ -247,6 +249,9 @@ def test_mixed_report_show_and_export_name_each_trials_method(mixed_run) -> None
     report = (result.run_dir / "report.md").read_text()
     assert "method: ties, dare_ties, task_arithmetic (searched)" in report
     assert "- take-home merge per method (mean task score): ties " in report
+    chosen = result.summary.best()
+    assert chosen is not None and chosen.method in MIXED
+    assert f"Trial {chosen.id} ({chosen.method}) scores " in report  # the lead names the method merged
     front = report.split("## Pareto front")[1].split("## Every trial")[0]
     rows = [r.split("|") for r in front.splitlines() if r.startswith("| ")][1:]
     assert {int(r[1]): r[3].strip() for r in rows} == {t.id: t.method for t in result.pareto}

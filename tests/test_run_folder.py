@@ -197,7 +197,7 @@ def test_export_checks_free_space_before_loading_anything(
     # the demo base's tensors in float32 (CPU), plus its tokenizer and config files, per merge
     from safetensors import safe_open
 
-    from mmmo.merge.save import AUX_FILES
+    from mmmo.merge.recipes.save import AUX_FILES
 
     with safe_open(str(demo_paths.base / "model.safetensors"), "pt") as f:
         weights = 4 * sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmmo.search.acquisition import AcqBudget, build_acquisition, propose_hvi
-from mmmo.search.gp import fit_models
-from mmmo.search.pareto import infer_ref_point
+from mmmo.optimizer.acquisition import AcqBudget, build_acquisition, propose_hvi
+from mmmo.optimizer.gp import fit_models
+from mmmo.optimizer.pareto import infer_ref_point
 
 T = torch.float64
 CHEAP = AcqBudget(num_restarts=2, raw_samples=64, mc_samples=32, maxiter=50)

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 import mmmo
 import mmmo.api
 from mmmo.cli import app
+from mmmo.optimizer.pareto import pareto_mask
 from mmmo.run.store import fold_events, read_events
-from mmmo.search.pareto import pareto_mask
 
 
 @pytest.fixture(scope="module")

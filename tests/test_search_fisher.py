@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mmmo.search.fisher import fisher_scores, fisher_screen, screen_by_score
-from mmmo.search.gp import fit_models
+from mmmo.optimizer.fisher import fisher_scores, fisher_screen, screen_by_score
+from mmmo.optimizer.gp import fit_models
 
 T = torch.float64
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from mmmo.search.gp import fit_models, resolve_prior_mean
-from mmmo.search.pareto import pareto_mask
+from mmmo.optimizer.gp import fit_models, resolve_prior_mean
+from mmmo.optimizer.pareto import pareto_mask
 from mmmo.spec.schema import OptimizerSpec
 
 
@@ -73,7 +73,7 @@ def test_auto_is_the_default_prior_mean() -> None:
 
 
 def test_a_failed_fit_keeps_the_worst_prior_mean(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmmo.search import gp as gp_module
+    from mmmo.optimizer import gp as gp_module
 
     def fail(*args: object, **kwargs: object) -> None:
         raise RuntimeError("no fit")

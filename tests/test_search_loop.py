@@ -11,12 +11,13 @@ from collections.abc import Iterable
 import pytest
 import torch
 
+from mmmo.optimizer import strategies
+from mmmo.optimizer.acquisition import AcqBudget
+from mmmo.optimizer.loop import BatchSummary, NullObserver, run_loop
+from mmmo.optimizer.options import LoopOptions
+from mmmo.optimizer.pareto import hypervolume, infer_ref_point
 from mmmo.run.records import Trial
 from mmmo.runtime.errors import MmmoError
-from mmmo.search import strategies
-from mmmo.search.acquisition import AcqBudget
-from mmmo.search.loop import BatchSummary, LoopOptions, NullObserver, run_loop
-from mmmo.search.pareto import hypervolume, infer_ref_point
 from mmmo.spec.schema import OptimizerSpec
 
 T = torch.float64

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmmo.search.pareto import hypervolume, infer_ref_point, pareto_mask
+from mmmo.optimizer.pareto import hypervolume, infer_ref_point, pareto_mask
 
 T = torch.float64
 

@@ -8,18 +8,19 @@ from collections.abc import Iterable
 import pytest
 import torch
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood, GaussianLikelihood
-from search_problems import CHEAP, objectives
+from search_problems import CHEAP, objectives, search_options
 
+from mmmo.optimizer import strategies
+from mmmo.optimizer.acquisition import AcqBudget, build_acquisition, propose_hvi, propose_hvi_pooled
+from mmmo.optimizer.gp import EXACT_NOISE_FRACTION, JITTER_WARNING, fit_models, observation_variance
+from mmmo.optimizer.history import History, done_variances
+from mmmo.optimizer.loop import NullObserver, run_loop
+from mmmo.optimizer.options import LoopOptions
+from mmmo.optimizer.space import SearchSpace, standard_recipes
+from mmmo.optimizer.strategies import initial_design, propose_batch
+from mmmo.optimizer.weak_to_strong import de_offspring, nondominated_ranks, rank_configs
 from mmmo.run.records import Trial
 from mmmo.runtime.quiet import expected_warnings
-from mmmo.search import strategies
-from mmmo.search.acquisition import AcqBudget, build_acquisition, propose_hvi, propose_hvi_pooled
-from mmmo.search.gp import EXACT_NOISE_FRACTION, JITTER_WARNING, fit_models, observation_variance
-from mmmo.search.history import History, done_variances
-from mmmo.search.loop import LoopOptions, NullObserver, run_loop
-from mmmo.search.space import SearchSpace, standard_recipes
-from mmmo.search.strategies import initial_design, propose_batch
-from mmmo.search.weak_to_strong import de_offspring, nondominated_ranks, rank_configs
 from mmmo.spec.schema import OptimizerSpec, WeakToStrongSpec
 
 T = torch.float64
@@ -143,8 +144,8 @@ def test_mm_mo_offers_its_offspring_to_the_pool(monkeypatch: pytest.MonkeyPatch,
     ref = [-1.0, -1.0, -0.1]
     opt = OptimizerSpec(strategy="mm-mo", initial=8, candidates=3, batch_size=3, seed=1, fisher_screening=fisher, take_home_points=0,
                         weak_to_strong=WeakToStrongSpec(enabled=True, offspring=6))  # fmt: skip
-    got = propose_batch(opt, History(X_done=X, Y_done=Y, X_seen=X), task_columns=[0, 1], batch_index=1, dim=2,
-                        ref_point=ref, budget=CHEAP)  # fmt: skip
+    got = propose_batch(search_options(opt, 2, 3, 2, budget=CHEAP), History(X_done=X, Y_done=Y, X_seen=X),
+                        batch_index=1, ref_point=ref)  # fmt: skip
     assert len(got) == 3 and {p.step for p in got} <= {"acquisition", "weak_to_strong"}
     generator = torch.Generator().manual_seed(strategies.batch_seed(1, 1))
     children = de_offspring(X, Y, ref, n=6, top_k=5, f=0.5, generator=generator)
@@ -165,9 +166,8 @@ def test_without_offspring_mm_mo_is_exactly_qnehvi() -> None:
     off = OptimizerSpec(strategy="mm-mo", weak_to_strong=WeakToStrongSpec(enabled=False), **common)
     q = OptimizerSpec(strategy="qnehvi", **common)
     done = History(X_done=X, Y_done=Y, X_seen=X)
-    args = dict(task_columns=[0, 1], batch_index=1, dim=2, budget=CHEAP)
-    assert [(p.x, p.step) for p in propose_batch(off, done, **args)] == [
-        (p.x, p.step) for p in propose_batch(q, done, **args)
+    assert [(p.x, p.step) for p in propose_batch(search_options(off, 2, 3, 2, budget=CHEAP), done, batch_index=1)] == [
+        (p.x, p.step) for p in propose_batch(search_options(q, 2, 3, 2, budget=CHEAP), done, batch_index=1)
     ]
 
 
@@ -282,9 +282,9 @@ def test_standard_recipe_is_equal_weights_and_the_usual_density() -> None:
 def test_standard_recipes_open_the_initial_design() -> None:
     recipe = torch.tensor([[0.5, 0.25]], dtype=T)
     opt = OptimizerSpec(strategy="mm-mo", initial=4, candidates=2, batch_size=2, seed=3)
-    got = propose_batch(opt, History(X_done=torch.zeros(0, 2, dtype=T), Y_done=torch.zeros(0, 3, dtype=T),
-                                     X_seen=torch.zeros(0, 2, dtype=T)), task_columns=[0, 1], batch_index=0, dim=2,
-                        initial_points=recipe)  # fmt: skip
+    got = propose_batch(search_options(opt, 2, 3, 2, initial_points=recipe),
+                        History(X_done=torch.zeros(0, 2, dtype=T), Y_done=torch.zeros(0, 3, dtype=T),
+                                X_seen=torch.zeros(0, 2, dtype=T)), batch_index=0)  # fmt: skip
     assert [p.step for p in got] == ["standard", "sobol", "sobol", "sobol"]
     assert got[0].x == [0.5, 0.25]
     torch.testing.assert_close(torch.tensor([p.x for p in got[1:]], dtype=T), initial_design(3, 2, 3))

@@ -14,9 +14,10 @@ import pytest
 import torch
 from botorch.test_functions.multi_objective import BraninCurrin
 
+from mmmo.optimizer.acquisition import AcqBudget
+from mmmo.optimizer.loop import run_loop
+from mmmo.optimizer.options import LoopOptions
 from mmmo.run.records import Trial
-from mmmo.search.acquisition import AcqBudget
-from mmmo.search.loop import LoopOptions, run_loop
 from mmmo.spec.schema import OptimizerSpec
 
 QUALITY_BUDGET = AcqBudget(num_restarts=2, raw_samples=64, mc_samples=32, maxiter=30)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mmmo.optimizer.space import SearchSpace
 from mmmo.runtime.errors import MmmoError
-from mmmo.search.space import SearchSpace
 from mmmo.spec.schema import spec_from_dict
 
 

@@ -7,10 +7,16 @@ from dataclasses import replace
 import pytest
 import torch
 
+from mmmo.optimizer.loop import NullObserver, run_loop
+from mmmo.optimizer.options import LoopOptions
+from mmmo.optimizer.pareto import hypervolume
+from mmmo.optimizer.stages import (
+    PartialScores,
+    chance_of_improving,
+    full_score_distribution,
+    hypervolume_gain,
+)
 from mmmo.run.records import Trial
-from mmmo.search.loop import LoopOptions, NullObserver, run_loop
-from mmmo.search.pareto import hypervolume
-from mmmo.search.stages import PartialScores, chance_of_improving, full_score_distribution, hypervolume_gain
 from mmmo.spec.schema import OptimizerSpec
 
 D = torch.float64

@@ -6,14 +6,14 @@ import sys
 
 import pytest
 import torch
-from search_problems import CHEAP, objectives
+from search_problems import CHEAP, objectives, search_options
 
+from mmmo.optimizer import strategies
+from mmmo.optimizer.acquisition import propose_hvi
+from mmmo.optimizer.gp import fit_models
+from mmmo.optimizer.history import History
+from mmmo.optimizer.strategies import batch_seed, initial_design, propose_batch, sobol_points
 from mmmo.runtime.errors import MmmoError
-from mmmo.search import strategies
-from mmmo.search.acquisition import propose_hvi
-from mmmo.search.gp import fit_models
-from mmmo.search.history import History
-from mmmo.search.strategies import batch_seed, initial_design, propose_batch, sobol_points
 from mmmo.spec.schema import OptimizerSpec, WeakToStrongSpec
 
 T = torch.float64
@@ -36,12 +36,9 @@ def propose(
     seen: torch.Tensor | None = None,
 ):
     return propose_batch(
-        opt,
+        search_options(opt, 2, Y.shape[-1], 2, budget=CHEAP),
         History(X_done=X, Y_done=Y, X_seen=X if seen is None else seen),
-        task_columns=[0, 1],
         batch_index=batch_index,
-        dim=2,
-        budget=CHEAP,
     )
 
 
@@ -53,8 +50,8 @@ def test_initial_design_is_seeded_sobol_in_the_unit_cube() -> None:
     assert not torch.allclose(initial_design(7, 3, seed=5), X)
     opt = OptimizerSpec(initial=7, seed=4)
     batch0 = propose_batch(
-        opt, History(X_done=torch.zeros(0, 3), Y_done=torch.zeros(0, 2), X_seen=torch.zeros(0, 3)),
-        task_columns=[0], batch_index=0, dim=3,
+        search_options(opt, 3, 2, 1),
+        History(X_done=torch.zeros(0, 3), Y_done=torch.zeros(0, 2), X_seen=torch.zeros(0, 3)), batch_index=0,
     )  # fmt: skip
     assert [p.step for p in batch0] == ["sobol"] * 7
     torch.testing.assert_close(torch.tensor([p.x for p in batch0], dtype=T), X)

@@ -8,17 +8,18 @@ from typing import Any
 
 import pytest
 import torch
-from search_problems import CHEAP, objectives
+from search_problems import CHEAP, objectives, search_options
 
+from mmmo.optimizer import loop, strategies
+from mmmo.optimizer.acquisition import propose_hvi
+from mmmo.optimizer.gp import fit_models
+from mmmo.optimizer.history import History
+from mmmo.optimizer.loop import run_loop
+from mmmo.optimizer.options import LoopOptions
+from mmmo.optimizer.strategies import batch_seed, initial_design, propose_batch
+from mmmo.optimizer.target import Target
 from mmmo.run.records import Trial
 from mmmo.runtime.errors import MmmoError
-from mmmo.search import loop, strategies
-from mmmo.search.acquisition import propose_hvi
-from mmmo.search.gp import fit_models
-from mmmo.search.history import History
-from mmmo.search.loop import LoopOptions, run_loop
-from mmmo.search.strategies import batch_seed, initial_design, propose_batch
-from mmmo.search.target import Target
 from mmmo.spec.schema import OptimizerSpec
 
 T = torch.float64
@@ -33,8 +34,8 @@ def history(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
 
 def batch(k: int, X: torch.Tensor, Y: torch.Tensor, target: Target | None = None, size: int = 4) -> list:
     opt = OptimizerSpec(initial=X.shape[0], batch_size=size, candidates=max(size, 10), take_home_points=k, seed=3)
-    return propose_batch(opt, History(X_done=X, Y_done=Y, X_seen=X), task_columns=[0, 1], batch_index=1, dim=2,
-                         budget=CHEAP, target=target)
+    options = search_options(opt, 2, Y.shape[-1], 2, budget=CHEAP, target=target)
+    return propose_batch(options, History(X_done=X, Y_done=Y, X_seen=X), batch_index=1)
 
 
 def test_the_take_home_part_proposes_its_share_of_the_batch() -> None:
@@ -111,9 +112,9 @@ def test_the_loop_hands_its_target_to_every_batch(monkeypatch: pytest.MonkeyPatc
     targets: list[Target | None] = []
     real = loop.propose_batch
 
-    def spy(*args: Any, **kwargs: Any) -> list:
-        targets.append(kwargs.get("target"))
-        return real(*args, **kwargs)
+    def spy(options: LoopOptions, *args: Any, **kwargs: Any) -> list:
+        targets.append(options.resolved_target)  # what every batch's proposal reads its target from
+        return real(options, *args, **kwargs)
 
     monkeypatch.setattr(loop, "propose_batch", spy)
     opt = OptimizerSpec(strategy="random", initial=3, batches=1, batch_size=2, seed=0)

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from mmmo.search.weak_to_strong import (
+from mmmo.optimizer.weak_to_strong import (
     binomial_crossover,
     crossover_mask,
     de_rand_1,

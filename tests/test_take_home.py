@@ -133,7 +133,7 @@ def test_the_choice_is_the_same_on_every_read(tmp_path: Path) -> None:
 
 
 def test_a_posterior_that_cannot_be_fitted_falls_back_to_observed_and_says_so(tmp_path: Path, monkeypatch) -> None:
-    from mmmo.search import target as target_module
+    from mmmo.optimizer import target as target_module
 
     monkeypatch.setattr(target_module, "fit_models", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
     spec = _spec(tmp_path)

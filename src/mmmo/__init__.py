@@ -3,12 +3,8 @@
 `mmmo.search(spec_or_path)` runs a search; `mmmo.resume(run_dir)` continues one; `mmmo.load_spec(path)` validates
 a spec; `mmmo.load_run(run_dir)` reads a run folder.
 
-`mmmo.search` is the function `mmmo.api.search`, while `mmmo/search/` is also a subpackage (the search core). Python
-binds an imported subpackage as an attribute of its parent, so the subpackage (which imports nothing heavy) is
-imported here first and that binding then dropped: `mmmo.search` resolves to the function from then on. The
-subpackage's modules stay importable through sys.modules: `from mmmo.search import loop`, `from mmmo.search.loop
-import run_loop` and `import mmmo.search.loop` all work; what does not is reaching them as attributes of the
-function (`mmmo.search.loop` after `import mmmo`, or `import mmmo.search.loop as loop`).
+The sub-packages draw the pipeline: `spec` → `optimizer` → `evaluation` → `merge` / `objectives` → `run` →
+`results`, with `runtime` beside them (ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -29,9 +25,6 @@ _HOMES = {
     "load_run": "mmmo.results.summary",
     "load_spec": "mmmo.spec.schema",
 }
-
-importlib.import_module("mmmo.search")
-globals().pop("search", None)  # the subpackage's binding: `search` is the function, resolved by __getattr__
 
 
 def __getattr__(name: str) -> Any:

@@ -8,6 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from mmmo.evaluation.pool import EvaluatorPool, make_pool
+from mmmo.optimizer.acquisition import budget_for
+from mmmo.optimizer.loop import BatchSummary, run_loop
+from mmmo.optimizer.options import LoopOptions
+from mmmo.optimizer.space import SearchSpace, standard_recipes
 from mmmo.results.export import export_trials, select_trials
 from mmmo.results.report import write_summaries
 from mmmo.results.summary import RunSummary
@@ -30,9 +34,6 @@ from mmmo.runtime.environment import use_project_cache
 from mmmo.runtime.errors import MmmoError
 from mmmo.runtime.progress import ProgressDisplay, search_progress
 from mmmo.runtime.quiet import quiet_libraries
-from mmmo.search.acquisition import budget_for
-from mmmo.search.loop import BatchSummary, LoopOptions, run_loop
-from mmmo.search.space import SearchSpace, standard_recipes
 from mmmo.spec.schema import SearchSpec, load_spec
 from mmmo.spec.validate import check_memory
 

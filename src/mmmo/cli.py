@@ -300,7 +300,7 @@ def merge(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
 ) -> None:
     """Run one merge from a mergekit YAML recipe and save it."""
-    from mmmo.merge.recipe_run import run_recipe
+    from mmmo.merge.recipes.recipe_run import run_recipe
 
     path = _guard(
         lambda: run_recipe(recipe, out_dir, seed=seed, allow_pickle=allow_pickle, device=device, overwrite=overwrite)

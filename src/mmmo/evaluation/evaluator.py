@@ -13,11 +13,11 @@ import torch
 from mmmo.evaluation.hub import hub_model_folder
 from mmmo.objectives.device import default_dtype, resolve_device
 from mmmo.objectives.lm_eval import LmEvalObjectives, TaskScore
+from mmmo.optimizer.space import SearchSpace
 from mmmo.run.documents import DocumentPlan, EncodedOutcomes, decode_outcomes, encode_outcomes
 from mmmo.run.records import Scored, SourceScore, Trial
 from mmmo.runtime.diskspace import is_disk_full
 from mmmo.runtime.errors import MmmoError, one_line
-from mmmo.search.space import SearchSpace
 from mmmo.spec.schema import SearchSpec, is_hub_id
 
 if TYPE_CHECKING:

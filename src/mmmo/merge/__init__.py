@@ -1,17 +1,11 @@
 """The merge engine: merge methods of one tensor, the in-memory Merger, mergekit recipes and Hugging Face export.
 
-Modules, from the math up:
+Sub-packages, from the math up: `methods` (the maths as mergekit defines it, methods as data), `kernels` (the
+fast path per tensor), `sources` (checkpoints, task vectors, the live model) and `recipes` (mergekit YAML in and
+out, saving). Beside them the Merger (`merger`) and its memory rules (`memory`: the placement policy; `memory_plan`:
+what a run needs, known before loading).
 
-- `registry`: the methods as data (light: the spec schema reads it); `plan`: one merge's method and parameters;
-- `sparsify`: TIES trim and DARE drop as mergekit does them; `reference`: the whole recipe, step by step;
-- the fast path: `tensor_setup` (per-tensor decisions), `selection` (TIES thresholds), `tables` (search-wide
-  lookups), `chunked` (the eager elementwise pass), `fused` (the compiled kernel), and `fast_merge`
-  (`merge_into`, and `merge_tensor` by method name);
-- sources: `checkpoint` (files on disk), `layers` (layer groups), `memory` (the budget), `task_vectors`,
-  `live_model`, and `merger` (the Merger);
-- recipes: `recipe` (the record and its mergekit YAML), `recipe_reader`, `recipe_run`; `save` (the folder).
-
-The names below are loaded on first use, so importing `mmmo.merge.registry` does not import torch.
+The names below are loaded on first use, so importing `mmmo.merge.methods.registry` does not import torch.
 """
 
 from __future__ import annotations
@@ -20,21 +14,21 @@ import importlib
 from typing import Any
 
 _HOMES = {
-    "METHODS": "mmmo.merge.registry",
-    "MethodInfo": "mmmo.merge.registry",
-    "method_info": "mmmo.merge.registry",
-    "MergePlan": "mmmo.merge.plan",
-    "merge_into": "mmmo.merge.fast_merge",
-    "merge_tensor": "mmmo.merge.fast_merge",
-    "layer_group_of": "mmmo.merge.layers",
+    "METHODS": "mmmo.merge.methods.registry",
+    "MethodInfo": "mmmo.merge.methods.registry",
+    "method_info": "mmmo.merge.methods.registry",
+    "MergePlan": "mmmo.merge.methods.plan",
+    "merge_into": "mmmo.merge.kernels.fast_merge",
+    "merge_tensor": "mmmo.merge.kernels.fast_merge",
+    "layer_group_of": "mmmo.merge.sources.layers",
     "Merger": "mmmo.merge.merger",
     "MergerOptions": "mmmo.merge.merger",
-    "MergeRecipe": "mmmo.merge.recipe",
-    "RecipeModel": "mmmo.merge.recipe",
-    "to_mergekit_yaml": "mmmo.merge.recipe",
-    "load_mergekit_recipe": "mmmo.merge.recipe_reader",
-    "run_recipe": "mmmo.merge.recipe_run",
-    "save_merged": "mmmo.merge.save",
+    "MergeRecipe": "mmmo.merge.recipes.recipe",
+    "RecipeModel": "mmmo.merge.recipes.recipe",
+    "to_mergekit_yaml": "mmmo.merge.recipes.recipe",
+    "load_mergekit_recipe": "mmmo.merge.recipes.recipe_reader",
+    "run_recipe": "mmmo.merge.recipes.recipe_run",
+    "save_merged": "mmmo.merge.recipes.save",
 }
 
 __all__ = sorted(_HOMES)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from mmmo.merge.registry import TableKind
+from mmmo.merge.methods.registry import TableKind
 
 # Share of the memory free at load time that task vectors and tables may take: the rest is for the live model's
 # activations during evaluation, the allocator's slack and whatever else the machine runs.
@@ -66,7 +66,7 @@ def store_bytes(numel: int, n_models: int, dtype: torch.dtype) -> int:
 
 
 def table_bytes_per_entry(sparsification: TableKind | None, itemsize: int) -> int:
-    """Bytes of search-wide tables per parameter and model (`mmmo.merge.tables`); 0 for methods without any."""
+    """Bytes of search-wide tables per parameter and model (`mmmo.merge.kernels.tables`); 0 for methods without any."""
     if sparsification == "magnitude":
         return itemsize + POSITION_BYTES  # sorted magnitude + its position
     if sparsification == "magnitude_outliers":
@@ -80,9 +80,9 @@ def table_bytes_per_entry(sparsification: TableKind | None, itemsize: int) -> in
 
 def table_bytes(numel: int, n_models: int, dtype: torch.dtype, sparsification: TableKind | None) -> int:
     """The search-wide tables of every model's task vector (0 for methods without any); SCE's are per parameter,
-    not per model: the variance across models, the same sorted and their positions."""
+    not per model: each parameter's rank by its variance across models."""
     if sparsification == "variance":
-        return numel * (2 * itemsize(dtype) + POSITION_BYTES)
+        return numel * POSITION_BYTES
     return numel * n_models * table_bytes_per_entry(sparsification, itemsize(dtype))
 
 

@@ -17,7 +17,7 @@ from mmmo.merge.memory import (
     store_bytes,
     table_bytes,
 )
-from mmmo.merge.registry import TableKind
+from mmmo.merge.methods.registry import TableKind
 
 # Tokens per scored sequence the scoring estimate assumes (capped at the model's context): lm-eval's own max_length
 # for a model that states none, and about what a few-shot prompt and its answer take (gsm8k 5-shot: ~1300).
@@ -139,7 +139,7 @@ class ScoringEstimate:
 def scratch_bytes_per_entry(
     sparsification: TableKind | None, dtype: torch.dtype, n_models: int, *, tables: bool, device: torch.device
 ) -> int:
-    """Bytes the merge's reused buffers (`mmmo.merge.workspace`) hold per entry of the largest tensor, for the whole
+    """Bytes the merge's reused buffers (`mmmo.merge.kernels.workspace`) hold per entry of the largest tensor, for the whole
     search: without tables DARE draws float32 uniforms per model plus a mask and a masked copy, TIES selects on a
     magnitude copy (float32 for half types on CPU) with two boolean brackets. Chunk buffers are small."""
     if tables or sparsification is None:

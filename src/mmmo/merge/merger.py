@@ -11,18 +11,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import mmmo.merge.fused as fused_kernel
-from mmmo.merge.checkpoint import check_compatible, open_checkpoint
-from mmmo.merge.fast_merge import abs_sum, merge_into
-from mmmo.merge.geometric import GeometricMerge
-from mmmo.merge.layers import count_layers, layer_group_of
-from mmmo.merge.live_model import load_live_model, load_tokenizer, map_parameters
+import mmmo.merge.kernels.fused as fused_kernel
+from mmmo.merge.kernels.fast_merge import abs_sum, merge_into
+from mmmo.merge.kernels.geometric import GeometricMerge
+from mmmo.merge.kernels.workspace import Workspace
 from mmmo.merge.memory import default_resident_budget, plan_memory
-from mmmo.merge.plan import MergePlan
-from mmmo.merge.registry import MethodInfo, method_info
-from mmmo.merge.sparsify import dare_generator
-from mmmo.merge.task_vectors import add_tables, load_task_vectors
-from mmmo.merge.workspace import Workspace
+from mmmo.merge.methods.plan import MergePlan
+from mmmo.merge.methods.registry import MethodInfo, method_info
+from mmmo.merge.methods.sparsify import dare_generator
+from mmmo.merge.sources.checkpoint import check_compatible, open_checkpoint
+from mmmo.merge.sources.layers import count_layers, layer_group_of
+from mmmo.merge.sources.live_model import load_live_model, load_tokenizer, map_parameters
+from mmmo.merge.sources.task_vectors import add_tables, load_task_vectors
 from mmmo.runtime.errors import MmmoError
 
 # From this many parameters the fused kernel's one-off compile (seconds) is repaid within a few candidates of a
@@ -101,11 +101,11 @@ class Merger:
     which make every candidate's threshold and ties a lookup; for DARE the draws, sorted draws and L1 prefix sums
     (12 bytes per parameter and model), which replace the RNG and the rescale's norm pass; for Breadcrumbs each
     entry's magnitude rank (4 bytes), which makes its band one comparison; for DELLA the draws and ranks (8); for
-    SCE the variances across models, sorted, with positions (12 bytes per parameter, not per model).
+    SCE each parameter's rank by its variance across models (4 bytes per parameter, not per model).
     `precompute_bytes` is their size (0 if off).
 
     `fused` runs the sparsified methods (ties, dare_ties, breadcrumbs(_ties), della(_linear)) in float32/64 as
-    one compiled kernel per tensor (`mmmo.merge.fused`; same tensors bit for bit). None (default) turns it on
+    one compiled kernel per tensor (`mmmo.merge.kernels.fused`; same tensors bit for bit). None (default) turns it on
     for CPU models from `fuse_min_params` parameters; it is compiled while loading, and turned off, with a
     warning, if that fails. On CUDA it is opt-in (untested there).
 
@@ -203,12 +203,12 @@ class Merger:
     def _compile_fused(self, plan: MergePlan) -> bool:
         """Whether merges run the fused kernel: supported, wanted (or large enough on CPU), and compiled."""
         info, wanted = plan.method, self.options.fused
-        if not (not info.sce and not info.geometric and self.dtype in fused_kernel.FUSED_DTYPES
-                and fused_kernel.fusable(info.sparsification, info.consensus)):
+        if not (self.dtype in fused_kernel.FUSED_DTYPES and (info.sce or (
+                not info.geometric and fused_kernel.fusable(info.sparsification, info.consensus)))):
             if wanted:
                 warnings.warn(
-                    f"fused merge kernel not used: it runs ties, dare_ties, breadcrumbs(_ties) and della(_linear)"
-                    " in float32 or float64, not "
+                    "fused merge kernel not used: it runs ties, dare_ties, dare_linear, breadcrumbs(_ties), "
+                    "della(_linear) and sce in float32 or float64, not "
                     f"{info.name} in {str(self.dtype).removeprefix('torch.')}", stacklevel=3,
                 )
             return False
@@ -216,6 +216,8 @@ class Merger:
             wanted = self.device.type == "cpu" and self.numel >= self.options.fuse_min_params
         if not wanted:
             return False
+        if info.sce:
+            return fused_kernel.warm_up_sce(self.n_models, dtype=self.dtype, device=self.device)
         return fused_kernel.warm_up(
             self.n_models, sparsification=info.sparsification, normalize=plan.normalize, lambda_=plan.lambda_,
             dtype=self.dtype, device=self.device, consensus=info.consensus, rescale=plan.rescale,
@@ -301,7 +303,7 @@ class Merger:
     def _geometric_writes(
         self, w: Tensor, plans: list[MergePlan], geometric: GeometricMerge
     ) -> Iterator[tuple[str, Callable[[Tensor], Tensor]]]:
-        """(name, write) per tensor for an interpolating method (`mmmo.merge.geometric`)."""
+        """(name, write) per tensor for an interpolating method (`mmmo.merge.kernels.geometric`)."""
         for name in self.names:
             g = self._group[name]
 

@@ -77,7 +77,8 @@ def verdict(c: SourceComparison) -> str:
 
 def lead_sentence(summary: RunSummary, chosen: Trial, expert: SourceComparison | None) -> str:
     """"Trial 19 scores 0.833 on the mean task score, +0.106 against the best expert arith (95% CI [...], n docs)"."""
-    head = f"Trial {chosen.id} scores {summary.mean_task_score(chosen):.3f} on the mean task score"
+    method = f" ({chosen.method})" if chosen.method else ""  # a search over methods names the one merged
+    head = f"Trial {chosen.id}{method} scores {summary.mean_task_score(chosen):.3f} on the mean task score"
     if expert is None:
         return head + "; no expert model was scored to compare it with."
     d = expert.mean

@@ -11,19 +11,19 @@ import torch
 
 from mmmo.evaluation.evaluator import build_merger, local_model_folder, merge_dtype
 from mmmo.objectives.device import resolve_device
+from mmmo.optimizer.pareto import hypervolume_contributions, infer_ref_point
+from mmmo.optimizer.space import SearchSpace
 from mmmo.results.summary import RunSummary, load_run
 from mmmo.results.take_home import NO_REQUIREMENTS_HINT, preference_from
 from mmmo.run.lock import run_lock
 from mmmo.run.records import Trial
 from mmmo.runtime.diskspace import check_free_space, disk_full_as_error
 from mmmo.runtime.errors import MmmoError
-from mmmo.search.pareto import hypervolume_contributions, infer_ref_point
-from mmmo.search.space import SearchSpace
 from mmmo.spec.schema import SearchSpec
 
 if TYPE_CHECKING:
     from mmmo.merge.merger import Merger
-    from mmmo.merge.recipe import MergeRecipe
+    from mmmo.merge.recipes.recipe import MergeRecipe
 
 
 def trial_arrays(spec: SearchSpec, trial: Trial) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -44,7 +44,7 @@ def trial_parameters(spec: SearchSpec, trial: Trial) -> dict[str, float]:
 
 def trial_recipe(spec: SearchSpec, trial: Trial) -> MergeRecipe:
     """The mergekit-format recipe that reproduces a trial's merge, with the trial's method."""
-    from mmmo.merge.recipe import MergeRecipe
+    from mmmo.merge.recipes.recipe import MergeRecipe
 
     weights, densities = trial_arrays(spec, trial)
     extra = {"parameters": dict(parameters)} if (parameters := trial_parameters(spec, trial)) else {}
@@ -67,8 +67,8 @@ def merged_model_bytes(spec: SearchSpec, device: torch.device) -> int:
 
     Read from the base's file headers, so it is known before any model is loaded.
     """
-    from mmmo.merge.checkpoint import open_checkpoint
-    from mmmo.merge.save import AUX_FILES
+    from mmmo.merge.recipes.save import AUX_FILES
+    from mmmo.merge.sources.checkpoint import open_checkpoint
 
     base = Path(local_model_folder(spec.base_model))
     shapes = open_checkpoint(base, allow_pickle=spec.merge.allow_pickle).shapes().values()
@@ -92,7 +92,7 @@ def export_trials(
     Checks free space first (one line, needed against free, before anything is loaded or written). A disk that
     fills up anyway ends in one line too: the trial being written leaves no folder behind, earlier ones stay.
     """
-    from mmmo.merge.save import save_merged
+    from mmmo.merge.recipes.save import save_merged
 
     if not trials:
         return []

@@ -40,8 +40,8 @@ def rescore_model(
 ) -> list[RescoredObjective]:
     """Score the model in `model_dir` on every document the run scores, and compare with trial `trial`
     (default: the one the folder is named after, `trial-N`). MmmoError when the documents differ from the run's."""
-    from mmmo.merge.checkpoint import open_checkpoint
-    from mmmo.merge.live_model import load_live_model, load_tokenizer
+    from mmmo.merge.sources.checkpoint import open_checkpoint
+    from mmmo.merge.sources.live_model import load_live_model, load_tokenizer
 
     use_project_cache(Path.cwd())  # datasets and models from the project's caches, as a search reads them
     spec, state, summary = load_run(run_dir)

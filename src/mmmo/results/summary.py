@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
+from mmmo.optimizer.pareto import pareto_mask
+from mmmo.optimizer.space import SearchSpace
 from mmmo.results.take_home import TakeHomeChoice, choose_trial
 from mmmo.run.documents import DocumentPlan, document_limit, shared_documents
 from mmmo.run.records import Scored, SourceScore, Trial
 from mmmo.run.store import RunState, RunStore
-from mmmo.search.pareto import pareto_mask
-from mmmo.search.space import SearchSpace
 from mmmo.spec.schema import SearchSpec
 from mmmo.spec.take_home import TakeHomeSpec
 

@@ -1,5 +1,5 @@
 """The merge a user takes home: the spec's `take_home:` preference resolved against the run's scored sources into
-a `search.target.Target`, and the one trial that report.md, `mmmo show` and `mmmo export` all take home."""
+a `optimizer.target.Target`, and the one trial that report.md, `mmmo show` and `mmmo export` all take home."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mmmo.optimizer.history import done_variances
+from mmmo.optimizer.target import MIN_POINTS_FOR_POSTERIOR, Target, choose_take_home
 from mmmo.run.records import SourceScore, Trial
 from mmmo.runtime.errors import MmmoError, validation_message
-from mmmo.search.history import done_variances
-from mmmo.search.target import MIN_POINTS_FOR_POSTERIOR, Target, choose_take_home
 from mmmo.spec.take_home import Requirement, TakeHomeSpec
 
 NO_REQUIREMENTS_HINT = "mmmo export --allow-infeasible takes the best by the preference ignoring them"

@@ -20,7 +20,7 @@ from mmmo.runtime.progress_lines import LogProgress
 from mmmo.spec.schema import SearchSpec
 
 if TYPE_CHECKING:
-    from mmmo.search.loop import BatchSummary
+    from mmmo.optimizer.loop import BatchSummary
 
 
 class ProgressDisplay(Protocol):

@@ -16,7 +16,7 @@ from mmmo.run.records import SourceScore, Trial
 from mmmo.spec.schema import SearchSpec
 
 if TYPE_CHECKING:
-    from mmmo.search.loop import BatchSummary
+    from mmmo.optimizer.loop import BatchSummary
 
 Clock = Callable[[], float]  # seconds since the epoch, as time.time
 
@@ -131,7 +131,7 @@ class LogProgress:
 
     def trial_line(self, trial: Trial) -> str:
         """`trial 5 (batch 1) done: a=0.6 b=-0.0123; 30 documents; 4.2 s; 6/10 trials finished`."""
-        head = f"trial {trial.id} (batch {trial.batch})"
+        head = f"trial {trial.id} (batch {trial.batch}{', ' + trial.method if trial.method else ''})"
         seconds = trial_seconds(trial)
         tail = [] if seconds is None else [f"{seconds:.1f} s"]
         tail.append(f"{self.finished_total}/{self.budget} trials finished")

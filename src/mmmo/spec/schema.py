@@ -10,7 +10,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mmmo.merge.registry import DENSITY_METHODS, MethodName, method_info
+from mmmo.merge.methods.registry import DENSITY_METHODS, MethodName, method_info
 from mmmo.run.documents import SubsetKind
 from mmmo.runtime.errors import SpecError, one_line, validation_message
 from mmmo.spec.take_home import TakeHomeSpec
@@ -50,7 +50,7 @@ class MergeSpec(_Strict):
     lambda_: float = Field(1.0, alias="lambda")
     trust_remote_code: bool = False
     allow_pickle: bool = False
-    fused: bool | None = None  # None: the compiled ties / dare_ties kernel on CPU from 50M parameters
+    fused: bool | None = None  # None: the compiled kernels of the sparsified methods on CPU from 50M parameters
 
     @field_validator("method", mode="before")
     @classmethod
@@ -159,7 +159,7 @@ class WeakToStrongSpec(_Strict):
     cr: float = Field(0.5, ge=0.0, le=1.0)
 
 
-# What each GP assumes far from the data (search.gp.resolve_prior_mean says which "auto" picks).
+# What each GP assumes far from the data (optimizer.gp.resolve_prior_mean says which "auto" picks).
 PriorMean = Literal["auto", "worst", "fitted"]
 
 
@@ -178,7 +178,7 @@ class OptimizerSpec(_Strict):
     known_noise: bool = True
     # Each GP's prior mean, what it predicts far from the data: "worst" pins it at the worst observation of its
     # objective, "fitted" is BoTorch's fitted constant, "auto" pins it with 3 or more objectives (where a fitted
-    # mean makes unexplored corners look like progress: see search.gp.resolve_prior_mean).
+    # mean makes unexplored corners look like progress: see optimizer.gp.resolve_prior_mean).
     prior_mean: PriorMean = "auto"
     # The initial design opens with the recipe a user would try by hand (equal weights, the usual density).
     standard_recipes: bool = True
@@ -219,7 +219,7 @@ class EvaluationSpec(_Strict):
     subset: SubsetKind = "random"
     subset_seed: int = 0
     # Multi-fidelity scoring, as cumulative fractions of each task's documents (e.g. [0.25, 1.0]): a candidate goes
-    # on to the next stage only while it keeps a real chance of improving the front (see search.stages).
+    # on to the next stage only while it keeps a real chance of improving the front (see optimizer.stages).
     # Off by default: see benchmarks/RESULTS.md (issue 17) for what it saved and cost.
     stages: list[float] | None = None
     # A candidate goes on while the chance that its full score improves the Pareto front is at least

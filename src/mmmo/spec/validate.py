@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def check_sources(spec: SearchSpec) -> str:
     """Architecture, tensor names and shapes of every local source against the base, from file headers."""
-    from mmmo.merge.checkpoint import check_compatible, open_checkpoint
+    from mmmo.merge.sources.checkpoint import check_compatible, open_checkpoint
 
     refs = [spec.base_model, *(m.path for m in spec.models)]
     remote = [r for r in refs if is_hub_id(r) and not Path(r).is_dir()]
@@ -89,9 +89,9 @@ def plan_spec_memory(
 ) -> RunMemoryPlan | str:
     """The run's memory plan from the base's tensor headers and config, or one line saying why it is made at
     load time instead (hub sources, pickled weights). `probe`: by default `probe_device(spec, strict=strict)`."""
-    from mmmo.merge.checkpoint import open_checkpoint
     from mmmo.merge.memory_plan import ModelDims, SourceSizes, plan_run
-    from mmmo.merge.registry import method_info
+    from mmmo.merge.methods.registry import method_info
+    from mmmo.merge.sources.checkpoint import open_checkpoint
     from mmmo.objectives.lm_eval import NON_CUDA_AUTO_BATCH
 
     refs = [spec.base_model, *(m.path for m in spec.models)]
@@ -144,7 +144,7 @@ def check_tasks(spec: SearchSpec) -> str:
 
 def describe_spec(spec: SearchSpec) -> str:
     """One line: method, sources, search dimensions, objectives and budget (builds the search space)."""
-    from mmmo.search.space import SearchSpace
+    from mmmo.optimizer.space import SearchSpace
 
     space = SearchSpace.from_spec(spec)
     opt = spec.optimizer
