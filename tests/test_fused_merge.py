@@ -96,18 +96,18 @@ def test_fused_kernel_in_float64_and_with_one_model(kernel_calls: list[bool]) ->
 def test_cases_the_kernel_does_not_take_run_eagerly(kernel_calls: list[bool]) -> None:
     base, deltas = _tensors(torch.float32)
     # a negative weight under normalize needs the general divisor; half types need eager's per-op rounding;
-    # the plain weighted sums (linear, task_arithmetic) have no kernel
+    # linear without normalize sums the models themselves, not base + task vectors: no kernel
     cases = [
-        ("ties", base, deltas, [0.6, -0.25, 0.9], [0.3, 0.5, 0.8]),
-        ("ties", base.bfloat16(), deltas.bfloat16(), [0.6] * 3, [0.3] * 3),
-        ("task_arithmetic", base, deltas, [0.6] * 3, [0.3] * 3),
-        ("dare_linear", base.bfloat16(), deltas.bfloat16(), [0.6] * 3, [0.3] * 3),
+        ("ties", base, deltas, [0.6, -0.25, 0.9], [0.3, 0.5, 0.8], True),
+        ("ties", base.bfloat16(), deltas.bfloat16(), [0.6] * 3, [0.3] * 3, True),
+        ("linear", base, deltas, [0.6] * 3, [0.3] * 3, False),
+        ("dare_linear", base.bfloat16(), deltas.bfloat16(), [0.6] * 3, [0.3] * 3, None),
     ]
-    for method, b, d, weights, densities in cases:
+    for method, b, d, weights, densities, normalize in cases:
         asked, eager = torch.empty_like(b), torch.empty_like(b)
-        merge_into(asked, MergePlan.of(method, fused=True), b, d, weights, densities,
+        merge_into(asked, MergePlan.of(method, fused=True, normalize=normalize), b, d, weights, densities,
                    generators=[dare_generator(7, i, "w") for i in range(3)])  # fmt: skip
-        merge_into(eager, MergePlan.of(method), b, d, weights, densities,
+        merge_into(eager, MergePlan.of(method, normalize=normalize), b, d, weights, densities,
                    generators=[dare_generator(7, i, "w") for i in range(3)])  # fmt: skip
         assert same_bits(asked, eager), method  # the eager merge itself, not something else that skipped the kernel
         assert not torch.equal(asked, b)  # and it did merge
@@ -165,8 +165,8 @@ def test_merger_with_the_fused_kernel_writes_the_same_model(method: str, family:
 
 def test_merger_keeps_the_eager_path_where_the_kernel_does_not_apply(family: tuple[Path, list[Path]]) -> None:
     base, experts = family
-    with pytest.warns(UserWarning, match="not task_arithmetic in float32"):
-        assert not Merger(base, experts, method="task_arithmetic", fused=True).fused
+    with pytest.warns(UserWarning, match="not multislerp in float32"):
+        assert not Merger(base, experts, method="multislerp", fused=True).fused
     with pytest.warns(UserWarning, match="not ties in bfloat16"):
         assert not Merger(base, experts, method="ties", dtype=torch.bfloat16, fused=True).fused
     with warnings.catch_warnings():

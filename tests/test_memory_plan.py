@@ -83,6 +83,19 @@ def test_demo_plan_is_the_sum_over_its_tensors(demo_spec) -> None:
     assert plan.refusal() is None
 
 
+def test_a_search_over_methods_plans_every_methods_tables(demo_spec) -> None:
+    spec_path = demo_spec(merge={"method": ["ties", "dare_ties", "task_arithmetic"], "dtype": "float32"})
+    free = 64 * GIB
+    plan = _plan(spec_path, DeviceProbe(torch.device("cpu"), torch.float32, free, free))
+    single = _plan(demo_spec(merge={"method": "ties", "dtype": "float32"}), DeviceProbe(torch.device("cpu"),
+                                                                                       torch.float32, free, free))
+    n, numel = plan.sizes.n_models, plan.sizes.numel
+    with_tables = plan.placement("resident + tables").device
+    assert with_tables["tables"] == single.placement("resident + tables").device["tables"]  # the first method's
+    assert with_tables["other methods' tables (where they fit)"] == n * numel * 12  # DARE's draws, sorted, L1 sums
+    assert plan.chosen == single.chosen == "resident + tables"
+
+
 def test_a_cpu_run_that_fits_nowhere_is_refused_with_its_bytes(demo_spec, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = load_spec(demo_spec(merge={"method": "ties", "dtype": "float32"}, evaluation={"batch_size": 16}))
     plan = plan_spec_memory(spec, DeviceProbe(torch.device("cpu"), torch.float32, None, 0))

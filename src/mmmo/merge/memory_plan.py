@@ -3,7 +3,7 @@ tensor shapes and config, for each place the Merger can keep its task vectors, a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -271,9 +271,14 @@ def plan_run(
     tokens: int = DEFAULT_SCORING_TOKENS,
     precompute: bool = True,
     unmeasured: str = "",
+    more_tables: Sequence[TableKind] = (),
 ) -> RunMemoryPlan:
     """The bytes of every placement the Merger can choose, and its choice by its own rule (`plan_memory`, with the
-    budget the live model will leave of `device_free`; on a non-CUDA device `device_free` is the host's memory)."""
+    budget the live model will leave of `device_free`; on a non-CUDA device `device_free` is the host's memory).
+
+    `sparsification` is the first listed method's tables; `more_tables` those of the other methods of a search over
+    methods, which the Merger keeps only where they fit beside (so they never decide the placement): the
+    "resident + tables" placement shows them at their full size."""
     numel, n = sizes.numel, sizes.n_models
     live = numel * itemsize(dtype)
     store = store_bytes(numel, n, dtype)
@@ -286,8 +291,10 @@ def plan_run(
     common = {"live model": live, "scoring": 0 if scoring is None else scoring.total}
     stored = {"base copy": live, "task vectors": store - live}
     placements = []
-    if tables and precompute:
-        placements.append(Placement("resident + tables", {**common, **stored, "tables": tables}, {}))
+    others = sum(table_bytes(numel, n, dtype, k) for k in dict.fromkeys(more_tables) if k != sparsification)
+    extra = {"other methods' tables (where they fit)": others} if others else {}
+    if (tables or others) and precompute:
+        placements.append(Placement("resident + tables", {**common, **stored, "tables": tables, **extra}, {}))
     placements.append(Placement("resident", {**common, **stored, "merge buffers": scratch(False)}, {}))
     # Streaming to a GPU copies one tensor's base and task vectors over at a time; on the host nothing is copied.
     staged = (n + 1) * sizes.largest * itemsize(dtype) if device.type == "cuda" else 0

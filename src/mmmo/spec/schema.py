@@ -50,7 +50,7 @@ class MergeSpec(_Strict):
     lambda_: float = Field(1.0, alias="lambda")
     trust_remote_code: bool = False
     allow_pickle: bool = False
-    fused: bool | None = None  # None: the compiled kernels of the sparsified methods on CPU from 50M parameters
+    fused: bool | None = None  # None: the compiled kernels of the task-vector methods on CPU from 50M parameters
 
     @field_validator("method", mode="before")
     @classmethod

@@ -108,6 +108,7 @@ def plan_spec_memory(
         SourceSizes.of(base.shapes(), len(spec.models)), ModelDims.from_config(base.config),
         dtype=probe.dtype, device=probe.device, sparsification=method_info(spec.merge.methods[0]).table_kind,
         device_free=probe.free_bytes, host_available=probe.host_bytes, batch=batch, unmeasured=probe.why,
+        more_tables=[k for m in spec.merge.methods[1:] if (k := method_info(m).table_kind) is not None],
     )
 
 

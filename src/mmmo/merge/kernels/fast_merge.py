@@ -118,6 +118,8 @@ def _fusable(plan: MergePlan, setup: TensorSetup, add_base: bool) -> bool:
         plan.fused and add_base and setup.dtype in fused_kernel.FUSED_DTYPES
         and fused_kernel.fusable(info.sparsification, consensus)
         and (info.sparsification != "magnitude_outliers" or bool(setup.bands))  # Breadcrumbs: by its rank table
+        # linear without normalize sums the models, not base + task vectors: eager's own path
+        and (info.name != "linear" or plan.normalize)
         and (not consensus or not plan.normalize or setup.fast_divisor) and fused_kernel.available()
     )
 

@@ -1,5 +1,6 @@
-"""The sparsified task-arithmetic merges of one tensor as a single compiled kernel: with sign election (ties,
-dare_ties, breadcrumbs_ties, della) or without (dare_linear, breadcrumbs, della_linear); SCE as two (`sce_merge`).
+"""The task-arithmetic merges of one tensor as a single compiled kernel: with sign election (ties, dare_ties,
+breadcrumbs_ties, della) or without (task_arithmetic, linear under normalize, dare_linear, breadcrumbs,
+della_linear); SCE as two (`sce_merge`).
 
 Eager (`mmmo.merge.kernels.chunked`), a merge makes about 25 elementwise passes per tensor for TIES, even chunked into
 cache. Compiled with inductor it is one loop that reads the base, the task vectors (and DARE's draws, Breadcrumbs'
@@ -31,9 +32,9 @@ from mmmo.runtime.errors import one_line
 
 FUSED_DTYPES = (torch.float32, torch.float64)  # half types: inductor would skip eager's per-op roundings
 FUSED_SPARSIFICATIONS = (None, "magnitude", "random", "magnitude_outliers", "della_magprune")  # with sign election
-# without: DARE (dare_linear), Breadcrumbs (with its rank table) and DELLA; linear and task_arithmetic keep the
-# eager path (one weighted sum: nothing for a kernel to fuse away)
-FUSED_LINEAR_SPARSIFICATIONS = ("random", "magnitude_outliers", "della_magprune")
+# without: the plain weighted sum (task_arithmetic; linear under normalize), DARE (dare_linear), Breadcrumbs (with
+# its rank table) and DELLA
+FUSED_LINEAR_SPARSIFICATIONS = (None, "random", "magnitude_outliers", "della_magprune")
 _RECOMPILE_LIMIT = 64  # variants (method, normalize, lambda, model count, dtype) are recompiles of one function
 
 
@@ -213,7 +214,7 @@ def consensus_merge(
     consensus: bool = True,
     total_weight: float = 1.0,
 ) -> Tensor | None:
-    """One tensor of a ties / dare_ties / dare_linear / breadcrumbs(_ties) / della(_linear) merge in one pass; None when the
+    """One tensor of a task-vector merge (see `fusable`) in one pass; None when the
     kernel cannot be compiled here.
 
     Per model j (all of them, in order): `rows[j]` is the flat task vector; it is sparsified (magnitude: keep
