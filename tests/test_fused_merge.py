@@ -96,11 +96,13 @@ def test_fused_kernel_in_float64_and_with_one_model(kernel_calls: list[bool]) ->
 def test_cases_the_kernel_does_not_take_run_eagerly(kernel_calls: list[bool]) -> None:
     base, deltas = _tensors(torch.float32)
     # a negative weight under normalize needs the general divisor; half types need eager's per-op rounding;
-    # linear without normalize sums the models themselves, not base + task vectors: no kernel
+    # linear averages the models themselves (its weights, lambda and zero-sum cases), not base + task vectors: no
+    # kernel, with or without normalize
     cases = [
         ("ties", base, deltas, [0.6, -0.25, 0.9], [0.3, 0.5, 0.8], True),
         ("ties", base.bfloat16(), deltas.bfloat16(), [0.6] * 3, [0.3] * 3, True),
         ("linear", base, deltas, [0.6] * 3, [0.3] * 3, False),
+        ("linear", base, deltas, [0.6, -0.25, 0.9], [1.0] * 3, True),
         ("dare_linear", base.bfloat16(), deltas.bfloat16(), [0.6] * 3, [0.3] * 3, None),
     ]
     for method, b, d, weights, densities, normalize in cases:

@@ -97,7 +97,7 @@ CASES = [
 
 
 @needs_compiler
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"])
+@pytest.mark.parametrize("method", ["task_arithmetic", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_kernel_gives_the_eager_merge_bit_for_bit(method: str, dtype: torch.dtype,
                                                         kernel_calls: list[bool]) -> None:
@@ -119,9 +119,7 @@ def test_fused_kernel_gives_the_eager_merge_bit_for_bit(method: str, dtype: torc
         assert same_bits(got, want), (w, d, options)
         assert not torch.equal(got, base)
         assert stat_got.item() == pytest.approx(stat_want.item(), rel=1e-6)
-    # linear without normalize (the second case) sums the models themselves: eager's own path
-    eager = sum(method == "linear" and normalize == "other" for _, _, normalize, *_ in CASES)
-    assert kernel_calls == [True] * (len(CASES) - eager)
+    assert kernel_calls == [True] * len(CASES)
 
 
 def test_breadcrumbs_without_its_rank_table_runs_eagerly(kernel_calls: list[bool]) -> None:
@@ -227,3 +225,22 @@ def test_merger_runs_sce_compiled_and_writes_the_same_model(family: tuple[Path, 
         for name, t in live_eager.items():
             assert same_bits(live_compiled[name], t), (topk, name)
     assert counters["stats"]["unique_graphs"] == graphs  # compiled while loading
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_task_arithmetic_in_the_kernel_is_eager_bit_for_bit_at_any_weights(dtype: torch.dtype,
+                                                                           kernel_calls: list[bool]) -> None:
+    base, deltas = _tensors(dtype)
+    cases = 0
+    # a negative weight, weights summing to zero, a tiny weight; normalize either way; lambda 1 or not
+    for w in ([0.6, -0.25, 0.9], [0.5, -0.5, 0.0], [1e-9, 0.0, 0.0]):
+        for normalize in (True, False):
+            for lambda_ in (1.0, 0.7):
+                want, got = torch.empty_like(base), torch.empty_like(base)
+                plan = {"normalize": normalize, "lambda_": lambda_}
+                merge_into(want, MergePlan.of("task_arithmetic", **plan), base, deltas, w, [1.0] * 3)
+                merge_into(got, MergePlan.of("task_arithmetic", fused=True, **plan), base, deltas, w, [1.0] * 3)
+                assert same_bits(got, want), (w, normalize, lambda_)
+                cases += 1
+    assert kernel_calls == [True] * cases

@@ -207,8 +207,8 @@ class Merger:
                 not info.geometric and fused_kernel.fusable(info.sparsification, info.consensus)))):
             if wanted:
                 warnings.warn(
-                    "fused merge kernel not used: it runs the task-vector methods (linear, task_arithmetic, ties, "
-                    "dare_*, breadcrumbs*, della*, sce) in float32 or float64, not "
+                    "fused merge kernel not used: it runs the task-vector methods (task_arithmetic, ties, dare_*, "
+                    "breadcrumbs*, della*, sce) in float32 or float64, not "
                     f"{info.name} in {str(self.dtype).removeprefix('torch.')}", stacklevel=3,
                 )
             return False

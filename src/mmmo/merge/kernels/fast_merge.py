@@ -118,8 +118,9 @@ def _fusable(plan: MergePlan, setup: TensorSetup, add_base: bool) -> bool:
         plan.fused and add_base and setup.dtype in fused_kernel.FUSED_DTYPES
         and fused_kernel.fusable(info.sparsification, consensus)
         and (info.sparsification != "magnitude_outliers" or bool(setup.bands))  # Breadcrumbs: by its rank table
-        # linear without normalize sums the models, not base + task vectors: eager's own path
-        and (info.name != "linear" or plan.normalize)
+        # linear averages the models themselves (mergekit's linear: its own weights, lambda and zero-sum cases),
+        # not base + task vectors: eager's own path
+        and info.name != "linear"
         and (not consensus or not plan.normalize or setup.fast_divisor) and fused_kernel.available()
     )
 

@@ -1,6 +1,6 @@
 """The task-arithmetic merges of one tensor as a single compiled kernel: with sign election (ties, dare_ties,
-breadcrumbs_ties, della) or without (task_arithmetic, linear under normalize, dare_linear, breadcrumbs,
-della_linear); SCE as two (`sce_merge`).
+breadcrumbs_ties, della) or without (task_arithmetic, dare_linear, breadcrumbs, della_linear); SCE as two
+(`sce_merge`).
 
 Eager (`mmmo.merge.kernels.chunked`), a merge makes about 25 elementwise passes per tensor for TIES, even chunked into
 cache. Compiled with inductor it is one loop that reads the base, the task vectors (and DARE's draws, Breadcrumbs'
@@ -32,8 +32,8 @@ from mmmo.runtime.errors import one_line
 
 FUSED_DTYPES = (torch.float32, torch.float64)  # half types: inductor would skip eager's per-op roundings
 FUSED_SPARSIFICATIONS = (None, "magnitude", "random", "magnitude_outliers", "della_magprune")  # with sign election
-# without: the plain weighted sum (task_arithmetic; linear under normalize), DARE (dare_linear), Breadcrumbs (with
-# its rank table) and DELLA
+# without: the plain sum of task vectors (task_arithmetic), DARE (dare_linear), Breadcrumbs (with its rank table)
+# and DELLA; linear (an average of the models themselves) keeps the eager path
 FUSED_LINEAR_SPARSIFICATIONS = (None, "random", "magnitude_outliers", "della_magprune")
 _RECOMPILE_LIMIT = 64  # variants (method, normalize, lambda, model count, dtype) are recompiles of one function
 
