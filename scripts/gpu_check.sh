@@ -195,8 +195,10 @@ demo_search() {
 
 merge_speed() {
     cd "$REPO"
+    # ties and dare_ties, the methods (a) checks in the kernel on CUDA: a kernel that fails to compile turns the kernel
+    # off for the rest of the process, so an untried one must not run first
     local args=(-m benchmarks.merge_speed --synthetic --cache "$WORK/merge-speed" --device "$DEVICE" --skip-mergekit
-        --repeats 5)
+        --repeats 5 --methods ties dare_ties)
     [[ $DEVICE != cpu ]] || args+=(--layers 2 --repeats 2)  # the rehearsal: minutes, not the numbers
     "$VPY" "${args[@]}" --dtype float32 --fused off
     "$VPY" "${args[@]}" --dtype float32 --fused on

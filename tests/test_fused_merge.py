@@ -169,6 +169,8 @@ def test_merger_keeps_the_eager_path_where_the_kernel_does_not_apply(family: tup
     base, experts = family
     with pytest.warns(UserWarning, match="not multislerp in float32"):
         assert not Merger(base, experts, method="multislerp", fused=True).fused
+    with pytest.warns(UserWarning, match="not linear in float32"):  # an average of the models, not a task-vector sum
+        assert not Merger(base, experts, method="linear", fused=True).fused
     with pytest.warns(UserWarning, match="not ties in bfloat16"):
         assert not Merger(base, experts, method="ties", dtype=torch.bfloat16, fused=True).fused
     with warnings.catch_warnings():

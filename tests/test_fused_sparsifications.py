@@ -216,6 +216,8 @@ def test_merger_runs_sce_compiled_and_writes_the_same_model(family: tuple[Path, 
     eager = Merger(base, experts, method="sce", layer_groups=2)
     compiled = Merger(base, experts, method="sce", layer_groups=2, fused=True)
     assert not eager.fused and compiled.fused and compiled.precomputed
+    # the compiled passes select by the variance-rank table: without the tables SCE stays eager
+    assert not Merger(base, experts, method="sce", layer_groups=2, fused=True, precompute=False).fused
     graphs = counters["stats"]["unique_graphs"]
     for topk in (0.4, [1.0, 0.25]):
         s_eager = eager.apply(None, parameters={"select_topk": topk})

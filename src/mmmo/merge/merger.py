@@ -104,8 +104,9 @@ class Merger:
     SCE each parameter's rank by its variance across models (4 bytes per parameter, not per model).
     `precompute_bytes` is their size (0 if off).
 
-    `fused` runs the sparsified methods (ties, dare_ties, breadcrumbs(_ties), della(_linear)) in float32/64 as
-    one compiled kernel per tensor (`mmmo.merge.kernels.fused`; same tensors bit for bit). None (default) turns it on
+    `fused` runs the task-vector methods (task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs(_ties),
+    della(_linear); SCE with its variance-rank table) in float32/64 as compiled kernels per tensor
+    (`mmmo.merge.kernels.fused`; same tensors bit for bit, SCE in float64 to the last bits). None (default) turns it on
     for CPU models from `fuse_min_params` parameters; it is compiled while loading, and turned off, with a
     warning, if that fails. On CUDA it is opt-in (untested there).
 
@@ -203,8 +204,7 @@ class Merger:
     def _compile_fused(self, plan: MergePlan) -> bool:
         """Whether merges run the fused kernel: supported, wanted (or large enough on CPU), and compiled."""
         info, wanted = plan.method, self.options.fused
-        if not (self.dtype in fused_kernel.FUSED_DTYPES and (info.sce or (
-                not info.geometric and fused_kernel.fusable(info.sparsification, info.consensus)))):
+        if not (self.dtype in fused_kernel.FUSED_DTYPES and fused_kernel.fusable(info)):
             if wanted:
                 warnings.warn(
                     "fused merge kernel not used: it runs the task-vector methods (task_arithmetic, ties, dare_*, "
@@ -217,7 +217,9 @@ class Merger:
         if not wanted:
             return False
         if info.sce:
-            return fused_kernel.warm_up_sce(self.n_models, dtype=self.dtype, device=self.device)
+            # its compiled passes select by the variance-rank table: without it (streamed, or no room) SCE is eager
+            ranked = any(t.var_rank is not None for t in self.task_vectors.tables.values())
+            return ranked and fused_kernel.warm_up_sce(self.n_models, dtype=self.dtype, device=self.device)
         return fused_kernel.warm_up(
             self.n_models, sparsification=info.sparsification, normalize=plan.normalize, lambda_=plan.lambda_,
             dtype=self.dtype, device=self.device, consensus=info.consensus, rescale=plan.rescale,

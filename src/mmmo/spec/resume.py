@@ -7,7 +7,8 @@ import copy
 from typing import Any
 
 # Fields a resumed run may change: where and how fast it evaluates, what it exports, and how long it runs.
-# Changes that leave every evaluated merge the same (merge.fused gives the same tensors bit for bit).
+# Changes that leave every evaluated merge the same (merge.fused gives the same tensors bit for bit; SCE in float64
+# to the last bits of its weights, far below any score's resolution).
 # output.dir is where the folder was when the spec was written: a moved or copied folder is resumed where it
 # now is, so the old path is not a change of the run.
 RESUMABLE_CHANGES: tuple[str, ...] = (

@@ -2,8 +2,8 @@
 (`mmmo.merge.methods.reference`, mergekit 0.1.5's) with fewer passes, reusable buffers and, for a search, table lookups.
 
 It fixes the per-tensor quantities first (`tensor_setup`: the TIES threshold, the DARE draws and rescale factor),
-then does all the elementwise work, either over cache-sized chunks (`chunked`) or, for the sparsified methods with
-`plan.fused`, in one compiled kernel (`fused`; SCE in two, after its own selection: `sce`).
+then does all the elementwise work, either over cache-sized chunks (`chunked`) or, for the methods `fused.fusable`
+names, with `plan.fused`, in one compiled kernel (`fused`; SCE in two, after its own selection: `sce`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def merge_into(
     replaces the TIES selection, the DARE draws and DARE's norm pass by lookups. Models with weight 0 or
     density <= 0 contribute nothing in every method, so they are skipped.
 
-    SCE ignores `weights` and `densities` (`mmmo.merge.kernels.sce`). With `plan.fused`, the sparsified methods in
+    SCE ignores `weights` and `densities` (`mmmo.merge.kernels.sce`). With `plan.fused`, the task-vector methods in
     float32/64 (with sign election normalized only with weights >= 2^-60; Breadcrumbs only with its rank table) run
     as one compiled kernel with the same result bit for bit; other cases, or no compiler, run eagerly. TIES ties at the
     threshold that must go are zeroed in `deltas` for the kernel's pass and restored after it.
@@ -116,11 +116,8 @@ def _fusable(plan: MergePlan, setup: TensorSetup, add_base: bool) -> bool:
     consensus = info.consensus
     return (
         plan.fused and add_base and setup.dtype in fused_kernel.FUSED_DTYPES
-        and fused_kernel.fusable(info.sparsification, consensus)
+        and fused_kernel.fusable(info)
         and (info.sparsification != "magnitude_outliers" or bool(setup.bands))  # Breadcrumbs: by its rank table
-        # linear averages the models themselves (mergekit's linear: its own weights, lambda and zero-sum cases),
-        # not base + task vectors: eager's own path
-        and info.name != "linear"
         and (not consensus or not plan.normalize or setup.fast_divisor) and fused_kernel.available()
     )
 

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from mmmo.merge.kernels.sce import weights_from_squares
 from mmmo.merge.kernels.tensor_setup import DIVISOR_START
+from mmmo.merge.methods.registry import MethodInfo
 from mmmo.runtime.errors import one_line
 
 FUSED_DTYPES = (torch.float32, torch.float64)  # half types: inductor would skip eager's per-op roundings
@@ -191,9 +192,15 @@ def _compiled(fn):  # type: ignore[no-untyped-def]
 _SIMDLEN = {"DEFAULT": 1, "AVX2": 256, "AVX512": 512}
 
 
-def fusable(sparsification: str | None, consensus: bool) -> bool:
-    """Whether the kernel merges a method of this sparsification (with or without sign election)."""
-    return sparsification in (FUSED_SPARSIFICATIONS if consensus else FUSED_LINEAR_SPARSIFICATIONS)
+def fusable(info: MethodInfo) -> bool:
+    """Whether the kernels merge this method: SCE (`sce_merge`), or a sum of task vectors of a sparsification the
+    kernel has (with or without sign election). linear averages the models themselves (mergekit's linear: its own
+    weights, lambda and zero-sum cases), and the interpolations are not sums: both stay eager."""
+    if info.sce:
+        return True
+    if info.geometric or info.name == "linear":
+        return False
+    return info.sparsification in (FUSED_SPARSIFICATIONS if info.consensus else FUSED_LINEAR_SPARSIFICATIONS)
 
 
 def consensus_merge(

@@ -16,8 +16,8 @@ CHUNK = 1 << 18  # CPU elements per chunk: the ~25 elementwise passes after sele
 class MergePlan:
     """A method and its mergekit parameters, defaults resolved, plus how the fast path runs it.
 
-    `fused`: the sparsified methods (ties, dare_ties, breadcrumbs(_ties), della(_linear)) in float32/64 run as
-    one compiled kernel (`mmmo.merge.kernels.fused`), the same tensors bit for bit. `chunk`: CPU elements per chunk of
+    `fused`: the task-vector methods `mmmo.merge.kernels.fused.fusable` names, in float32/64, run as compiled
+    kernels, the same tensors bit for bit (SCE in float64: to the last bits). `chunk`: CPU elements per chunk of
     the eager path (whole tensors on other devices).
     """
 
