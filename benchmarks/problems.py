@@ -97,9 +97,10 @@ def binomial_noise(n: int, task_cols: list[int]) -> Noise:
     return noise
 
 
-def binomial_stderr(Y_obs: torch.Tensor, n: int, task_cols: list[int]) -> torch.Tensor:
+def binomial_stderr(Y_obs: torch.Tensor, n: int | torch.Tensor, task_cols: list[int]) -> torch.Tensor:
     """`[k, m]` stderrs of observed binomial task scores `Y_obs [k, m]` (lm-eval's sqrt(p^(1 - p^) / (n - 1)) on
-    `task_cols`, 0 elsewhere): what the optimizer was told, recomputed from what it saw."""
+    `task_cols`, 0 elsewhere): what the optimizer was told, recomputed from what it saw. `n`: the documents behind
+    every score, or `[k, 1]` per row (re-scored rows have more)."""
     S = torch.zeros_like(Y_obs)
     phat = Y_obs[:, task_cols]
     S[:, task_cols] = (phat * (1 - phat) / (n - 1)).sqrt()

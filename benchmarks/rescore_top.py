@@ -24,7 +24,7 @@ import torch
 from benchmarks.best_in_space import cached_best
 from benchmarks.demo_tables import DEFAULT_DEMO_DIR, DEMO_EXAMPLES
 from benchmarks.environment import DATA, benchmark_environment, quiet_benchmark
-from benchmarks.problems import PROBLEM_BUDGETS, Problem, make_problem
+from benchmarks.problems import PROBLEM_BUDGETS, Problem, binomial_stderr, make_problem
 from benchmarks.report import fmt
 from benchmarks.results import StrategyRun, read_results
 from benchmarks.take_home import recipe_value, share_of_gain
@@ -52,15 +52,6 @@ VARIANTS = [Variant(None, 0, 0), Variant(None, 3, 1), Variant(None, 5, 1), Varia
             Variant(25, 5, 1), Variant(20, 5, 2)]
 
 
-def stderrs(Y: torch.Tensor, docs: torch.Tensor, cols: list[int]) -> torch.Tensor:
-    """`[n, m]` lm-eval stderrs sqrt(p(1-p)/(N-1)) of the task columns of `Y [n, m]`, row i scored on `docs[i]`
-    documents; 0 elsewhere."""
-    S = torch.zeros_like(Y)
-    p = Y[:, cols]
-    S[:, cols] = (p * (1 - p) / (docs.unsqueeze(-1) - 1)).sqrt()
-    return S
-
-
 def choose(run: StrategyRun, problem: Problem, v: Variant, generator: torch.Generator) -> float:
     """The TRUE preference value of the merge `run` takes home under variant `v` (NaN: none)."""
     from mmmo.optimizer.target import choose_take_home, posterior_value
@@ -76,7 +67,7 @@ def choose(run: StrategyRun, problem: Problem, v: Variant, generator: torch.Gene
     X, Y, Y_obs = X[ok], Y[ok], Y_obs[ok]
     docs = torch.full((X.shape[0],), float(n), dtype=torch.float64)
     if v.top:
-        posterior = posterior_value(X, Y_obs, target, stderrs(Y_obs, docs, cols) ** 2)
+        posterior = posterior_value(X, Y_obs, target, binomial_stderr(Y_obs, docs.unsqueeze(-1), cols) ** 2)
         score = posterior if posterior is not None else target.value(Y_obs)
         for i in torch.argsort(score, descending=True)[: v.top].tolist():
             more = n * v.extra
@@ -84,7 +75,7 @@ def choose(run: StrategyRun, problem: Problem, v: Variant, generator: torch.Gene
             fresh = torch.binomial(torch.full_like(p, float(more)), p, generator=generator) / more
             Y_obs[i, cols] = (n * Y_obs[i, cols] + more * fresh) / (n + more)
             docs[i] = n + more
-    chosen = choose_take_home(X, Y_obs, target, stderrs(Y_obs, docs, cols) ** 2, by="posterior")
+    chosen = choose_take_home(X, Y_obs, target, binomial_stderr(Y_obs, docs.unsqueeze(-1), cols) ** 2, by="posterior")
     return float("nan") if chosen is None else float(target.value(Y[chosen.row]))
 
 

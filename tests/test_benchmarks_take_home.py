@@ -123,8 +123,8 @@ def test_rescoring_pools_the_documents_and_shrinks_the_stderr() -> None:
     from benchmarks import rescore_top
 
     Y = torch.tensor([[0.8, 0.5, 0.0]], dtype=torch.float64)
-    one = rescore_top.stderrs(Y, torch.tensor([50.0], dtype=torch.float64), [0, 1])
-    four = rescore_top.stderrs(Y, torch.tensor([200.0], dtype=torch.float64), [0, 1])
+    one = problems.binomial_stderr(Y, torch.tensor([[50.0]], dtype=torch.float64), [0, 1])
+    four = problems.binomial_stderr(Y, torch.tensor([[200.0]], dtype=torch.float64), [0, 1])
     assert float(one[0, 0]) == pytest.approx(math.sqrt(0.8 * 0.2 / 49)) and float(one[0, 2]) == 0.0
     assert float(four[0, 1]) == pytest.approx(math.sqrt(0.25 / 199))
     # re-scoring the top merge on many more documents pulls its pooled score to its true value: the lucky row 1

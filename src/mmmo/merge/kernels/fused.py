@@ -332,6 +332,16 @@ def _fail(exc: Exception) -> None:
     warnings.warn(f"fused merge kernel unavailable, merging eagerly (slower): {STATE.failure}", stacklevel=3)
 
 
+def _warm_up_sample(n_models: int, dtype: torch.dtype, device: torch.device
+                    ) -> tuple[int, torch.Generator, Tensor, list[Tensor]]:
+    """A small seeded base and `n_models` task vectors to compile a variant on, and the generator for more draws."""
+    numel = 4096
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(numel, generator=gen).to(device=device, dtype=dtype)
+    rows = [(torch.randn(numel, generator=gen) * 0.01).to(device=device, dtype=dtype) for _ in range(n_models)]
+    return numel, gen, base, rows
+
+
 def warm_up(
     n_models: int,
     *,
@@ -344,10 +354,7 @@ def warm_up(
     rescale: bool = False,
 ) -> bool:
     """Compile the variant a Merger will use, on a small tensor, so the first candidate does not pay for it."""
-    numel = 4096
-    gen = torch.Generator().manual_seed(0)
-    base = torch.randn(numel, generator=gen).to(device=device, dtype=dtype)
-    rows = [(torch.randn(numel, generator=gen) * 0.01).to(device=device, dtype=dtype) for _ in range(n_models)]
+    numel, gen, base, rows = _warm_up_sample(n_models, dtype, device)
     # the same arguments a merge passes (draws only where drawn, ranks only where ranked), or the first merge
     # would compile again
     drawn = sparsification in ("random", "della_magprune")
@@ -371,10 +378,7 @@ def warm_up(
 
 def warm_up_sce(n_models: int, *, dtype: torch.dtype, device: torch.device) -> bool:
     """Compile SCE's two passes, selecting and not (`select_topk` 1 keeps everything), on a small tensor."""
-    numel = 4096
-    gen = torch.Generator().manual_seed(0)
-    base = torch.randn(numel, generator=gen).to(device=device, dtype=dtype)
-    rows = [(torch.randn(numel, generator=gen) * 0.01).to(device=device, dtype=dtype) for _ in range(n_models)]
+    numel, gen, base, rows = _warm_up_sample(n_models, dtype, device)
     rank = torch.randperm(numel, generator=gen).to(device=device, dtype=torch.int32)
     out = torch.empty_like(base)
     return all(sce_merge(out, base, rows, r, numel // 2, 1e-6, True) is not None for r in (rank, None))
