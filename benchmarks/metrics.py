@@ -10,8 +10,11 @@ from collections.abc import Sequence
 import torch
 
 
-def hv_curve(ys: Sequence[Sequence[float]], ref: Sequence[float]) -> list[float]:
-    """Hypervolume of the first k evaluated points against `ref`, for k = 1..len(ys) (NaN rows skipped)."""
+def hv_curve(
+    ys: Sequence[Sequence[float]], ref: Sequence[float], minimums: Sequence[tuple[int, float]] = ()
+) -> list[float]:
+    """Hypervolume of the first k evaluated points against `ref`, for k = 1..len(ys) (NaN rows skipped, and rows
+    below a (column, lowest allowed value) of `minimums`: an infeasible point adds nothing)."""
     from mmmo.optimizer.pareto import hypervolume, pareto_mask
 
     Y = torch.tensor(ys, dtype=torch.float64)
@@ -20,7 +23,8 @@ def hv_curve(ys: Sequence[Sequence[float]], ref: Sequence[float]) -> list[float]
     last = 0.0
     for k in range(Y.shape[0]):
         y = Y[k : k + 1]
-        if bool(torch.isnan(y).any()) or (front.shape[0] and bool((front >= y).all(-1).any())):
+        infeasible = any(float(y[0, c]) < v for c, v in minimums)
+        if infeasible or bool(torch.isnan(y).any()) or (front.shape[0] and bool((front >= y).all(-1).any())):
             out.append(last)  # a failed or dominated point leaves the hypervolume as it was
             continue
         front = torch.cat([front, y])

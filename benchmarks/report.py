@@ -104,6 +104,11 @@ def finish_plot(fig: Any, ax: Any, out: Path, *, ylabel: str, title: str) -> Non
     plt.close(fig)
 
 
+def key_minimums(key: dict[str, Any]) -> list[tuple[int, float]]:
+    """A results key's outcome constraints as (column, lowest allowed value) pairs (none: unconstrained)."""
+    return [(key["objectives"].index(n), float(v)) for n, v in key.get("minimums", {}).items()]
+
+
 def report(runs: list[StrategyRun], key: dict[str, Any], strategies: Sequence[str], png: Path) -> None:
     """Print one problem's table (markdown) and write its plot."""
     ref = key["ref_point"]
@@ -113,7 +118,7 @@ def report(runs: list[StrategyRun], key: dict[str, Any], strategies: Sequence[st
     if not runs:
         print(f"\nproblem {key['problem']}: no runs")
         return
-    curves = {(r.strategy, r.seed): hv_curve(r.y, ref) for r in runs}
+    curves = {(r.strategy, r.seed): hv_curve(r.y, ref, key_minimums(key)) for r in runs}
     table, _ = make_table(runs, curves, ref, task_cols, strategies)
     plot(runs, curves, strategies, budget.total, key["problem"], png)
     noise = " (noisy: optimizer sees noisy values, scores use true ones)" if key.get("noisy") else ""

@@ -49,7 +49,8 @@ class StrategyRun:
     Times in seconds: the whole run, evaluating (`eval_seconds`), proposing each batch (`propose_seconds`) and the
     optimiser's time per batch (`step_seconds`). `steps [n]` names the step that proposed each point; `spec` is the
     OptimizerSpec's identity (equal specs, equal runs: `copied_from` names the strategy a run was copied from);
-    `methods [n]` the merge method of each point (a method search)."""
+    `methods [n]` the merge method of each point (a method search); `priors [n]` the GPs' prior mean each point
+    was proposed under (`Trial.prior`; None: not proposed by a GP)."""
 
     strategy: str
     seed: int
@@ -65,6 +66,7 @@ class StrategyRun:
     spec: str | None = None
     copied_from: str | None = None
     methods: list[str] | None = None
+    priors: list[str | None] | None = None
 
     @property
     def label(self) -> str:

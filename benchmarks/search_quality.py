@@ -50,7 +50,7 @@ from benchmarks.demo_tables import DEFAULT_DEMO_DIR, DEMO_EXAMPLES, build_table,
 from benchmarks.environment import SMOKE_OUT, benchmark_environment, quiet_benchmark
 from benchmarks.metrics import hv_curve
 from benchmarks.problems import PROBLEM_BUDGETS, PROBLEMS, SMOKE_BUDGET, Budget, make_problem, results_key
-from benchmarks.report import report
+from benchmarks.report import key_minimums, report
 from benchmarks.results import (
     StrategyRun,
     merge_runs,
@@ -69,6 +69,9 @@ from benchmarks.strategies import (
     spec_id,
     warm_imports,
 )
+from benchmarks.suite_problems import SUITE_BUDGET, SUITE_PROBLEMS, suite_problem
+
+ALL_PROBLEMS = [*PROBLEMS, *SUITE_PROBLEMS]  # the wide suite's problems: benchmarks/suite_problems.py
 
 
 def default_out(problem: str, smoke: bool) -> Path:
@@ -77,7 +80,7 @@ def default_out(problem: str, smoke: bool) -> Path:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--problem", choices=[*PROBLEMS, "all"], default="demo",
+    p.add_argument("--problem", choices=[*ALL_PROBLEMS, "all"], default="demo",
                    help="'all' only with --report-only: every stored problem's table")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds 0..S-1 for random, nsga2, cma-es, standard recipe, authors' code (default 10)")
@@ -118,7 +121,7 @@ def report_all(a: argparse.Namespace, strategies: Sequence[str]) -> None:
     """--problem all --report-only: every stored problem's table and plot."""
     if not a.report_only or a.out or a.include:
         sys.exit("--problem all only prints stored tables: use it with --report-only (and no --out/--include)")
-    for name in PROBLEMS:
+    for name in ALL_PROBLEMS:
         path = default_out(name, a.smoke)
         if path.is_file():
             key, runs = read_results(path, StrategyRun.from_json)
@@ -130,10 +133,12 @@ def run_missing(a: argparse.Namespace, out: Path, strategies: list[str], seeds: 
                 n_seeds: Callable[[str], int]) -> tuple[dict[str, Any], list[StrategyRun], list[str]]:
     """Run every (strategy, seed) not stored yet, saving after each: the results key, the runs and the strategies
     this problem has (demo-only ones left out of a test function)."""
-    base = SMOKE_BUDGET if a.smoke else PROBLEM_BUDGETS[a.problem]
+    suite = a.problem in SUITE_PROBLEMS
+    base = SMOKE_BUDGET if a.smoke else SUITE_BUDGET if suite else PROBLEM_BUDGETS[a.problem]
     budget = Budget(*(v if v is not None else d for v, d in
                       zip((a.initial, a.batches, a.batch_size, a.candidates), vars(base).values())))
-    problem = make_problem(a.problem, budget, demo_dir_for(1, a.demo_dir), a.limit)
+    problem = (suite_problem(a.problem, budget) if suite
+               else make_problem(a.problem, budget, demo_dir_for(1, a.demo_dir), a.limit))
     skipped = [s for s in strategies if s in DEMO_ONLY and problem.layer_groups is None]
     if skipped:
         print(f"skipping {skipped}: demo problems only", file=sys.stderr)
@@ -158,7 +163,8 @@ def run_missing(a: argparse.Namespace, out: Path, strategies: list[str], seeds: 
                 r = run_one(s, problem, budget, seed)
             runs.append(r)
             save_runs(out, key, runs)
-            print(f"seed {seed} {s:20s} final HV {hv_curve(r.y, problem.ref_point)[-1]:.4g} "
+            hv = hv_curve(r.y, problem.ref_point, key_minimums(key))[-1]
+            print(f"seed {seed} {s:20s} final HV {hv:.4g} "
                   f"({r.seconds:.1f} s, {r.step_seconds:.2f} s/batch proposing)", flush=True)
     return key, runs, strategies
 

@@ -64,6 +64,8 @@ LOOP_STRATEGIES: dict[str, dict[str, Any]] = {
     "mm-mo -w2s -fisher -prior": {"weak_to_strong": {"enabled": False}, "fisher_screening": False,
                                   "prior_mean": "fitted"},  # = qnehvi
     "mm-mo worst prior": {"prior_mean": "worst"},  # the prior pinned in every batch, not only where it matters
+    # The prior decided per batch by the initial design's forecasts (from 3 objectives; under evaluation).
+    "mm-mo forecast prior": {"prior_mean": "forecast"},
     "mm-mo -sparsity": {"_objectives": DEMO_TASKS},  # demo problems only; not in the default set
     # Points of each batch on the take-home target (the rest on the front); 0 is the front-only search.
     "mm-mo take-home 0": {"take_home_points": 0},
@@ -73,7 +75,7 @@ LOOP_STRATEGIES: dict[str, dict[str, Any]] = {
 }
 ALL_STRATEGIES = ["mm-mo", "qnehvi", "random", "nsga2", "cma-es", "standard recipe", "authors' code",
                   "mm-mo all steps", "all steps -w2s", "all steps -fisher", "all steps -noise", "mm-mo crossover",
-                  "mm-mo -w2s -fisher -prior", "mm-mo worst prior", "mm-mo -sparsity", "mm-mo take-home 0",
+                  "mm-mo -w2s -fisher -prior", "mm-mo worst prior", "mm-mo forecast prior", "mm-mo -sparsity", "mm-mo take-home 0",
                   "mm-mo take-home 1", "mm-mo take-home 2", "mm-mo take-home 3"]
 DEFAULT_STRATEGIES = [s for s in ALL_STRATEGIES if s != "mm-mo -sparsity" and not s.startswith("mm-mo take-home")]
 DEMO_ONLY = {"standard recipe", "mm-mo -sparsity"}
@@ -112,8 +114,9 @@ def spec_id(name: str, problem: Problem, budget: Budget, seed: int) -> str | Non
 
 def run_loop_strategy(
     name: str, problem: Problem, budget: Budget, seed: int, rec: Recorder
-) -> tuple[list[float], list[str]]:
-    """One run of a `run_loop` strategy: the seconds each batch's proposal took, and the step behind each point."""
+) -> tuple[list[float], list[str], list[str | None]]:
+    """One run of a `run_loop` strategy: the seconds each batch's proposal took, the step behind each point and
+    the GPs' prior mean it was proposed under."""
     from mmmo.optimizer.acquisition import budget_for
     from mmmo.optimizer.loop import BatchSummary, NullObserver, run_loop
     from mmmo.optimizer.options import LoopOptions
@@ -124,9 +127,11 @@ def run_loop_strategy(
     cols = [problem.objectives.index(n) for n in objective_names]
     propose: list[float] = []
     steps: list[str] = []  # which step proposed each point (sobol, standard, acquisition, weak_to_strong, ...)
+    priors: list[str | None] = []
 
     def evaluate(trials: list[Trial]) -> list[Trial]:
         steps.extend(t.step for t in trials)
+        priors.extend(t.prior for t in trials)
         Y, S = rec(torch.tensor([t.x for t in trials], dtype=torch.float64))
         out = []
         for i, (t, y) in enumerate(zip(trials, Y.tolist())):
@@ -155,7 +160,7 @@ def run_loop_strategy(
                           ref_point=[problem.ref_point[c] for c in cols], budget=budget_for(len(objective_names)),
                           initial_points=recipes, **told)
     run_loop([], options, evaluate, ProposeTimes())
-    return propose, steps
+    return propose, steps, priors
 
 
 def initial_points(problem: Problem, budget: Budget, seed: int) -> torch.Tensor:
@@ -241,15 +246,17 @@ def run_one(name: str, problem: Problem, budget: Budget, seed: int) -> StrategyR
     t0 = time.perf_counter()
     propose: list[float] | None = None
     steps: list[str] | None = None
+    priors: list[str | None] | None = None
     if runner is not None:
         runner(problem, budget, seed, rec)
     else:
-        propose, steps = run_loop_strategy(name, problem, budget, seed, rec)
+        propose, steps, priors = run_loop_strategy(name, problem, budget, seed, rec)
     seconds = time.perf_counter() - t0
     batches = 0 if name == "standard recipe" else budget.batches
     return StrategyRun(
         strategy=name, seed=seed, x=rec.xs, y=rec.ys, y_obs=rec.observed(), seconds=seconds,
         eval_seconds=rec.seconds, propose_seconds=propose, steps=steps,
+        priors=priors if priors and any(p is not None for p in priors) else None,
         spec=spec_id(name, problem, budget, seed) if name in LOOP_STRATEGIES else None, batches=batches,
         # BO batch-step time: the run's time outside evaluation, per batch after the initial design
         step_seconds=(seconds - rec.seconds) / batches if batches else math.nan,

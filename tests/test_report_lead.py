@@ -215,3 +215,17 @@ def test_show_table_has_a_docs_column_at_any_width(tmp_path: Path, width: int) -
     assert "2" not in rows  # stopped early: on no front
     assert rows["0 *"][5] == "0.7333"
     assert ("arith.weight=0.00" in text) == (width >= 110)  # parameters only where they fit
+
+
+def test_the_report_says_which_prior_mean_each_batch_used(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    state = _state(1)
+    assert "prior mean" not in report_markdown(summarize_run(spec, state), spec)  # no GP proposed a trial
+    state.trials[1].batch, state.trials[2].batch = 1, 2
+    state.trials[1].prior = "fitted (forecast error 0.012 vs 0.034)"
+    state.trials[2].prior = "worst (forecast error 0.5 vs 0.7)"
+    text = report_markdown(summarize_run(spec, state), spec)
+    assert (
+        "- the GPs' prior mean (optimizer.prior_mean auto): batch 1 fitted (forecast error 0.012 vs 0.034), "
+        "batch 2 worst (forecast error 0.5 vs 0.7)"
+    ) in text

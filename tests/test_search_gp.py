@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from mmmo.optimizer.gp import fit_models, resolve_prior_mean
+from mmmo.optimizer.gp import fit_models, fit_models_with_prior, resolve_prior_mean
 from mmmo.optimizer.pareto import pareto_mask
+from mmmo.optimizer.prior import initial_design_errors, leave_one_out
 from mmmo.spec.schema import OptimizerSpec
 
 
@@ -57,13 +58,79 @@ def test_worst_prior_mean_is_pinned_not_fitted() -> None:
         assert float(gp.mean_module.constant) == pytest.approx(float(standardised_worst), rel=1e-6)
 
 
-def test_auto_pins_the_prior_from_three_objectives_on() -> None:
+def test_a_fixed_prior_is_kept_auto_pins_by_count_and_forecast_asks_the_data() -> None:
+    assert resolve_prior_mean(4, "worst") == "worst" and resolve_prior_mean(2, "fitted") == "fitted"
     assert [resolve_prior_mean(m, "auto") for m in (1, 2, 3, 4)] == ["fitted", "fitted", "worst", "worst"]
-    assert resolve_prior_mean(2, "worst") == "worst" and resolve_prior_mean(4, "fitted") == "fitted"
+    assert [resolve_prior_mean(m, "forecast") for m in (1, 2, 3, 4)] == ["fitted", "fitted", None, None]
     X, Y = trade_off_observations()
-    assert all(gp.mean_module.raw_constant.requires_grad for gp in fit_models(X, Y).models)  # 2 objectives
-    Y3 = torch.cat([Y, Y[:, :1] * 0.5], dim=-1)
-    assert all(not gp.mean_module.raw_constant.requires_grad for gp in fit_models(X, Y3).models)
+    for kind in ("worst", "fitted"):
+        gps = fit_models_with_prior(X, Y, prior_mean=kind)
+        model, choice = gps.model, gps.prior
+        assert list(gps.by_prior) == [kind]
+        assert choice.kind == kind and choice.evidence == {} and choice.describe() == kind
+        pinned = [not gp.mean_module.raw_constant.requires_grad for gp in model.models]
+        assert pinned == [kind == "worst"] * 2
+
+
+def test_leave_one_out_holds_each_trial_out_once() -> None:
+    assert [(k.tolist(), o.tolist()) for k, o in leave_one_out(3)] == [([1, 2], [0]), ([0, 2], [1]), ([0, 1], [2])]
+    assert leave_one_out(1) == []
+
+
+def history_with_far_batch(far: str) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """An initial design of 8 points on [0, 0.3]^2 whose first two objectives trade off (the third their mean), (-cos t, -sin t) with t growing
+    along x0 (maximised: their average lies beyond their front, as on DTLZ2), and a search batch of 4 points far
+    away (x in [0.8, 1]^2) that scored what the search found where it had no data: "better" (beyond the front
+    on both objectives: real gains) or "worst" (each objective's worst: no gain)."""
+    g = torch.Generator().manual_seed(0)
+    x0 = 0.3 * torch.rand(8, 2, generator=g, dtype=torch.float64)
+    t = (math.pi / 2) * x0[:, :1] / 0.3
+    y0 = torch.cat([-torch.cos(t), -torch.sin(t)], dim=-1)
+    x1 = 0.8 + 0.2 * torch.rand(4, 2, generator=g, dtype=torch.float64)
+    value = torch.tensor([-0.4, -0.4], dtype=torch.float64) if far == "better" else y0.min(0).values
+    y1 = value.expand(4, 2) + 0.01 * torch.randn(4, 2, generator=g, dtype=torch.float64)
+    Y = torch.cat([y0, y1])
+    return torch.cat([x0, x1]), torch.cat([Y, Y.mean(-1, keepdim=True)], -1), [0] * 8 + [1] * 4
+
+
+def test_forecast_scores_each_initial_trial_forecast_from_the_other_initial_ones() -> None:
+    X, Y, batches = history_with_far_batch("worst")
+    ref = torch.tensor([-1.2, -1.2, -1.2], dtype=torch.float64)
+    gps = fit_models_with_prior(X, Y, prior_mean="forecast", batches=batches, ref_point=ref.tolist())
+    models = {k: m.models for k, m in gps.by_prior.items()}
+    errors = initial_design_errors(models, Y, torch.arange(8), ref)
+    assert gps.prior.evidence == pytest.approx(errors)  # the far batch (batch 1) is never held out
+    assert gps.prior.kind == min(errors, key=errors.get) and gps.model is gps.by_prior[gps.prior.kind]
+    assert gps.prior.describe().startswith(f"{gps.prior.kind} (forecast error ")
+    # without batch indices every trial is taken as initial
+    every = fit_models_with_prior(X, Y, prior_mean="forecast", ref_point=ref.tolist())
+    assert every.prior.evidence == pytest.approx(initial_design_errors(models, Y, torch.arange(12), ref))
+
+
+def concave_design() -> tuple[torch.Tensor, torch.Tensor]:
+    """12 initial points whose first two objectives trade off along a concave front, (-cos t, -sin t) (maximised), t
+    growing along x0: any point between two others lies beyond their front, as on DTLZ2."""
+    x = torch.quasirandom.SobolEngine(2, scramble=True, seed=1).draw(12, dtype=torch.float64)
+    t = (math.pi / 2) * x[:, :1]
+    return x, torch.cat([-torch.cos(t), -torch.sin(t)], dim=-1) - 0.5 * x[:, 1:]
+
+
+def with_mean(y: torch.Tensor) -> torch.Tensor:
+    """`y [n, 2]` and a third objective, their mean: "forecast" asks the data from 3 objectives on."""
+    return torch.cat([y, y.mean(-1, keepdim=True)], -1)
+
+
+def test_forecast_pins_the_prior_where_the_unexplored_was_no_better_than_the_worst() -> None:
+    x, y = concave_design()
+    y = torch.where(torch.arange(12).unsqueeze(-1) % 3 == 0, y, y.min(0).values)  # most points score the worst
+    choice = fit_models_with_prior(x, with_mean(y), prior_mean="forecast", ref_point=[-2.0, -2.0, -2.0]).prior
+    assert choice.kind == "worst" and choice.evidence["worst"] < choice.evidence["fitted"]
+
+
+def test_forecast_keeps_the_fitted_prior_where_the_unexplored_filled_the_front() -> None:
+    x, y = concave_design()
+    choice = fit_models_with_prior(x, with_mean(y), prior_mean="forecast", ref_point=[-2.0, -2.0, -2.0]).prior
+    assert choice.kind == "fitted" and choice.evidence["fitted"] < choice.evidence["worst"]
 
 
 def test_auto_is_the_default_prior_mean() -> None:

@@ -120,6 +120,12 @@ def test_fresh_run_numbers_journals_and_summarises(full_run) -> None:
         first_finish = journal.events.index(("finished", ids[0]))
         assert all(journal.events.index(("proposed", i)) < first_finish for i in ids)
     assert result.trials[5].params == {"a.weight": result.trials[5].x[0], "b.weight": result.trials[5].x[1]}
+    # Each GP-proposed trial journals the prior mean its batch's GPs were fitted with, the initial
+    # design none (and then no field at all, as a journal written before the field).
+    assert all(t.prior is None and "prior" not in journal.trials[t.id] for t in result.trials[:4])
+    for t in result.trials[4:]:
+        assert journal.trials[t.id]["prior"] == t.prior
+        assert t.prior == "fitted"  # 2 objectives: "auto" keeps the fitted prior without asking the data
     # The reporting reference point comes from batch 0 alone and stays fixed.
     Y = torch.tensor([[t.objectives[n] for n in NAMES] for t in result.trials], dtype=T)
     assert result.ref_point == pytest.approx(infer_ref_point(Y[:4]).tolist())
@@ -166,14 +172,15 @@ def test_complete_history_is_not_touched(full_run) -> None:
 
 def test_failed_trials_stay_out_of_the_gp_and_are_never_reproposed(monkeypatch: pytest.MonkeyPatch) -> None:
     fitted: list[torch.Tensor] = []
-    real_fit = strategies.fit_models
+    real_fit = strategies.fit_models_with_prior
 
-    def spy(X: torch.Tensor, Y: torch.Tensor, Yvar: torch.Tensor | None = None, prior_mean: str = "auto"):
+    def spy(X: torch.Tensor, Y: torch.Tensor, Yvar: torch.Tensor | None = None, prior_mean: str = "auto", **kw):
         assert torch.isfinite(Y).all()
+        assert len(kw["batches"]) == X.shape[0]
         fitted.append(X.clone())
-        return real_fit(X, Y, Yvar, prior_mean)
+        return real_fit(X, Y, Yvar, prior_mean, **kw)
 
-    monkeypatch.setattr(strategies, "fit_models", spy)
+    monkeypatch.setattr(strategies, "fit_models_with_prior", spy)
     journal, ev = Journal(), Evaluator(fail_above=0.6)
     opt = OPT.model_copy(update={"strategy": "qnehvi", "batches": 2})
     result = run(opt, journal, ev)

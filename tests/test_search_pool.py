@@ -202,14 +202,14 @@ def test_known_noise_reaches_the_gps_and_unknown_is_inferred(fitted) -> None:
 def test_the_loop_hands_stderrs_and_the_prior_mean_to_the_gps(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[torch.Tensor | None] = []
     priors: list[str] = []
-    real = strategies.fit_models
+    real = strategies.fit_models_with_prior
 
-    def spy(X: torch.Tensor, Y: torch.Tensor, Yvar: torch.Tensor | None = None, prior_mean: str = "unset"):
+    def spy(X: torch.Tensor, Y: torch.Tensor, Yvar: torch.Tensor | None = None, prior_mean: str = "unset", **kw):
         seen.append(None if Yvar is None else Yvar.clone())
         priors.append(prior_mean)
-        return real(X, Y, Yvar, prior_mean)
+        return real(X, Y, Yvar, prior_mean, **kw)
 
-    monkeypatch.setattr(strategies, "fit_models", spy)
+    monkeypatch.setattr(strategies, "fit_models_with_prior", spy)
 
     def evaluate(trials: list[Trial]) -> Iterable[Trial]:
         for t in trials:

@@ -199,6 +199,7 @@ def _propose(
             batch=batch,
             x=[float(v) for v in p.x],
             step=p.step,
+            prior=p.prior,
             params=to_params(p.x) if to_params is not None else {},
             method=mixed.method_of(p.x) if mixed is not None else None,
         )

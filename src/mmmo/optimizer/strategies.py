@@ -25,7 +25,7 @@ from mmmo.optimizer.acquisition import (
     resolve_ref_point,
 )
 from mmmo.optimizer.fisher import DEDUPE_TOL, far_from, fisher_screen
-from mmmo.optimizer.gp import fit_models
+from mmmo.optimizer.gp import fit_models_with_prior
 from mmmo.optimizer.history import History
 from mmmo.optimizer.options import LoopOptions
 from mmmo.optimizer.space import SearchSpace
@@ -48,6 +48,7 @@ class Proposal:
 
     x: list[float]
     step: str
+    prior: str | None = None  # the GPs' prior mean it was proposed under (`PriorChoice.describe`); None: no GP
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -156,8 +157,10 @@ def propose_batch(
         mixed = space if space is not None and space.is_mixed else None
         # a single method's batch calls the GPs and the acquisition exactly as before methods could be listed
         categorical = {} if mixed is None else {"cat_dims": [mixed.method_dim]}
-        model = fit_models(X_done, Y_done, Yvar, opt.prior_mean, **categorical)
-        got = _bo_batch(BatchInputs(options, model, X_done, Y_done, X_seen, ref, seed))
+        gps = fit_models_with_prior(X_done, Y_done, Yvar, opt.prior_mean, batches=done_batches, ref_point=ref,
+                                    **categorical)
+        got = _bo_batch(BatchInputs(options, gps.model, X_done, Y_done, X_seen, ref, seed))
+        got = [replace(p, prior=gps.prior.describe()) for p in got]
     else:
         raise MmmoError(f"unknown optimizer strategy {opt.strategy!r}")
     return _top_up(got, n, dim, X_seen, seed, space)

@@ -196,7 +196,22 @@ def _lead_bullets(summary: RunSummary, spec: SearchSpec) -> list[str]:
             f"{m} {summary.mean_task_score(t):.4f} (trial {t.id})" for m, t in per.items()
         ))
     stopped = stopped_line(summary)
-    return lines + ([stopped] if stopped else [])
+    priors = prior_line(summary, spec)
+    return lines + ([stopped] if stopped else []) + ([priors] if priors else [])
+
+
+def prior_line(summary: RunSummary, spec: SearchSpec) -> str | None:
+    """"- the GPs' prior mean (optimizer.prior_mean ...): batch 1 fitted (...), batch 2 worst (...)", from what each
+    batch's GP-proposed trials journaled; None when no trial was proposed by a GP (or journaled before this)."""
+    per_batch: dict[int, str] = {}
+    for t in sorted([*summary.done, *summary.failed], key=lambda t: t.id):
+        if t.prior is not None:
+            per_batch.setdefault(t.batch, t.prior)
+    if not per_batch:
+        return None
+    return f"- the GPs' prior mean (optimizer.prior_mean {spec.optimizer.prior_mean}): " + ", ".join(
+        f"batch {b} {p}" for b, p in sorted(per_batch.items())
+    )
 
 
 def _sources_table(summary: RunSummary) -> list[str]:

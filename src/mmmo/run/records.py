@@ -60,6 +60,9 @@ class Trial(Scored):
     # The merge method, in a search that chooses it (merge.method a list); None: the spec's one method, which is
     # also what a trial journaled without this field merged with.
     method: str | None = None
+    # The GPs' prior mean it was proposed under (optimizer.gp.PriorChoice.describe); None: not proposed by a GP
+    # (and every trial journaled before this field).
+    prior: str | None = None
     stages_scored: int = 0  # how many stages of evaluation.stages it has been scored on (1 when stages are off)
     stopped: bool = False  # done on part of its documents: the stage criterion gave it no real chance
     merge_seconds: float | None = None
@@ -71,6 +74,8 @@ class Trial(Scored):
         data = super().to_json()
         if data["method"] is None:  # a single method's journal reads as it did before methods could be listed
             del data["method"]
+        if data["prior"] is None:
+            del data["prior"]
         return data
 
     def method_or(self, default: str) -> str:
