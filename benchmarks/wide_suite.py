@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from benchmarks.metrics import hv_curve, quartiles
 from benchmarks.report import key_minimums
-from benchmarks.results import StrategyRun, read_results, results_path
+from benchmarks.results import StrategyRun, merge_runs, parts, read_results, results_path
 from benchmarks.suite_problems import FAMILIES, PREFIX, Family
 
 CANDIDATE = "mm-mo forecast prior"
@@ -55,6 +55,7 @@ def load(problem: str) -> FamilyResult | None:
         return None
     key, runs = read_results(path, StrategyRun.from_json)
     assert key is not None
+    runs = merge_runs(runs, key, [], parts(path))  # runs other processes stored in part files
     hv: dict[str, list[float]] = {}
     for r in runs:
         hv.setdefault(r.strategy, []).append(hv_curve(r.y, key["ref_point"], key_minimums(key))[-1])

@@ -300,5 +300,6 @@ def _stage_decisions(
         prior_mean=options.opt.prior_mean, seed=options.opt.seed * 100003 + partial[0].id,
         min_gain=options.stage_min_gain,
         cat_dims=[options.space.method_dim] if options.space is not None and options.space.method_dim is not None else (),
+        batches=None if done.done_batches is None else [*done.done_batches, *(t.batch for t in partial)],
     )
     return [bool(c >= options.stage_min_chance) for c in chances.tolist()]

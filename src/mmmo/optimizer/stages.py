@@ -23,7 +23,7 @@ import torch
 from gpytorch.utils.warnings import NumericalWarning
 from torch import Tensor
 
-from mmmo.optimizer.gp import JITTER_WARNING, fit_models
+from mmmo.optimizer.gp import JITTER_WARNING, fit_models_with_prior
 from mmmo.optimizer.pareto import hypervolume
 from mmmo.runtime.quiet import expected_warnings
 from mmmo.spec.schema import PriorMean
@@ -117,19 +117,22 @@ def continue_chances(
     seed: int,
     min_gain: float = 0.0,
     cat_dims: Sequence[int] = (),
+    batches: Sequence[int] | None = None,
 ) -> Tensor:
     """`[k]` chances that each partially scored candidate improves the front once scored in full.
 
     `X_done [n, d]`, `Y_done [n, m]`, `Yvar_done [n, m]` (None: noise inferred) are every finished trial, those
     stopped early included; `front [p, m]` is the front of the trials scored in full. `cat_dims`: a mixed space's
-    method coordinate (see `fit_models`).
+    method coordinate (see `fit_models`). `batches [n + k]`: the batch of each finished then each partial trial,
+    so that `prior_mean: forecast` asks the same initial design as the batches do (None: all initial).
     """
     X = torch.cat([X_done, partial.x]).to(torch.float64)
     Y = torch.cat([Y_done, partial.y]).to(torch.float64)
     mu = s2 = None
     if X.shape[0] >= MIN_TRIALS_FOR_GP:
         Yvar = None if Yvar_done is None else torch.cat([Yvar_done, partial.yvar]).to(torch.float64)
-        model = fit_models(X, Y, Yvar, prior_mean, cat_dims=cat_dims)
+        ref = None if ref_point is None else ref_point.tolist()
+        model = fit_models_with_prior(X, Y, Yvar, prior_mean, cat_dims, batches=batches, ref_point=ref).model
         with torch.no_grad(), expected_warnings(JITTER_WARNING, NEGATIVE_VARIANCE_WARNING):
             posterior = model.posterior(partial.x.to(torch.float64))
             mu, s2 = posterior.mean, posterior.variance
