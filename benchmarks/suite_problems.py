@@ -9,15 +9,15 @@ from typing import Any
 
 import torch
 
-from benchmarks.problems import Budget, Problem, gaussian_noise
+from benchmarks.problems import Budget, Problem, test_function_problem
 
 PREFIX = "suite-"
 # Every family's budget: 30 evaluations, 10 initial + 4 batches of 5 (the budget the held-out engineering
 # problems lost on), 10 acquisition candidates.
 SUITE_BUDGET = Budget(10, 4, 5, 10)
-# A noisy variant's noise: this share of each objective's standard deviation over the domain (1024 Sobol points).
+# A noisy variant's noise: this share of each objective's standard deviation over the domain.
 NOISE_SHARE = 0.1
-# A constrained family's outcome constraint: its constrained objectives at least their median over the domain.
+# The domain's sample (scrambled Sobol) behind that spread and behind a constrained family's minimums (medians).
 SAMPLE_POINTS = 1024
 
 
@@ -73,29 +73,19 @@ def family_of(problem: str) -> Family:
 
 
 def suite_problem(name: str, budget: Budget) -> Problem:
-    """The suite problem `name`: its family's function mapped from the unit cube onto its domain, maximised,
-    scored against the function's own reference point; "-noisy": Gaussian noise (NOISE_SHARE of each objective's
-    spread), its standard deviation told to the optimizer."""
+    """The suite problem `name`: its family's function on the unit cube (`test_function_problem`), scored against
+    its own reference point; "-noisy": Gaussian noise (NOISE_SHARE of each objective's spread), its standard
+    deviation told to the optimizer; a constrained family: its `constrained` objectives at least their median."""
     family = family_of(name)
     fn = family.make().to(torch.float64)
-    lo, width = fn.bounds[0], fn.bounds[1] - fn.bounds[0]
-
-    def evaluate(X: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return fn(lo + X.to(torch.float64).reshape(-1, fn.dim) * width, noise=False)  # forward applies negate
-
-    sample = evaluate(torch.quasirandom.SobolEngine(fn.dim, scramble=True, seed=0).draw(SAMPLE_POINTS,
-                                                                                          dtype=torch.float64))
-    names = [f"f{i}" for i in range(fn.num_objectives)]
-    info: dict[str, Any] = {"function": type(fn).__name__, "dim": fn.dim, "family": family.name}
-    noise = None
-    if name.endswith("-noisy"):
-        std = [NOISE_SHARE * float(s) for s in sample.std(dim=0)]
-        info["noise_std"] = std
-        noise = gaussian_noise(std)
-    problem = Problem(name=name, dim=fn.dim, objectives=names, tasks=list(names), evaluate=evaluate,
-                      ref_point=[float(v) for v in fn.ref_point], budget=budget, noise=noise, info=info)
-    if family.constrained:
-        mins = {names[c]: float(sample[:, c].median()) for c in family.constrained}
-        problem = replace(problem, minimums=mins, info={**info, "minimums": mins})
-    return problem
+    problem = test_function_problem(name, fn, budget, None)
+    sample = problem.evaluate(torch.quasirandom.SobolEngine(fn.dim, scramble=True, seed=0).draw(
+        SAMPLE_POINTS, dtype=torch.float64))
+    std = [NOISE_SHARE * float(s) for s in sample.std(dim=0)] if name.endswith("-noisy") else None
+    if std is not None:
+        problem = test_function_problem(name, fn, budget, std)
+    info = {**problem.info, "family": family.name}
+    mins = {problem.objectives[c]: float(sample[:, c].median()) for c in family.constrained}
+    if mins:
+        info["minimums"] = mins
+    return replace(problem, minimums=mins, info=info)
