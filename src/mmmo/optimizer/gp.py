@@ -175,11 +175,11 @@ def fit_models_with_prior(
     Outcomes are standardised by an outcome transform, so posteriors come back in raw units.
     `prior_mean` "worst" pins each GP's constant mean at its worst (lowest) observation; "fitted" fits it;
     "auto" pins it from 3 objectives on (`resolve_prior_mean`); "forecast" keeps "fitted" below 3 objectives
-    and from 3 fits both and keeps the one whose GPs better forecast
-    the hypervolume gain (above `ref_point`, raw units; None: inferred from `Y`) of each initial-design trial
-    from the other ones (`optimizer.prior.initial_design_errors`; `batches [n]`: each trial's batch, 0 = the
-    initial design; None: every trial is). `cat_dims`: categorical coordinates (a mixed space's method), modelled with a categorical kernel; none: a
-    SingleTaskGP, as always.
+    and from 3 fits both and keeps the one whose GPs better forecast the hypervolume gain (above `ref_point`,
+    raw units; None: inferred from `Y`) of each initial-design trial from the other ones
+    (`optimizer.prior.initial_design_errors`; `batches [n]`: each trial's batch, 0 = the initial design; None:
+    every trial is). `cat_dims`: categorical coordinates (a mixed space's method), modelled with a categorical
+    kernel; none: a SingleTaskGP, as always.
     Failed trials must already be excluded; a fit that fails keeps the prior hyperparameters.
     """
     if X.dim() != 2 or Y.dim() != 2 or X.shape[0] != Y.shape[0]:
