@@ -112,19 +112,37 @@ def spec_id(name: str, problem: Problem, budget: Budget, seed: int) -> str | Non
     return json.dumps({"opt": opt.model_dump(mode="json"), "objectives": objective_names}, sort_keys=True)
 
 
+def scored_trials(trials: list[Any], rec: Recorder, objective_names: Sequence[str]) -> list[Any]:
+    """`trials` (mmmo `Trial`s) evaluated by `rec` on its problem: done with the observed values of
+    `objective_names` (their stderrs where noisy, 0 for exact objectives), or failed where a value is NaN."""
+    problem = rec.problem
+    cols = [problem.objectives.index(n) for n in objective_names]
+    Y, S = rec(torch.tensor([t.x for t in trials], dtype=torch.float64))
+    out = []
+    for i, (t, y) in enumerate(zip(trials, Y.tolist())):
+        if any(math.isnan(v) for v in y):
+            out.append(replace(t, status="failed", error="evaluation failed"))
+            continue
+        stderr = {n: 0.0 for n in objective_names if n in problem.exact}
+        n_examples: dict[str, int] = {}
+        if S is not None:
+            stderr.update({n: float(S[i, c]) for n, c in zip(objective_names, cols) if n not in problem.exact})
+            if problem.n_examples is not None:
+                n_examples = {n: problem.n_examples for n in objective_names if n in problem.tasks}
+        out.append(replace(t, status="done", objectives={n: y[c] for n, c in zip(objective_names, cols)},
+                           stderr=stderr, n_examples=n_examples))
+    return out
+
+
 def run_loop_strategy(
     name: str, problem: Problem, budget: Budget, seed: int, rec: Recorder
 ) -> tuple[list[float], list[str], list[str | None]]:
     """One run of a `run_loop` strategy: the seconds each batch's proposal took, the step behind each point and
     the GPs' prior mean it was proposed under."""
-    from mmmo.optimizer.acquisition import budget_for
     from mmmo.optimizer.loop import BatchSummary, NullObserver, run_loop
-    from mmmo.optimizer.options import LoopOptions
     from mmmo.run.records import Trial
 
     opt, objective_names = loop_spec(name, problem, budget, seed)
-    recipes = problem.recipes()
-    cols = [problem.objectives.index(n) for n in objective_names]
     propose: list[float] = []
     steps: list[str] = []  # which step proposed each point (sobol, standard, acquisition, weak_to_strong, ...)
     priors: list[str | None] = []
@@ -132,35 +150,29 @@ def run_loop_strategy(
     def evaluate(trials: list[Trial]) -> list[Trial]:
         steps.extend(t.step for t in trials)
         priors.extend(t.prior for t in trials)
-        Y, S = rec(torch.tensor([t.x for t in trials], dtype=torch.float64))
-        out = []
-        for i, (t, y) in enumerate(zip(trials, Y.tolist())):
-            if any(math.isnan(v) for v in y):
-                out.append(replace(t, status="failed", error="evaluation failed"))
-                continue
-            stderr = {n: 0.0 for n in objective_names if n in problem.exact}
-            n_examples: dict[str, int] = {}
-            if S is not None:
-                stderr.update({n: float(S[i, c]) for n, c in zip(objective_names, cols) if n not in problem.exact})
-                if problem.n_examples is not None:
-                    n_examples = {n: problem.n_examples for n in objective_names if n in problem.tasks}
-            out.append(replace(t, status="done", objectives={n: y[c] for n, c in zip(objective_names, cols)},
-                               stderr=stderr, n_examples=n_examples))
-        return out
+        return scored_trials(trials, rec, objective_names)
 
     class ProposeTimes(NullObserver):
         def on_batch_end(self, summary: BatchSummary) -> None:
             if summary.propose_seconds is not None:
                 propose.append(summary.propose_seconds)
 
-    # A constrained problem tells the library its take-home target, once the loop takes one.
-    told = {"target": problem.target()} if problem.minimums and "target" in LoopOptions.__dataclass_fields__ else {}
-    options = LoopOptions(opt=opt, dim=problem.dim, objective_names=objective_names,
-                          task_objective_names=[n for n in objective_names if n in problem.tasks],
-                          ref_point=[problem.ref_point[c] for c in cols], budget=budget_for(len(objective_names)),
-                          initial_points=recipes, **told)
-    run_loop([], options, evaluate, ProposeTimes())
+    run_loop([], loop_options(opt, objective_names, problem), evaluate, ProposeTimes())
     return propose, steps, priors
+
+
+def loop_options(opt: Any, objective_names: Sequence[str], problem: Problem) -> Any:
+    """The `LoopOptions` a loop strategy runs `problem` with, for its `OptimizerSpec` `opt` and its objectives."""
+    from mmmo.optimizer.acquisition import budget_for
+    from mmmo.optimizer.options import LoopOptions
+
+    cols = [problem.objectives.index(n) for n in objective_names]
+    # A constrained problem tells the library its take-home target.
+    told = {"target": problem.target()} if problem.minimums else {}
+    return LoopOptions(opt=opt, dim=problem.dim, objective_names=objective_names,
+                       task_objective_names=[n for n in objective_names if n in problem.tasks],
+                       ref_point=[problem.ref_point[c] for c in cols], budget=budget_for(len(objective_names)),
+                       initial_points=problem.recipes(), **told)
 
 
 def initial_points(problem: Problem, budget: Budget, seed: int) -> torch.Tensor:

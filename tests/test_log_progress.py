@@ -20,7 +20,7 @@ from rich.console import Console
 from mmmo.evaluation.evaluator import local_model_folder
 from mmmo.evaluation.hub import MODEL_FILES, folder_size, hub_model_folder, size_text
 from mmmo.optimizer.loop import BatchSummary
-from mmmo.run.records import SourceScore, Trial
+from mmmo.run.records import ScheduleStats, SourceScore, Trial
 from mmmo.runtime.errors import MmmoError
 from mmmo.runtime.progress import SearchProgress, search_progress
 from mmmo.runtime.progress_lines import LogProgress, duration, seconds_left
@@ -39,7 +39,7 @@ class FakeClock:
         return self.now
 
 
-def _spec(**optimizer: int) -> SearchSpec:
+def _spec(**optimizer: object) -> SearchSpec:
     # Objectives a and a2 score the same documents (same task and limit): a trial's documents count them once.
     return SearchSpec.model_validate({
         "name": "t", "base_model": "org/base", "models": ["org/a", "org/b"], "merge": {"method": "dare_ties"},
@@ -118,6 +118,31 @@ def test_batch_line_carries_hypervolume_best_mean_task_score_elapsed_and_time_le
         "about 50s left"
     )
     assert log.per_trial_seconds() == pytest.approx(10.0)
+
+
+def test_async_batch_line_says_how_busy_the_evaluators_were_and_the_bar_which_run() -> None:
+    out = io.StringIO()
+    clock = FakeClock(1000.0)
+    with LogProgress(_spec(), stream=out, clock=clock) as log:
+        clock.now = 1020.0
+        log.finished(_done(2, 0.5, 0.5, 0.5))
+        use = ScheduleStats(workers=2, wall_seconds=20.0, busy_seconds=37.0, propose_seconds=3.0)
+        log.batch_end(replace(_summary(1, 0.5), schedule=use))
+    assert _lines(out)[-1].startswith("batch 1 done: hypervolume 0.5; best mean task score 0.5 (trial 2); elapsed "
+                                      "20s; evaluators busy 92%;")
+    spec = _spec(schedule="async")
+    bar = SearchProgress(spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"workers": 3})}),
+                         console=Console(file=io.StringIO()))
+    bar.started(_done(7, 0.1, 0.1, 0.1))
+    bar.started(_done(8, 0.1, 0.1, 0.1))
+    assert bar.busy_text() == "trials 7, 8 running, 1 of 3 evaluators idle"
+    bar.finished(_done(7, 0.1, 0.1, 0.1))
+    assert bar.busy_text() == "trials 8 running, 2 of 3 evaluators idle"
+    # The batch schedule announces a whole batch before it queues: the bar names the latest trial, as it always did.
+    batch = SearchProgress(_spec(), console=Console(file=io.StringIO()))
+    for i in (10, 11, 12):
+        batch.started(_done(i, 0.1, 0.1, 0.1))
+    assert batch.busy_text() == "trial 12 (batch 1, acquisition, stage 2)"
 
 
 def test_time_left_follows_the_latest_batch() -> None:

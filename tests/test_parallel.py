@@ -42,8 +42,10 @@ def test_two_workers_give_the_same_journal_as_one(
     for name in AUTH_ENV:  # Ray's auth as a user who configured none gets it: the run's own token
         monkeypatch.delenv(name, raising=False)
     before = _ray_temp_folders()
-    one = mmmo.search(write_demo_spec(demo_paths, tmp_path / "one", optimizer=OPT), show_progress=False)
-    spec_two = write_demo_spec(demo_paths, tmp_path / "two", optimizer=OPT, evaluation={"workers": 2})
+    # the batch schedule: the same proposals whatever the number of workers (async ones depend on timing)
+    batch = {**OPT, "schedule": "batch"}
+    one = mmmo.search(write_demo_spec(demo_paths, tmp_path / "one", optimizer=batch), show_progress=False)
+    spec_two = write_demo_spec(demo_paths, tmp_path / "two", optimizer=batch, evaluation={"workers": 2})
     two = mmmo.search(spec_two, show_progress=False)
     assert _by_id(two.run_dir) == _by_id(one.run_dir)
     workers = {t.worker for t in two.trials}
@@ -55,6 +57,26 @@ def test_two_workers_give_the_same_journal_as_one(
         assert Path(kept) == two.run_dir / "ray" and Path(kept).is_dir()
     else:
         assert _ray_temp_folders() == before
+
+
+def test_two_workers_async_score_every_trial_once_and_journal_their_use(demo_paths, tmp_path: Path) -> None:
+    from demo_specs import write_demo_spec
+
+    spec = write_demo_spec(demo_paths, tmp_path, optimizer={**OPT, "batches": 2}, evaluation={"workers": 2})
+    assert load_spec(spec).schedule == "async"  # the default with several workers
+    result = mmmo.search(spec, show_progress=False)
+    events = read_events(result.run_dir / "trials.jsonl")
+    finished = [e["trial"]["id"] for e in events if e["event"] in ("done", "failed")]
+    assert sorted(finished) == list(range(8))  # the budget, each trial once
+    assert {t.worker for t in result.trials} == {"worker-0", "worker-1"}
+    ends = [e for e in events if e["event"] == "batch_end"]
+    assert [e["batch"] for e in ends] == [0, 1, 2]
+    use = ends[-1]["schedule"]
+    assert use["workers"] == 2 and 0 < use["busy_seconds"] <= 2 * use["wall_seconds"]
+    assert [t.batch for t in result.trials] == [0] * 4 + [1, 1, 2, 2]
+    report = (result.run_dir / "report.md").read_text()
+    share = round(100 * use["busy_seconds"] / (2 * use["wall_seconds"]))
+    assert f"- evaluators (optimizer.schedule auto: async): 2, busy {share}% of the search's wall time" in report
 
 
 def test_a_killed_worker_fails_only_its_candidate_which_is_retried(

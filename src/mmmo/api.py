@@ -9,6 +9,7 @@ from typing import Any
 
 from mmmo.evaluation.pool import EvaluatorPool, make_pool
 from mmmo.optimizer.acquisition import budget_for
+from mmmo.optimizer.async_loop import run_async_loop
 from mmmo.optimizer.loop import BatchSummary, run_loop
 from mmmo.optimizer.options import LoopOptions
 from mmmo.optimizer.space import SearchSpace, standard_recipes
@@ -102,6 +103,8 @@ class SearchRecorder:
 
     def on_batch_end(self, summary: BatchSummary) -> None:
         timing = {} if summary.propose_seconds is None else {"propose_seconds": round(summary.propose_seconds, 3)}
+        if summary.schedule is not None:  # the asynchronous schedule's use of its evaluators, so far in this session
+            timing["schedule"] = summary.schedule.to_json()
         self.journal.append(EventKind.BATCH_END, batch=summary.batch, hypervolume=summary.hypervolume, **timing)
         self.progress.batch_end(summary)
 
@@ -236,13 +239,35 @@ def _run(
         )[0],
     )
 
+    recorder.progress.resume_from(state.trials)
+    if spec.schedule == "async":
+        run_async_loop(state.trials, options, ShownWorkers(pool, recorder.progress), recorder)
+        return
+
     def evaluate(trials: list[Trial]) -> Iterable[Trial]:
         for t in trials:
             recorder.progress.started(t)
         return pool.evaluate(trials)
 
-    recorder.progress.resume_from(state.trials)
     run_loop(state.trials, options, evaluate, recorder)
+
+
+class ShownWorkers:
+    """A pool's evaluators as the asynchronous schedule's `TrialWorkers`, each start shown on the progress display."""
+
+    def __init__(self, pool: EvaluatorPool, progress: ProgressDisplay):
+        self.pool, self.progress = pool, progress
+
+    @property
+    def slots(self) -> int:
+        return self.pool.slots
+
+    def start(self, trial: Trial) -> None:
+        self.progress.started(trial)
+        self.pool.start(trial)
+
+    def next_finished(self, wait: bool) -> Trial | None:
+        return self.pool.next_finished(wait)
 
 
 def _existing_exports(run_dir: Path) -> list[Path]:

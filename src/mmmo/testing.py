@@ -1,12 +1,15 @@
-"""Support for tests and benchmarks, kept out of the product modules: a search spec over a built demo, and a Ray
-worker that dies on cue.
+"""Support for tests and benchmarks, kept out of the product modules: a search spec over a built demo, a Ray
+worker that dies on cue, and one that takes longer, as a bigger model's generation would.
 
 Nothing in mmmo imports this module.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +60,23 @@ def worker_killed_on_trial(trial_id: int, marker: Path) -> type[RayWorker]:
             return super().evaluate(trial_data)
 
     return KilledOnTrial
+
+
+def worker_delayed(median_seconds: float, sigma: float, seed: int) -> type[RayWorker]:
+    """A Ray worker class that scores as `RayWorker` does, then waits a drawn delay, counted in the trial's
+    `eval_seconds`: lognormal with `median_seconds` and `sigma`, the same for a trial id and `seed` on any worker.
+
+    Stands in for a GPU box, where generation lengths spread candidates' times (a broken merge rambles to
+    `max_gen_toks`). Install it as `worker_killed_on_trial`'s class is.
+    """
+
+    class Delayed(RayWorker):
+        def evaluate(self, trial_data: dict[str, Any]) -> dict[str, Any]:
+            result = super().evaluate(trial_data)
+            draw = random.Random(f"{seed}/{trial_data['id']}/{trial_data.get('stages_scored', 0)}")
+            delay = median_seconds * math.exp(sigma * draw.gauss(0.0, 1.0))
+            time.sleep(delay)
+            result["eval_seconds"] = (result.get("eval_seconds") or 0.0) + delay
+            return result
+
+    return Delayed

@@ -23,6 +23,19 @@ class EvaluatorPool(Protocol):
         """Score `trials` (status "proposed"), yielding each as done or failed as it finishes, in any order."""
         ...
 
+    @property
+    def slots(self) -> int:
+        """How many trials it scores at once (the asynchronous schedule's `TrialWorkers`)."""
+        ...
+
+    def start(self, trial: Trial) -> None:
+        """Begin scoring `trial` as soon as an evaluator is free."""
+        ...
+
+    def next_finished(self, wait: bool) -> Trial | None:
+        """A started trial that came back; None when none has yet and `wait` is False."""
+        ...
+
     def evaluate_sources(self, indices: Iterable[int | None]) -> list[SourceScore]:
         """Score the base (None) and source models (their index in spec.models), in the order given."""
         ...
@@ -41,14 +54,31 @@ class EvaluatorPool(Protocol):
 
 
 class LocalPool:
-    """Evaluate candidates one after the other with a single evaluator resident in this process."""
+    """Evaluate candidates one after the other with a single evaluator resident in this process.
+
+    A started trial is scored when it is asked for (`next_finished`), in the caller's thread: the optimiser and the
+    evaluator share torch's global random state (each seeds it inside its own blocks) and Python's warning filters,
+    so in one process they take turns rather than run side by side.
+    """
 
     def __init__(self, evaluator: CandidateEvaluator):
         self.evaluator = evaluator
+        self._started: list[Trial] = []
 
     def evaluate(self, trials: list[Trial]) -> Iterator[Trial]:
         for t in trials:
             yield self.evaluator.evaluate(t)
+
+    @property
+    def slots(self) -> int:
+        return 1
+
+    def start(self, trial: Trial) -> None:
+        self._started.append(trial)
+
+    def next_finished(self, wait: bool) -> Trial | None:
+        """The started trial, scored now; None when none was started."""
+        return self.evaluator.evaluate(self._started.pop(0)) if self._started else None
 
     def evaluate_sources(self, indices: Iterable[int | None]) -> list[SourceScore]:
         return [self.evaluator.evaluate_source(i) for i in indices]

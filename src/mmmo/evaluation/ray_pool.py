@@ -177,11 +177,15 @@ class RayPool:
         self._own_tmp: str | None = None
         self._token: RunToken | None = None
         self.actors: list[Any] = []
+        self._queue: list[Trial] = []  # started, waiting for an idle actor
+        self._idle: list[Any] = []
+        self._running: dict[Any, tuple[Trial, Any]] = {}  # result ref -> (trial, its actor)
         try:
             self._init_ray()
             self.actors = self._start_actors(spec.evaluation.workers)
             # Fail at start-up, in this process, if any worker cannot build its merger or tasks.
             self._pids = get_results(self.ray, [a.pid.remote() for a in self.actors])
+            self._idle = list(self.actors)
         except BaseException:
             self.close()  # the caller gets no pool to close: stop the Ray it started and remove its folder
             raise
@@ -223,37 +227,63 @@ class RayPool:
     def worker_pids(self) -> list[int]:
         return list(self._pids)
 
-    def evaluate(self, trials: list[Trial]) -> Iterator[Trial]:
-        """Score trials on the idle actors, yielding each as it finishes (any order)."""
+    @property
+    def slots(self) -> int:
+        """How many trials can be scored at once: the actors alive."""
+        return len(self.actors)
+
+    def start(self, trial: Trial) -> None:
+        """Score `trial` on an idle actor, or on the first to free (a `TrialWorkers` of optimizer.async_loop)."""
+        self._queue.append(trial)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._queue and self._idle:
+            trial, actor = self._queue.pop(0), self._idle.pop(0)
+            self._running[actor.evaluate.remote(trial.to_json())] = (trial, actor)
+
+    def next_finished(self, wait: bool) -> Trial | None:
+        """A started trial that came back; None when none has yet and `wait` is False (or nothing was started).
+
+        A trial whose actor died is failed, then retried once on another actor (`on_attempt_failed` hears of it).
+        """
         ray = self.ray
-        queue = list(trials)
-        idle = list(self.actors)
-        running: dict[Any, tuple[Trial, Any]] = {}
-        while queue or running:
-            while queue and idle:
-                trial, actor = queue.pop(0), idle.pop(0)
-                running[actor.evaluate.remote(trial.to_json())] = (trial, actor)
-            if not running:
-                raise MmmoError("every Ray worker has died; the finished evaluations are saved, resume to continue")
-            [ready], _ = ray.wait(list(running), num_returns=1)
-            trial, actor = running.pop(ready)
+        while True:
+            self._dispatch()
+            if not self._running:
+                if self._queue:
+                    raise MmmoError("every Ray worker has died; the finished evaluations are saved, resume to continue")
+                return None
+            ready, _ = ray.wait(list(self._running), num_returns=1, timeout=None if wait else 0)
+            if not ready:
+                return None
+            trial, actor = self._running.pop(ready[0])
             try:
                 # A full disk raised in the worker stops the search, as in process: every later candidate would hit it
-                result = Trial.from_json(get_results(ray, ready))
+                result = Trial.from_json(get_results(ray, ready[0]))
             except ray.exceptions.RayActorError as err:
                 self.actors.remove(actor)
                 failed = replace(
                     trial, status="failed", attempts=trial.attempts + 1,
                     error=f"worker died: {one_line(err, limit=200)}",
                 )
-                if failed.attempts < 2:
-                    self.on_attempt_failed(failed)
-                    queue.insert(0, replace(failed, status="proposed", error=None))
-                else:
-                    yield failed
+                if failed.attempts >= 2:
+                    return failed
+                self.on_attempt_failed(failed)
+                self._queue.insert(0, replace(failed, status="proposed", error=None))
                 continue
-            idle.append(actor)
-            yield result
+            self._idle.append(actor)
+            return result
+
+    def evaluate(self, trials: list[Trial]) -> Iterator[Trial]:
+        """Score trials on the idle actors, yielding each as it finishes (any order)."""
+        for t in trials:
+            self.start(t)
+        for _ in trials:
+            back = self.next_finished(wait=True)
+            if back is None:
+                raise MmmoError("the Ray workers returned nothing for a started trial")
+            yield back
 
     def evaluate_sources(self, indices: Iterable[int | None]) -> list[SourceScore]:
         indices = list(indices)
@@ -281,7 +311,7 @@ class RayPool:
                 self.ray.kill(a)
             except Exception:  # noqa: BLE001 - already dead
                 pass
-        self.actors = []
+        self.actors, self._idle, self._running, self._queue = [], [], {}, []
         if self._started_ray and self.ray.is_initialized():
             self.ray.shutdown()
         if self._token is not None:

@@ -308,10 +308,11 @@ def propose_scalar(
     seed: int = 0,
     budget: AcqBudget = DEFAULT_BUDGET,
     fixed_features_list: FixedFeatures | None = None,
+    X_pending: Tensor | None = None,
 ) -> Tensor:
     """`n` points `[n, d]` maximising qLogNEI of the weighted sum `Y @ weights` (`weights [m]`, raw units) of the
     model's outputs, under outcome `constraints` on those outputs (BoTorch applies them to the raw samples, before
-    the weighting), by sequential greedy optimisation as `propose_hvi`."""
+    the weighting), by sequential greedy optimisation as `propose_hvi`; `X_pending [r, d]`: points being scored."""
     X_baseline = X_baseline.to(torch.float64)
     d = X_baseline.shape[-1]
     bounds = torch.stack([torch.zeros(d), torch.ones(d)]).to(X_baseline)
@@ -322,5 +323,6 @@ def propose_scalar(
         acqf = qLogNoisyExpectedImprovement(
             model, X_baseline, sampler=sampler, objective=LinearMCObjective(weights.to(X_baseline)),
             constraints=constraints or None,
+            X_pending=X_pending.to(X_baseline) if X_pending is not None and X_pending.shape[0] else None,
         )
         return maximize(acqf, bounds, n, budget, seed, fixed_features_list)

@@ -17,8 +17,8 @@ from mmmo.optimizer.history import History, done_arrays, done_variances
 from mmmo.optimizer.options import LoopOptions
 from mmmo.optimizer.pareto import hypervolume, infer_ref_point, pareto_mask
 from mmmo.optimizer.stages import PartialScores, continue_chances
-from mmmo.optimizer.strategies import propose_batch
-from mmmo.run.records import Trial
+from mmmo.optimizer.strategies import Proposal, propose_batch, propose_next
+from mmmo.run.records import ScheduleStats, Trial
 from mmmo.runtime.errors import MmmoError
 
 # Scores a batch's pending trials, yielding each once, done or failed, in any order.
@@ -36,6 +36,7 @@ class BatchSummary:
     pareto_ids: list[int]
     best_per_objective: dict[str, tuple[int, float]]  # objective -> (trial id, value)
     propose_seconds: float | None = None  # time this call spent proposing the batch (None: proposed earlier)
+    schedule: ScheduleStats | None = None  # the asynchronous schedule's use of its workers so far in this call
 
 
 @dataclass
@@ -111,7 +112,7 @@ def summarize_batch(
     )
 
 
-def _check_finished(t: Trial, pending: set[int], objective_names: Sequence[str]) -> None:
+def check_finished(t: Trial, pending: set[int], objective_names: Sequence[str]) -> None:
     if t.id not in pending:
         raise MmmoError(f"evaluation returned trial {t.id}, which was not pending in this batch")
     if t.status not in ("done", "failed", "partial"):
@@ -149,12 +150,14 @@ def run_loop(
         batch_trials = [t for t in history if t.batch == b]
         worked = False
         propose_seconds = None
-        if not batch_trials:
+        size = opt.initial if b == 0 else opt.batch_size
+        if len(batch_trials) < size:  # none yet; or a kill cut its journaling short, or an async run left it part-full
             started = time.perf_counter()
-            batch_trials = _propose(history, b, options, ref)
+            new = _propose(history, b, options, ref, have=batch_trials)
             propose_seconds = time.perf_counter() - started
-            history.extend(batch_trials)
-            watch.on_proposed(list(batch_trials))
+            history.extend(new)
+            batch_trials = batch_trials + new
+            watch.on_proposed(list(new))
             worked = True
 
         pending = [t for t in batch_trials if t.status in ("proposed", "partial")]
@@ -185,26 +188,39 @@ def run_loop(
 
 
 def _propose(
-    history: list[Trial], batch: int, options: LoopOptions, ref: list[float] | None
+    history: list[Trial], batch: int, options: LoopOptions, ref: list[float] | None, have: Sequence[Trial] = ()
 ) -> list[Trial]:
-    """Batch `batch`'s new trials, numbered after the history's last id."""
+    """Batch `batch`'s new trials, numbered after the history's last id; with `have` (the batch's trials already
+    proposed) only the rest of it: the initial design's missing points, or a later batch's missing slots, each
+    proposed with the batch's unfinished trials pending."""
     names, dim = options.objective_names, options.dim
-    proposals = propose_batch(options, History.of(history, names, dim), batch_index=batch, ref_point=ref)
     next_id = max((t.id for t in history), default=-1) + 1
-    to_params = options.to_params
+    if not have or batch == 0:
+        proposals = propose_batch(options, History.of(history, names, dim), batch_index=batch, ref_point=ref)
+        missing = (options.opt.initial if batch == 0 else options.opt.batch_size) - len(have)
+        return [trial_of(p, next_id + i, batch, options) for i, p in enumerate(proposals[:missing])]
+    new: list[Trial] = []
+    for slot in range(len(have), options.opt.batch_size):
+        known = [*history, *new]
+        pending = torch.tensor([t.x for t in known if t.status in ("proposed", "partial")], dtype=torch.float64)
+        p = propose_next(options, History.of(known, names, dim), batch_index=batch, slot=slot,
+                         X_pending=pending.reshape(-1, dim), ref_point=ref)
+        new.append(trial_of(p, next_id + len(new), batch, options))
+    return new
+
+
+def trial_of(p: Proposal, trial_id: int, batch: int, options: LoopOptions) -> Trial:
+    """The new trial for proposal `p`: its point, step and prior, its merge parameters named in real units."""
     mixed = options.space if options.space is not None and options.space.is_mixed else None
-    return [
-        Trial(
-            id=next_id + i,
-            batch=batch,
-            x=[float(v) for v in p.x],
-            step=p.step,
-            prior=p.prior,
-            params=to_params(p.x) if to_params is not None else {},
-            method=mixed.method_of(p.x) if mixed is not None else None,
-        )
-        for i, p in enumerate(proposals)
-    ]
+    return Trial(
+        id=trial_id,
+        batch=batch,
+        x=[float(v) for v in p.x],
+        step=p.step,
+        prior=p.prior,
+        params=options.to_params(p.x) if options.to_params is not None else {},
+        method=mixed.method_of(p.x) if mixed is not None else None,
+    )
 
 
 def _evaluate_pending(
@@ -246,7 +262,7 @@ def _evaluate_group(
     partial = [t for t in pending if t.status == "partial"]
     while todo or partial:
         if partial:
-            go_on = _stage_decisions(history, partial, options, ref)
+            go_on = stage_decisions(history, partial, options, ref)
             for t, keep in zip(partial, go_on):
                 if not keep:
                     stopped = replace(t, status="done", stopped=True)
@@ -256,7 +272,7 @@ def _evaluate_group(
             partial = []
         left = {t.id for t in todo}
         for finished in evaluate(todo):
-            _check_finished(finished, left, names)
+            check_finished(finished, left, names)
             history[position[finished.id]] = finished
             left.discard(finished.id)
             if finished.status == "partial":
@@ -269,7 +285,7 @@ def _evaluate_group(
         todo = []
 
 
-def _stage_decisions(
+def stage_decisions(
     history: list[Trial], partial: list[Trial], options: LoopOptions, ref: list[float] | None
 ) -> list[bool]:
     """Whether each partially scored trial goes on to its next stage (see optimizer.stages)."""

@@ -51,9 +51,9 @@ class Proposal:
     prior: str | None = None  # the GPs' prior mean it was proposed under (`PriorChoice.describe`); None: no GP
 
 
-def batch_seed(seed: int, batch_index: int) -> int:
-    """A 31-bit seed mixed from the run seed and the batch index."""
-    return int(np.random.SeedSequence([seed, batch_index]).generate_state(1)[0] & 0x7FFFFFFF)
+def batch_seed(seed: int, batch_index: int, *slot: int) -> int:
+    """A 31-bit seed mixed from the run seed, the batch index and (asynchronous schedule) the slot in the batch."""
+    return int(np.random.SeedSequence([seed, batch_index, *slot]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def sobol_points(n: int, dim: int, seed: int, skip: int = 0) -> Tensor:
@@ -131,9 +131,7 @@ def propose_batch(
     X_seen = history.X_seen.to(torch.float64).reshape(-1, dim).cpu()
     Yvar_done, done_batches = history.Yvar_done, history.done_batches
     seed = batch_seed(opt.seed, batch_index)
-    ref = next((r for r in (ref_point, options.ref_point, opt.ref_point) if r is not None), None)
-    if ref is not None and len(ref) != Y_done.shape[-1]:
-        raise MmmoError(f"ref_point has {len(ref)} values but there are {Y_done.shape[-1]} objectives")
+    ref = _checked_ref(options, ref_point, Y_done.shape[-1])
 
     if batch_index == 0:
         n_std = 0 if initial_points is None else min(initial_points.shape[0], opt.initial)
@@ -164,6 +162,60 @@ def propose_batch(
     else:
         raise MmmoError(f"unknown optimizer strategy {opt.strategy!r}")
     return _top_up(got, n, dim, X_seen, seed, space)
+
+
+def _checked_ref(options: LoopOptions, ref_point: Sequence[float] | None, m: int) -> Sequence[float] | None:
+    """The reference point a proposal uses (the caller's, else the options', else the spec's; None: inferred), its
+    length checked against the `m` objectives; the strategy checked too."""
+    if options.opt.strategy not in ("mm-mo", "qnehvi", "random", "nsga2"):
+        raise MmmoError(f"unknown optimizer strategy {options.opt.strategy!r}")
+    ref = next((r for r in (ref_point, options.ref_point, options.opt.ref_point) if r is not None), None)
+    if ref is not None and len(ref) != m:
+        raise MmmoError(f"ref_point has {len(ref)} values but there are {m} objectives")
+    return ref
+
+
+def propose_next(
+    options: LoopOptions,
+    history: History,
+    *,
+    batch_index: int,
+    slot: int,
+    X_pending: Tensor,
+    ref_point: Sequence[float] | None = None,
+) -> Proposal:
+    """One point, slot `slot` of batch `batch_index` (>= 1), for a worker that just freed (the asynchronous
+    schedule): as `propose_batch`, but alone, with `X_pending [r, d]` (the trials being scored) as the acquisition's
+    pending points, so nothing being scored is proposed again nor its outcome counted twice. The first
+    `opt.take_home_points` slots of a batch go to the take-home target, the rest to the front. Seeded from
+    `(opt.seed, batch_index, slot)`."""
+    if batch_index < 1:
+        raise MmmoError("the initial design is proposed whole, by propose_batch")
+    opt, dim, space = options.opt, options.dim, options.space
+    dev = torch.device(options.device) if options.device is not None else history.X_done.device
+    X_done = history.X_done.to(dev, torch.float64).reshape(-1, dim)
+    Y_done = history.Y_done.to(dev, torch.float64)
+    X_seen = history.X_seen.to(torch.float64).reshape(-1, dim).cpu()
+    seed = batch_seed(opt.seed, batch_index, slot)
+    ref = _checked_ref(options, ref_point, Y_done.shape[-1])
+    got: list[Proposal] = []
+    if opt.strategy == "random":
+        skip = opt.initial + (batch_index - 1) * opt.batch_size + slot
+        got = _novel(_projected(sobol_points(1, dim, opt.seed, skip=skip), space), ["random"], X_seen, 1)
+    elif opt.strategy == "nsga2":
+        gens = list(history.done_batches or default_generations(X_done.shape[0], opt))
+        got = _nsga2(X_done.cpu(), Y_done.cpu(), gens, X_seen, dim, seed, 1, space, population=opt.batch_size)
+    elif X_done.shape[0] >= MIN_DONE_FOR_GP:
+        Yvar = history.Yvar_done.to(Y_done) if opt.known_noise and history.Yvar_done is not None else None
+        mixed = space if space is not None and space.is_mixed else None
+        categorical = {} if mixed is None else {"cat_dims": [mixed.method_dim]}
+        gps = fit_models_with_prior(X_done, Y_done, Yvar, opt.prior_mean, batches=history.done_batches, ref_point=ref,
+                                    **categorical)
+        inp = BatchInputs(options, gps.model, X_done, Y_done, X_seen, ref, seed, X_pending=X_pending.to(X_done))
+        home = slot < min(opt.take_home_points, opt.batch_size)
+        got = _take_home(inp, inp.target, 1) if home else _qnehvi(inp, 1) if opt.strategy == "qnehvi" else _mm_mo(inp, 1)
+        got = [replace(p, prior=gps.prior.describe()) for p in got]
+    return _top_up(got, 1, dim, X_seen, seed, space)[0]
 
 
 def _projected(X: Tensor, space: SearchSpace | None) -> Tensor:
@@ -257,7 +309,8 @@ def _take_home(inp: BatchInputs, target: Target, k: int) -> list[Proposal]:
     """(At most) `k` new points by qLogNEI on `target`'s weighted mean, under its outcome constraints."""
     fixed = {} if inp.mixed is None else {"fixed_features_list": inp.fixed_features_list}
     X = propose_scalar(
-        inp.model, inp.X_done, target.normalised_weights(inp.Y_done), k, constraints=target.botorch_constraints(), seed=inp.seed, budget=inp.budget, **fixed,
+        inp.model, inp.X_done, target.normalised_weights(inp.Y_done), k, constraints=target.botorch_constraints(),
+        seed=inp.seed, budget=inp.budget, X_pending=inp.X_pending, **fixed,
     )
     return _novel(_projected(X, inp.mixed), ["take_home"] * X.shape[0], inp.X_seen, k)
 
@@ -307,10 +360,10 @@ def _mm_mo_crossover(inp: BatchInputs, n: int) -> list[Proposal]:
 
 def _nsga2(
     X_done: Tensor, Y_done: Tensor, generations: Sequence[int], X_seen: Tensor, dim: int, seed: int, n: int,
-    space: SearchSpace | None = None,
+    space: SearchSpace | None = None, population: int | None = None,
 ) -> list[Proposal]:
-    """NSGA-II children from a seeded study rebuilt from the history (one generation per batch), projected onto
-    a mixed `space`."""
+    """`n` NSGA-II children from a seeded study rebuilt from the history (one generation per batch, of
+    `population` parents: `n` when None), projected onto a mixed `space`."""
     try:
         import optuna
     except ImportError:
@@ -325,7 +378,7 @@ def _nsga2(
     # Optuna marks parts of its sampler API experimental from release to release (>= 3.5 is supported);
     # 5.0 flags none of those used here. Its deprecations stay visible.
     with expected_warnings((optuna.exceptions.ExperimentalWarning, "")):
-        sampler = optuna.samplers.NSGAIISampler(population_size=max(n, 2), seed=seed)
+        sampler = optuna.samplers.NSGAIISampler(population_size=max(population or n, 2), seed=seed)
         study = optuna.create_study(directions=["maximize"] * Y_done.shape[-1], sampler=sampler)
         gen_key = sampler._get_generation_key()
         for x, y, g in zip(X_done.tolist(), Y_done.tolist(), generations):

@@ -14,7 +14,7 @@ from mmmo.optimizer.pareto import pareto_mask
 from mmmo.optimizer.space import SearchSpace
 from mmmo.results.take_home import TakeHomeChoice, choose_trial
 from mmmo.run.documents import DocumentPlan, document_limit, shared_documents
-from mmmo.run.records import Scored, SourceScore, Trial
+from mmmo.run.records import ScheduleStats, Scored, SourceScore, Trial
 from mmmo.run.store import RunState, RunStore
 from mmmo.spec.schema import SearchSpec
 from mmmo.spec.take_home import TakeHomeSpec
@@ -44,6 +44,8 @@ class RunSummary:
     # categorical coordinates (a mixed run's method) for the posterior's GP.
     take_home_spec: TakeHomeSpec = field(default_factory=TakeHomeSpec)
     cat_dims: tuple[int, ...] = ()
+    # How the asynchronous schedule used the evaluators, one record per session (none: the batch schedule).
+    schedule: list[ScheduleStats] = field(default_factory=list)
 
     @property
     def is_mixed(self) -> bool:
@@ -207,6 +209,7 @@ def summarize_run(spec: SearchSpec, state: RunState) -> RunSummary:
         methods=spec.merge.methods,
         take_home_spec=spec.take_home,
         cat_dims=_cat_dims(spec),
+        schedule=[state.schedule[k] for k in sorted(state.schedule)],
     )
 
 

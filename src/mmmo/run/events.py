@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from mmmo.run.documents import DocumentPlan
-from mmmo.run.records import SourceScore, Trial
+from mmmo.run.records import ScheduleStats, SourceScore, Trial
 
 
 class EventKind(str, Enum):
@@ -53,13 +53,20 @@ PAYLOADS: dict[EventKind, dict[str, TypeAdapter[Any]]] = {
     EventKind.BATCH_END: {"batch": TypeAdapter(int), "hypervolume": TypeAdapter(float)},
     EventKind.DOCUMENTS: {"documents": TypeAdapter(DocumentPlan)},
 }
+# Fields a kind may carry, checked as strictly where present (a run written before them has none).
+OPTIONAL_PAYLOADS: dict[EventKind, dict[str, TypeAdapter[Any]]] = {
+    EventKind.BATCH_END: {"schedule": TypeAdapter(ScheduleStats)},
+}
 
 
 def check_payload(kind: EventKind, event: dict[str, Any], objectives: Sequence[str] = ()) -> None:
     """JournalLineError unless `event` has the fields of its kind, of their types, and a score for each of
     `objectives` (the run's) where it holds scores: a done or partial trial, a source that was scored."""
-    for key, adapter in PAYLOADS[kind].items():
+    optional = OPTIONAL_PAYLOADS.get(kind, {})
+    for key, adapter in {**PAYLOADS[kind], **optional}.items():
         if key not in event:
+            if key in optional:
+                continue
             raise JournalLineError(f"is a {kind.value!r} event without {key!r}")
         try:
             adapter.validate_json(json.dumps(event[key], allow_nan=False), strict=True)

@@ -1,5 +1,6 @@
 """The records of a scored model, one type for both kinds: `Scored` (what scoring gave), `Trial` (a candidate merge,
-proposed or scored) and `SourceScore` (a source model scored for reference); each read from the journal one way."""
+proposed or scored) and `SourceScore` (a source model scored for reference); each read from the journal one way.
+Beside them, `ScheduleStats`: how a search used its evaluators, as its `batch_end` events carry it."""
 
 from __future__ import annotations
 
@@ -88,3 +89,26 @@ class SourceScore(Scored):
     """A source model (the base or one fine-tuned model) scored on the run's objectives."""
 
     name: str
+
+
+@dataclass
+class ScheduleStats:
+    """How one loop call used its evaluators, in seconds: its wall time, the evaluators' busy time (merging and
+    scoring, summed over them) and the optimiser's time proposing."""
+
+    workers: int
+    wall_seconds: float = 0.0
+    busy_seconds: float = 0.0
+    propose_seconds: float = 0.0
+    proposals: int = 0  # trials proposed one by one (the initial design, proposed whole, is not counted)
+    session: float = 0.0  # when the loop call began, in epoch seconds: a run's search and each resume are apart
+
+    @property
+    def utilisation(self) -> float:
+        """The share of the evaluators' time spent merging or scoring (0..1; 0 before any time passed)."""
+        capacity = self.workers * self.wall_seconds
+        return min(1.0, self.busy_seconds / capacity) if capacity > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """As a `batch_end` event carries it (milliseconds kept)."""
+        return {f.name: round(v, 3) if isinstance(v, float) else v for f in fields(self) for v in [getattr(self, f.name)]}

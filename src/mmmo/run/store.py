@@ -9,7 +9,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from mmmo.run.atomic import atomic_write_bytes, atomic_write_text
 from mmmo.run.documents import DocumentPlan, plan_from_json
 from mmmo.run.events import TRIAL_EVENTS, EventKind, JournalLineError, check_payload
 from mmmo.run.lock import LOCK_FILE
-from mmmo.run.records import SourceScore, Trial
+from mmmo.run.records import ScheduleStats, SourceScore, Trial
 from mmmo.runtime.errors import MmmoError, one_line
 from mmmo.spec.resume import NOT_RESUMABLE, RESUMABLE_CHANGES, changed_fields, with_fields_added_later
 from mmmo.spec.schema import SearchSpec, spec_from_dict, spec_to_dict
@@ -40,6 +40,8 @@ class RunState:
     ref_point: list[float] | None
     hypervolumes: dict[int, float]  # batch -> hypervolume at its end
     documents: DocumentPlan | None = None  # None: not recorded yet (or a run written before it was)
+    # The asynchronous schedule's use of its evaluators: the last record of each session (search or resume).
+    schedule: dict[float, ScheduleStats] = field(default_factory=dict)
 
 
 class Journal:
@@ -208,6 +210,9 @@ def _fold_one(
         state.ref_point = [float(v) for v in ev["ref_point"]]
     elif kind is EventKind.BATCH_END:
         state.hypervolumes[int(ev["batch"])] = float(ev["hypervolume"])
+        if "schedule" in ev:  # checked where read (run.events.OPTIONAL_PAYLOADS)
+            use = ScheduleStats(**ev["schedule"])
+            state.schedule[use.session] = use
     elif kind is EventKind.DOCUMENTS:
         state.documents = plan_from_json(ev["documents"])
 
@@ -229,6 +234,7 @@ def fold_events(events: list[dict[str, Any]]) -> RunState:
         ref_point=acc.ref_point,
         hypervolumes=acc.hypervolumes,
         documents=acc.documents,
+        schedule=acc.schedule,
     )
 
 

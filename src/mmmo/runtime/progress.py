@@ -69,6 +69,10 @@ class SearchProgress:
         self._progress: Progress | None = None
         self._task: Any = None
         self._finished = 0
+        # Under the asynchronous schedule each start is a trial given to a free evaluator; under the batch schedule a
+        # whole batch is announced before its trials queue for the evaluators, so only the latest is shown.
+        self.workers = spec.evaluation.workers if spec.schedule == "async" else 1
+        self._running: dict[int, Trial] = {}  # started and not back, by id
 
     def __enter__(self) -> SearchProgress:
         if self.enabled:
@@ -130,15 +134,28 @@ class SearchProgress:
             self.console.print(f"  source {score.name}: {vals}")
 
     def started(self, trial: Trial) -> None:
-        stage = f", stage {trial.stages_scored + 1}" if trial.stages_scored else ""
-        self._refresh(f"trial {trial.id} (batch {trial.batch}, {trial.step}{stage})")
+        self._running.pop(trial.id, None)  # a partly scored trial started again is the latest
+        self._running[trial.id] = trial
+        self._refresh(self.busy_text())
+
+    def busy_text(self) -> str:
+        """What is being scored: one trial, or with several evaluators each one's trial and how many are idle."""
+        if self.workers == 1:
+            if not self._running:
+                return "search"
+            trial = list(self._running.values())[-1]
+            stage = f", stage {trial.stages_scored + 1}" if trial.stages_scored else ""
+            return f"trial {trial.id} (batch {trial.batch}, {trial.step}{stage})"
+        idle = max(0, self.workers - len(self._running))
+        return f"trials {', '.join(map(str, self._running))} running, {idle} of {self.workers} evaluators idle"
 
     def finished(self, trial: Trial) -> None:
+        self._running.pop(trial.id, None)
         self._finished += 1
         self._absorb(trial)
         if trial.status == "failed" and self.enabled:
             self.console.print(f"  trial {trial.id} [red]failed[/red]: {trial.error}")
-        self._refresh()
+        self._refresh(self.busy_text() if self.workers > 1 else None)
 
     def batch_end(self, summary: BatchSummary) -> None:
         self.hypervolume = summary.hypervolume

@@ -159,6 +159,8 @@ class LogProgress:
         if self.best is not None:
             parts.append(f"best mean task score {self.best[1]:.3g} (trial {self.best[0]})")
         parts.append(f"elapsed {duration(self.clock() - self.started_at)}")
+        if summary.schedule is not None:  # the asynchronous schedule: how busy the evaluators have been
+            parts.append(f"evaluators busy {summary.schedule.utilisation:.0%}")
         remaining = self.budget - self.finished_total
         left = seconds_left(self.per_trial_seconds(), remaining)
         count = f"{self.finished_total}/{self.budget} trials"

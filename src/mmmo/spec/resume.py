@@ -13,6 +13,7 @@ from typing import Any
 # now is, so the old path is not a change of the run.
 RESUMABLE_CHANGES: tuple[str, ...] = (
     "evaluation.", "output.export", "output.dir", "optimizer.batches", "merge.fused",
+    "optimizer.schedule",  # when proposals are made, not what any evaluated merge is; either loop completes the other's
     "take_home.",  # what the take-home merge maximises: no score depends on it, only later proposals and the choice
 )
 # ... except these evaluation fields, which decide what every candidate is scored on.
@@ -43,6 +44,7 @@ FIELDS_ADDED_LATER: dict[str, Any] = {
     "take_home.weights": None,
     "take_home.require": [],
     "take_home.choose": "observed",
+    "optimizer.schedule": "batch",
 }
 
 

@@ -190,6 +190,11 @@ class OptimizerSpec(_Strict):
     take_home_points: int = Field(1, ge=0)
     ref_point: list[float] | None = None
     seed: int = 0
+    # How proposals meet the evaluators: "batch" proposes batch_size candidates together and waits for all of them;
+    # "async" gives a freed evaluator the next candidate at once, proposed with the running ones pending
+    # (optimizer.async_loop; batches stay as groups of batch_size proposals, for the journal and the report);
+    # "auto" is async with several evaluators (evaluation.workers > 1), batch with one (SearchSpec.schedule).
+    schedule: Literal["auto", "batch", "async"] = "auto"
 
     @model_validator(mode="after")
     def _sizes(self) -> OptimizerSpec:
@@ -341,6 +346,14 @@ class SearchSpec(_Strict):
         if not self.merge.has_density:
             return None
         return self.search_space.density or DEFAULT_DENSITY_BOUNDS
+
+    @property
+    def schedule(self) -> Literal["batch", "async"]:
+        """The schedule the search runs: `optimizer.schedule`, with "auto" resolved by the evaluators' count (one
+        evaluator in process takes turns with the optimiser whatever the schedule, so batches cost it less)."""
+        if self.optimizer.schedule != "auto":
+            return self.optimizer.schedule
+        return "async" if self.evaluation.workers > 1 else "batch"
 
     @property
     def model_names(self) -> list[str]:
