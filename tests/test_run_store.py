@@ -169,13 +169,14 @@ def test_a_run_from_before_a_field_existed_resumes_as_it_started(tmp_path: Path)
     store = RunStore(tmp_path / "run")
     store.open(_spec(tmp_path)).record_trial(_trial(0, "done", 0.5))
     data = yaml.safe_load(store.spec_path.read_text())
-    for field in ("prior_mean", "known_noise", "standard_recipes"):
+    for field in ("prior_mean", "known_noise", "standard_recipes", "schedule"):
         del data["optimizer"][field]
     del data["optimizer"]["weak_to_strong"]["mode"]
     store.spec_path.write_text(yaml.safe_dump(data, sort_keys=False))  # as an older mmmo wrote it
     as_started = RunStore(tmp_path / "run").stored_spec().optimizer
     assert (as_started.prior_mean, as_started.known_noise, as_started.standard_recipes) == ("fitted", False, False)
     assert as_started.weak_to_strong.mode == "crossover"
+    assert as_started.schedule == "batch"  # before the asynchronous schedule, every run was batch by batch
     RunStore(tmp_path / "run").open(RunStore(tmp_path / "run").stored_spec())  # what `mmmo resume` does
     store.spec_path.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(MmmoError, match=r"changed: optimizer\.known_noise, optimizer\.prior_mean, optimizer\."
@@ -189,6 +190,7 @@ def test_more_batches_other_workers_and_the_merge_kernel_may_change_on_resume(tm
     spec = _spec(tmp_path, batches=3)
     spec.evaluation.workers = 2
     spec.merge.fused = False  # the same tensors either way
+    spec.optimizer.schedule = "async"  # when proposals are made, not what any merge scores
     RunStore(tmp_path / "run").open(spec)  # no error
     assert RunStore(tmp_path / "run").stored_spec().optimizer.batches == 3
 
