@@ -243,3 +243,19 @@ def test_same_seed_same_run(strategy: str) -> None:
     runs = [run(opt, Journal(), Evaluator()) for _ in range(2)]
     assert [t.x for t in runs[0].trials] == [t.x for t in runs[1].trials]
     assert runs[0].hypervolumes == runs[1].hypervolumes
+
+
+def test_a_batch_cut_short_while_journaled_is_proposed_again_as_it_was(full_run) -> None:
+    result, _, _ = full_run
+    journal = Journal()
+    cut = [Trial.from_json(copy.deepcopy(t.to_json())) for t in result.trials[:7]]  # batch 2's first trial only
+    cut[6] = dataclasses.replace(cut[6], status="proposed", objectives=None)
+    for t in cut:
+        journal.trials[t.id] = t.to_json()
+    journal.ref_point = result.ref_point
+    ev = Evaluator()
+    resumed = run(OPT, journal, ev)
+    assert [(t.id, t.batch, t.x, t.step) for t in resumed.trials] == [
+        (t.id, t.batch, t.x, t.step) for t in result.trials
+    ]  # the same candidates as the run never killed
+    assert sorted(ev.calls) == [6, 7, 8, 9]

@@ -114,7 +114,7 @@ class _AsyncRun:
                     raise MmmoError(f"the evaluators returned nothing for trial(s) {sorted(self.running)}")
                 self._finished(back)
                 continue
-            if self.ready:
+            if self.ready or slot is not None:  # e.g. the last Ray actor died: the budget is not spent
                 raise MmmoError("no evaluator is left to score the pending trials; resume to continue")
             break
         self._end_batches()

@@ -191,14 +191,20 @@ def _propose(
     history: list[Trial], batch: int, options: LoopOptions, ref: list[float] | None, have: Sequence[Trial] = ()
 ) -> list[Trial]:
     """Batch `batch`'s new trials, numbered after the history's last id; with `have` (the batch's trials already
-    proposed) only the rest of it: the initial design's missing points, or a later batch's missing slots, each
-    proposed with the batch's unfinished trials pending."""
+    proposed) only the rest of it: the initial design's missing points; a batch whose journaling a kill cut short,
+    as it was proposed; else (an asynchronous run left it part-full) its missing slots, each proposed with the
+    batch's unfinished trials pending."""
     names, dim = options.objective_names, options.dim
     next_id = max((t.id for t in history), default=-1) + 1
     if not have or batch == 0:
         proposals = propose_batch(options, History.of(history, names, dim), batch_index=batch, ref_point=ref)
         missing = (options.opt.initial if batch == 0 else options.opt.batch_size) - len(have)
         return [trial_of(p, next_id + i, batch, options) for i, p in enumerate(proposals[:missing])]
+    if all(t.status == "proposed" for t in have):  # a kill while journaling the batch: propose it again, as it was
+        before = [t for t in history if t.id not in {h.id for h in have}]
+        again = propose_batch(options, History.of(before, names, dim), batch_index=batch, ref_point=ref)
+        if [p.x for p in again[: len(have)]] == [t.x for t in have]:
+            return [trial_of(p, next_id + i, batch, options) for i, p in enumerate(again[len(have):])]
     new: list[Trial] = []
     for slot in range(len(have), options.opt.batch_size):
         known = [*history, *new]
