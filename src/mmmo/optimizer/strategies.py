@@ -25,7 +25,7 @@ from mmmo.optimizer.acquisition import (
     resolve_ref_point,
 )
 from mmmo.optimizer.fisher import DEDUPE_TOL, far_from, fisher_screen
-from mmmo.optimizer.gp import fit_models_with_prior
+from mmmo.optimizer.gp import Surrogates, fit_models_with_prior
 from mmmo.optimizer.history import History
 from mmmo.optimizer.options import LoopOptions
 from mmmo.optimizer.space import SearchSpace
@@ -125,11 +125,8 @@ def propose_batch(
     each batch on the take-home target, whose constraints the front's acquisition treats as feasibility.
     """
     opt, dim, space, initial_points = options.opt, options.dim, options.space, options.initial_points
-    dev = torch.device(options.device) if options.device is not None else history.X_done.device
-    X_done = history.X_done.to(dev, torch.float64).reshape(-1, dim)
-    Y_done = history.Y_done.to(dev, torch.float64)
-    X_seen = history.X_seen.to(torch.float64).reshape(-1, dim).cpu()
-    Yvar_done, done_batches = history.Yvar_done, history.done_batches
+    X_done, Y_done, X_seen = _arrays(options, history)
+    done_batches = history.done_batches
     seed = batch_seed(opt.seed, batch_index)
     ref = _checked_ref(options, ref_point, Y_done.shape[-1])
 
@@ -150,18 +147,33 @@ def propose_batch(
     elif X_done.shape[0] < MIN_DONE_FOR_GP:
         log.info("batch %d: only %d successful trials, proposing Sobol points", batch_index, X_done.shape[0])
         got = []
-    elif opt.strategy in ("qnehvi", "mm-mo"):
-        Yvar = Yvar_done.to(Y_done) if opt.known_noise and Yvar_done is not None else None
-        mixed = space if space is not None and space.is_mixed else None
-        # a single method's batch calls the GPs and the acquisition exactly as before methods could be listed
-        categorical = {} if mixed is None else {"cat_dims": [mixed.method_dim]}
-        gps = fit_models_with_prior(X_done, Y_done, Yvar, opt.prior_mean, batches=done_batches, ref_point=ref,
-                                    **categorical)
+    else:  # qnehvi or mm-mo (`_checked_ref` refused any other strategy)
+        gps = _fitted_gps(options, history, X_done, Y_done, ref)
         got = _bo_batch(BatchInputs(options, gps.model, X_done, Y_done, X_seen, ref, seed))
         got = [replace(p, prior=gps.prior.describe()) for p in got]
-    else:
-        raise MmmoError(f"unknown optimizer strategy {opt.strategy!r}")
     return _top_up(got, n, dim, X_seen, seed, space)
+
+
+def _arrays(options: LoopOptions, history: History) -> tuple[Tensor, Tensor, Tensor]:
+    """`X_done [n, d]`, `Y_done [n, m]` (float64, on the options' device) and `X_seen [s, d]` (float64, CPU)."""
+    dim = options.dim
+    dev = torch.device(options.device) if options.device is not None else history.X_done.device
+    X_done = history.X_done.to(dev, torch.float64).reshape(-1, dim)
+    Y_done = history.Y_done.to(dev, torch.float64)
+    return X_done, Y_done, history.X_seen.to(torch.float64).reshape(-1, dim).cpu()
+
+
+def _fitted_gps(
+    options: LoopOptions, history: History, X_done: Tensor, Y_done: Tensor, ref: Sequence[float] | None
+) -> Surrogates:
+    """The GPs of a BO proposal: known noise with `opt.known_noise`, the method coordinate categorical in a mixed
+    space (a single method's proposal calls them exactly as before methods could be listed), the spec's prior."""
+    opt, space = options.opt, options.space
+    Yvar = history.Yvar_done.to(Y_done) if opt.known_noise and history.Yvar_done is not None else None
+    mixed = space if space is not None and space.is_mixed else None
+    categorical = {} if mixed is None else {"cat_dims": [mixed.method_dim]}
+    return fit_models_with_prior(X_done, Y_done, Yvar, opt.prior_mean, batches=history.done_batches, ref_point=ref,
+                                 **categorical)
 
 
 def _checked_ref(options: LoopOptions, ref_point: Sequence[float] | None, m: int) -> Sequence[float] | None:
@@ -192,10 +204,7 @@ def propose_next(
     if batch_index < 1:
         raise MmmoError("the initial design is proposed whole, by propose_batch")
     opt, dim, space = options.opt, options.dim, options.space
-    dev = torch.device(options.device) if options.device is not None else history.X_done.device
-    X_done = history.X_done.to(dev, torch.float64).reshape(-1, dim)
-    Y_done = history.Y_done.to(dev, torch.float64)
-    X_seen = history.X_seen.to(torch.float64).reshape(-1, dim).cpu()
+    X_done, Y_done, X_seen = _arrays(options, history)
     seed = batch_seed(opt.seed, batch_index, slot)
     ref = _checked_ref(options, ref_point, Y_done.shape[-1])
     got: list[Proposal] = []
@@ -206,11 +215,7 @@ def propose_next(
         gens = list(history.done_batches or default_generations(X_done.shape[0], opt))
         got = _nsga2(X_done.cpu(), Y_done.cpu(), gens, X_seen, dim, seed, 1, space, population=opt.batch_size)
     elif X_done.shape[0] >= MIN_DONE_FOR_GP:
-        Yvar = history.Yvar_done.to(Y_done) if opt.known_noise and history.Yvar_done is not None else None
-        mixed = space if space is not None and space.is_mixed else None
-        categorical = {} if mixed is None else {"cat_dims": [mixed.method_dim]}
-        gps = fit_models_with_prior(X_done, Y_done, Yvar, opt.prior_mean, batches=history.done_batches, ref_point=ref,
-                                    **categorical)
+        gps = _fitted_gps(options, history, X_done, Y_done, ref)
         inp = BatchInputs(options, gps.model, X_done, Y_done, X_seen, ref, seed, X_pending=X_pending.to(X_done))
         home = slot < min(opt.take_home_points, opt.batch_size)
         got = _take_home(inp, inp.target, 1) if home else _qnehvi(inp, 1) if opt.strategy == "qnehvi" else _mm_mo(inp, 1)
