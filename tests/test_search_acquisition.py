@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from mmmo.optimizer.acquisition import AcqBudget, build_acquisition, propose_hvi
-from mmmo.optimizer.gp import fit_models
+from mmmo.optimizer.gp import JITTER_WARNING, fit_models
 from mmmo.optimizer.pareto import infer_ref_point
+from mmmo.runtime.quiet import expected_warnings
 
 T = torch.float64
 CHEAP = AcqBudget(num_restarts=2, raw_samples=64, mc_samples=32, maxiter=50)
@@ -99,3 +100,32 @@ def test_qehvi_and_single_objective_proposals(data: tuple[torch.Tensor, torch.Te
     assert P1.shape == (2, 2) and ((P1 >= 0) & (P1 <= 1)).all()
     assert P1[:, 1].max() > 0.6  # the single objective also grows with x1
 
+
+
+def test_pending_points_given_at_construction_value_as_set_afterwards_with_one_box_decomposition(
+    data: tuple[torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asynchronous schedule's pending points: the same acquisition values as BoTorch's `set_X_pending`
+    after construction, for one box decomposition instead of two (3 objectives: one per MC sample, on the CPU)."""
+    from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement as QLogNEHVI
+
+    X, Y_unit = data
+    Y = torch.cat([Y_unit, (X[:, :1] - X[:, 1:]) ** 2], -1) * 1000
+    model = fit_models(X, Y)
+    pending = _random_batches(1, 3, 2, seed=3)[0]
+    built = []
+    original = QLogNEHVI._set_cell_bounds
+    monkeypatch.setattr(QLogNEHVI, "_set_cell_bounds", lambda self, **kw: (built.append(1), original(self, **kw)))
+    afterwards = build_acquisition(model, X, None, seed=2, Y_baseline=Y, mc_samples=CHEAP.mc_samples)
+    afterwards.set_X_pending(pending)
+    assert len(built) == 2
+    at_construction = build_acquisition(model, X, None, seed=2, Y_baseline=Y, mc_samples=CHEAP.mc_samples,
+                                        X_pending=pending)
+    assert len(built) == 3
+    batches = _random_batches(8, 1, 2, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(at_construction(batches), afterwards(batches))
+    # the pending points count: a candidate on top of one is worth less than without them
+    alone = build_acquisition(model, X, None, seed=2, Y_baseline=Y, mc_samples=CHEAP.mc_samples)
+    with torch.no_grad(), expected_warnings(JITTER_WARNING):  # the candidate repeats a pending point
+        assert at_construction(pending[:1].unsqueeze(0)).item() < alone(pending[:1].unsqueeze(0)).item()
