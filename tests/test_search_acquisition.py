@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement as QLogNEHVI
 
-from mmmo.optimizer.acquisition import AcqBudget, build_acquisition, propose_hvi
+from mmmo.optimizer.acquisition import AcqBudget, build_acquisition, propose_hvi, propose_hvi_pooled
 from mmmo.optimizer.gp import JITTER_WARNING, fit_models
 from mmmo.optimizer.pareto import infer_ref_point
 from mmmo.runtime.quiet import expected_warnings
@@ -101,14 +102,11 @@ def test_qehvi_and_single_objective_proposals(data: tuple[torch.Tensor, torch.Te
     assert P1[:, 1].max() > 0.6  # the single objective also grows with x1
 
 
-
 def test_pending_points_given_at_construction_value_as_set_afterwards_with_one_box_decomposition(
     data: tuple[torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The asynchronous schedule's pending points: the same acquisition values as BoTorch's `set_X_pending`
     after construction, for one box decomposition instead of two (3 objectives: one per MC sample, on the CPU)."""
-    from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement as QLogNEHVI
-
     X, Y_unit = data
     Y = torch.cat([Y_unit, (X[:, :1] - X[:, 1:]) ** 2], -1) * 1000
     model = fit_models(X, Y)
@@ -116,9 +114,11 @@ def test_pending_points_given_at_construction_value_as_set_afterwards_with_one_b
     built = []
     original = QLogNEHVI._set_cell_bounds
     monkeypatch.setattr(QLogNEHVI, "_set_cell_bounds", lambda self, **kw: (built.append(1), original(self, **kw)))
+    torch.manual_seed(0)  # pruning the baseline draws from the global generator: the same draws for both
     afterwards = build_acquisition(model, X, None, seed=2, Y_baseline=Y, mc_samples=CHEAP.mc_samples)
     afterwards.set_X_pending(pending)
     assert len(built) == 2
+    torch.manual_seed(0)
     at_construction = build_acquisition(model, X, None, seed=2, Y_baseline=Y, mc_samples=CHEAP.mc_samples,
                                         X_pending=pending)
     assert len(built) == 3
@@ -129,3 +129,9 @@ def test_pending_points_given_at_construction_value_as_set_afterwards_with_one_b
     alone = build_acquisition(model, X, None, seed=2, Y_baseline=Y, mc_samples=CHEAP.mc_samples)
     with torch.no_grad(), expected_warnings(JITTER_WARNING):  # the candidate repeats a pending point
         assert at_construction(pending[:1].unsqueeze(0)).item() < alone(pending[:1].unsqueeze(0)).item()
+    # the pooled greedy choice too: one build for its first point, the pending points given once
+    built.clear()
+    pool = _random_batches(1, 6, 2, seed=5)[0]
+    X_first, _ = propose_hvi_pooled(model, X, None, 1, pool, optimize=False, seed=2, budget=CHEAP, Y_baseline=Y,
+                                    X_pending=pending)
+    assert len(built) == 1 and X_first.shape == (1, 2)

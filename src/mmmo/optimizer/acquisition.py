@@ -133,8 +133,9 @@ def build_acquisition(
     observations), in the same raw units as the reference point. `constraints` (on the raw outputs) weigh each
     improvement by its chance of feasibility; None or empty: unconstrained, exactly as before.
     `X_pending [r, d]`: points being scored, given at construction: qLogNEHVI then builds its box decompositions
-    once, over the baseline and the pending points together (the same values as `set_X_pending` afterwards,
-    which builds them a second time: most of an asynchronous proposal's time with 4 objectives).
+    once, over the baseline and the pending points together, with the same values as `set_X_pending` afterwards,
+    which first builds them without the pending points (a fifth of an asynchronous proposal's time with 4
+    objectives). A single objective's qLogNEI then prunes its baseline once, not twice.
     """
     X_baseline = X_baseline.to(torch.float64)
     extra: dict = {"constraints": constraints} if constraints else {}
