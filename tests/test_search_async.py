@@ -13,12 +13,12 @@ import torch
 
 from mmmo.optimizer import async_loop
 from mmmo.optimizer.async_loop import TrialWorkers, run_async_loop
-from mmmo.optimizer.loop import BatchSummary, NullObserver, run_loop
+from mmmo.optimizer.loop import NullObserver, run_loop
 from mmmo.optimizer.options import LoopOptions
 from mmmo.run.records import Trial
 from mmmo.runtime.errors import MmmoError
 from mmmo.spec.schema import OptimizerSpec
-from tests.search_problems import CHEAP
+from tests.search_problems import CHEAP, Journal
 
 NAMES = ["left", "right"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -66,32 +66,6 @@ class VirtualWorkers:
         else:
             done.status, done.objectives = "done", score(t.x)
         return done
-
-
-class Journal(NullObserver):
-    def __init__(self) -> None:
-        self.trials: dict[int, dict] = {}
-        self.ref_point: list[float] | None = None
-        self.summaries: list[BatchSummary] = []
-        self.finished: Counter[int] = Counter()
-
-    def on_proposed(self, trials: list[Trial]) -> None:
-        for t in trials:
-            self.trials[t.id] = t.to_json()
-
-    def on_finished(self, t: Trial) -> None:
-        self.trials[t.id] = t.to_json()
-        self.finished[t.id] += 1
-
-    def on_ref_point(self, ref: list[float]) -> None:
-        assert self.ref_point is None
-        self.ref_point = ref
-
-    def on_batch_end(self, summary: BatchSummary) -> None:
-        self.summaries.append(summary)
-
-    def history(self) -> list[Trial]:
-        return [Trial.from_json(copy.deepcopy(d)) for d in self.trials.values()]
 
 
 OPT = OptimizerSpec(strategy="mm-mo", initial=4, batches=3, batch_size=2, seed=5, schedule="async")

@@ -13,12 +13,13 @@ import torch
 
 from mmmo.optimizer import strategies
 from mmmo.optimizer.acquisition import AcqBudget
-from mmmo.optimizer.loop import BatchSummary, NullObserver, run_loop
+from mmmo.optimizer.loop import run_loop
 from mmmo.optimizer.options import LoopOptions
 from mmmo.optimizer.pareto import hypervolume, infer_ref_point
 from mmmo.run.records import Trial
 from mmmo.runtime.errors import MmmoError
 from mmmo.spec.schema import OptimizerSpec
+from tests.search_problems import Journal
 
 T = torch.float64
 CHEAP = AcqBudget(num_restarts=2, raw_samples=32, mc_samples=16, maxiter=20)
@@ -55,35 +56,6 @@ class Evaluator:
             else:
                 done.status, done.objectives = "done", score(t.x)
             yield done
-
-
-class Journal(NullObserver):
-    """What a caller would persist: trials by id (JSON round trip), the ref point, summaries, events."""
-
-    def __init__(self) -> None:
-        self.trials: dict[int, dict] = {}
-        self.ref_point: list[float] | None = None
-        self.summaries: list[BatchSummary] = []
-        self.events: list[tuple[str, int]] = []
-
-    def on_proposed(self, trials: list[Trial]) -> None:
-        for t in trials:
-            self.trials[t.id] = t.to_json()
-            self.events.append(("proposed", t.id))
-
-    def on_finished(self, t: Trial) -> None:
-        self.trials[t.id] = t.to_json()
-        self.events.append(("finished", t.id))
-
-    def on_ref_point(self, ref: list[float]) -> None:
-        assert self.ref_point is None, "the reference point is inferred once"
-        self.ref_point = ref
-
-    def on_batch_end(self, summary: BatchSummary) -> None:
-        self.summaries.append(summary)
-
-    def history(self) -> list[Trial]:
-        return [Trial.from_json(copy.deepcopy(d)) for d in self.trials.values()]
 
 
 def run(opt: OptimizerSpec, journal: Journal, evaluate: Evaluator, trials: list[Trial] | None = None):

@@ -19,18 +19,18 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from mmmo.optimizer.history import History, done_arrays
+from mmmo.optimizer.history import History
 from mmmo.optimizer.loop import (
     LoopObserver,
     LoopResult,
     NullObserver,
     check_finished,
+    ref_point_after,
     stage_decisions,
     summarize_batch,
     trial_of,
 )
 from mmmo.optimizer.options import LoopOptions
-from mmmo.optimizer.pareto import infer_ref_point
 from mmmo.optimizer.strategies import propose_batch, propose_next
 from mmmo.run.records import ScheduleStats, Trial
 from mmmo.runtime.errors import MmmoError
@@ -228,11 +228,7 @@ class _AsyncRun:
             own = [t for t in self.history if t.batch == b]
             if len(own) < self._batch_size(b) or any(t.status in ("proposed", "partial") for t in own):
                 return
-            if self.ref is None:
-                _, Y_first, _ = done_arrays([t for t in self.history if t.batch <= b], names, dim, scored_in_full=True)
-                if Y_first.shape[0]:
-                    self.ref = infer_ref_point(Y_first).tolist()
-                    self.watch.on_ref_point(list(self.ref))
+            self.ref = ref_point_after(self.history, b, self.options, self.ref, self.watch)
             summary = summarize_batch(self.history, b, names, dim, self.ref)
             summary.propose_seconds = self.propose_seconds.get(b)
             self.stats.wall_seconds = time.perf_counter() - self.started

@@ -165,11 +165,7 @@ def run_loop(
             worked = True
             _evaluate_pending(history, pending, evaluate, options, watch, ref)
 
-        if ref is None:
-            _, Y_first, _ = done_arrays([t for t in history if t.batch <= b], names, dim, scored_in_full=True)
-            if Y_first.shape[0]:
-                ref = infer_ref_point(Y_first).tolist()
-                watch.on_ref_point(list(ref))
+        ref = ref_point_after(history, b, options, ref, watch)
         summary = summarize_batch(history, b, names, dim, ref)
         summary.propose_seconds = propose_seconds
         hypervolumes.append(summary.hypervolume)
@@ -227,6 +223,22 @@ def trial_of(p: Proposal, trial_id: int, batch: int, options: LoopOptions) -> Tr
         params=options.to_params(p.x) if options.to_params is not None else {},
         method=mixed.method_of(p.x) if mixed is not None else None,
     )
+
+
+def ref_point_after(
+    history: list[Trial], batch: int, options: LoopOptions, ref: list[float] | None, watch: LoopObserver
+) -> list[float] | None:
+    """`ref`; while it is None, the point inferred from the trials of batches up to `batch` scored in full, told to
+    `watch` once (None while no such trial is done)."""
+    if ref is not None:
+        return ref
+    names, dim = options.objective_names, options.dim
+    _, Y_first, _ = done_arrays([t for t in history if t.batch <= batch], names, dim, scored_in_full=True)
+    if not Y_first.shape[0]:
+        return None
+    inferred = infer_ref_point(Y_first).tolist()
+    watch.on_ref_point(list(inferred))
+    return inferred
 
 
 def _evaluate_pending(
