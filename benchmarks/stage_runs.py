@@ -24,8 +24,10 @@ from mmmo.run.records import Trial
 @dataclass(frozen=True)
 class StageRun:
     """One run of a staged-scoring variant: the final hypervolume of its fully scored trials' TRUE values (`hv`),
-    the TRUE mean task score of the merge it would export (`best_task`), documents scored, trials stopped early
-    and failed, seconds, and per trial (`trials`: id, batch, x, y_obs, y, stopped, stages_scored, docs)."""
+    the TRUE mean task score of the trial with the highest observed one (`best_task`) and of the take-home merge
+    the library chooses by the posterior (`take_home`; None in runs stored before it), documents scored, trials
+    stopped early and failed, seconds, and per trial (`trials`: id, batch, x, y_obs, y, stopped, stages_scored,
+    docs)."""
 
     variant: str
     seed: int
@@ -36,6 +38,7 @@ class StageRun:
     failed: int
     seconds: float
     trials: list[dict[str, Any]]
+    take_home: float | None = None
 
     @property
     def label(self) -> str:
@@ -186,6 +189,20 @@ def check_demo(demo_dir: Path) -> None:
 # ----------------------------------------------------------------------------------------------------- records
 
 
+def take_home_choice(full: Sequence[Trial], names: Sequence[str], task_cols: Sequence[int]) -> Trial | None:
+    """The trial of `full` (done, scored in full) the library takes home under the default preference (the mean
+    task score, chosen by the posterior with the trials' known variances), as report.md and `export: best` do."""
+
+    from mmmo.optimizer.history import done_arrays, done_variances
+    from mmmo.optimizer.target import Target, choose_take_home
+
+    if not full:
+        return None
+    X, Y, usable = done_arrays(full, names, len(full[0].x))
+    chosen = choose_take_home(X, Y, Target.mean_of(len(names), task_cols), done_variances(usable, names))
+    return usable[chosen.row] if chosen is not None else None
+
+
 def run_record(
     trials: Sequence[Trial],
     names: Sequence[str],
@@ -203,9 +220,11 @@ def run_record(
     hv = hv_curve([truth[t.id] for t in full], ref)[-1] if full else 0.0
     mean_task = lambda y: statistics.fmean(y[c] for c in task_cols)  # noqa: E731
     pick = max(full, key=lambda t: mean_task(obs[t.id]), default=None)
+    chosen = take_home_choice(full, names, task_cols)
     return {
         "hv": hv,
         "best_task": mean_task(truth[pick.id]) if pick is not None else math.nan,
+        "take_home": mean_task(truth[chosen.id]) if chosen is not None else math.nan,
         "docs": documents_scored(trials, tasks),
         "stopped": sum(t.stopped for t in trials),
         "failed": sum(t.status == "failed" for t in trials),

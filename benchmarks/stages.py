@@ -145,9 +145,9 @@ def make_table(runs: list[StageRun], variants: Sequence[str]) -> str:
     by = {v: [r for r in runs if r.variant == v] for v in variants}
     full_docs = statistics.median(r.docs for r in by[FULL]) if by.get(FULL) else math.nan
     lines = [
-        "| variant | seeds | final HV | best mean task score | documents scored | fewer than full "
-        "| stopped trials | s / run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | seeds | final HV | best mean task score | take-home (posterior), true | documents scored "
+        "| fewer than full | stopped trials | s / run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for v in variants:
         rs = by.get(v) or []
@@ -157,7 +157,7 @@ def make_table(runs: list[StageRun], variants: Sequence[str]) -> str:
         fewer = f"{1 - docs / full_docs:.0%}" if v != FULL and full_docs > 0 else "–"
         lines.append(
             f"| {v} | {len(rs)} | {fmt([r.hv for r in rs], 4, general=True)} | {fmt([r.best_task for r in rs], 3)} "
-            f"| {fmt([r.docs for r in rs], 0)} | {fewer} | {fmt([r.stopped for r in rs], 0)} "
+            f"| {take_home_cell(rs)} | {fmt([r.docs for r in rs], 0)} | {fewer} | {fmt([r.stopped for r in rs], 0)} "
             f"| {statistics.median(r.seconds for r in rs):.1f} |"
         )
     lines.append("")
@@ -179,6 +179,12 @@ def make_table(runs: list[StageRun], variants: Sequence[str]) -> str:
             f"done-when {'HOLDS' if ok else 'does NOT hold'}"
         )
     return "\n".join(lines)
+
+
+def take_home_cell(runs: Sequence[StageRun]) -> str:
+    """The take-home column: median [IQR] over the runs that recorded it, "–" where none did."""
+    values = [r.take_home for r in runs if r.take_home is not None]
+    return fmt(values, 3) if values else "–"
 
 
 def oracle_line(runs: list[StageRun], first_stage: float = 0.25) -> str:
@@ -348,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             runs.append(r)
             save_runs(out, key, runs)
             print(
-                f"seed {seed} {label:40s} HV {r.hv:.4g}  best task {r.best_task:.3f}  docs {r.docs}  "
+                f"seed {seed} {label:40s} HV {r.hv:.4g}  best task {r.best_task:.3f}  "
+                f"take-home {r.take_home:.3f}  docs {r.docs}  "
                 f"stopped {r.stopped}  ({r.seconds:.1f} s)",
                 flush=True,
             )

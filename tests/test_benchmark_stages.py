@@ -64,3 +64,27 @@ def test_seeds_and_variants_parse() -> None:
         {"stages": (0.25, 1.0), "stage_min_chance": 0.2},
     )
     assert stages.parse_variant("full") == ("full", {"stages": None})
+
+
+def test_a_run_record_scores_the_take_home_merge_the_library_chooses() -> None:
+    """The take-home column is the TRUE mean task score of `choose_take_home`'s pick among the trials scored in
+    full; the best-observed column that of the highest observed mean, so a lucky, noisy observation separates them."""
+    from benchmarks.stage_runs import run_record
+
+    names, tasks = ["a", "b"], ["a", "b"]
+    x = [[0.1, 0.1], [0.12, 0.1], [0.1, 0.12], [0.9, 0.9], [0.5, 0.5], [0.9, 0.1], [0.1, 0.9]]
+    observed = [[0.6, 0.6], [0.61, 0.6], [0.6, 0.61], [0.65, 0.65], [0.9, 0.9], [0.3, 0.3], [0.3, 0.3]]
+    stderr = [0.01, 0.01, 0.01, 0.3, 0.01, 0.01, 0.01]  # trial 3's scores are nearly noise
+    true = {0: [0.6, 0.6], 1: [0.61, 0.6], 2: [0.6, 0.61], 3: [0.4, 0.4], 4: [0.2, 0.2], 5: [0.3, 0.3], 6: [0.3, 0.3]}
+    trials = [
+        Trial(
+            id=i, batch=0, x=xi, step="sobol", status="done", objectives=dict(zip(names, y)),
+            stderr={"a": se, "b": se}, n_examples={"a": 50, "b": 50}, stopped=i == 4, stages_scored=1,
+        )
+        for i, (xi, y, se) in enumerate(zip(x, observed, stderr))
+    ]
+    record = run_record(trials, names, tasks, [0.0, 0.0], 1.0, true)
+    # Trial 4 looks best but was stopped after part of its documents: neither column may take it.
+    assert record["best_task"] == pytest.approx(0.4)  # the lucky trial 3
+    assert record["take_home"] == pytest.approx(0.605)  # a well-measured one, trial 1 or 2
+    assert record["stopped"] == 1

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 import torch
 
-from mmmo.optimizer.loop import NullObserver, run_loop
+from mmmo.optimizer.history import History
+from mmmo.optimizer.loop import NullObserver, run_loop, take_home_stake
 from mmmo.optimizer.options import LoopOptions
 from mmmo.optimizer.pareto import hypervolume
 from mmmo.optimizer.stages import (
     PartialScores,
+    TakeHomeStake,
     chance_of_improving,
+    chance_of_taking_home,
     full_score_distribution,
     hypervolume_gain,
+    incumbent_value,
 )
+from mmmo.optimizer.target import Target
 from mmmo.run.records import Trial
 from mmmo.spec.schema import OptimizerSpec
 
@@ -65,6 +71,33 @@ def test_a_minimum_gain_asks_for_that_much_hypervolume() -> None:
     assert exact / hv == pytest.approx(0.29, abs=0.005)
 
 
+def test_chance_of_taking_home_by_hand() -> None:
+    # The mean of columns 0 and 1 (column 2, say sparsity, not in it), column 1 at least 0.3.
+    target = Target((1.0, 1.0, 0.0), minimums=((1, 0.3),))
+    points = torch.tensor([[0.6, 0.6, 0.0], [0.4, 0.4, 0.0], [0.9, 0.2, 0.0], [0.5, 0.5, 0.9]], dtype=D)
+    var = torch.zeros_like(points)
+    var[3, 0] = 0.01  # its mean task score is the incumbent's, give or take: it beats it half the time
+    chance = chance_of_taking_home(points, var, target, 0.5, seed=0)
+    assert chance[:3].tolist() == [1.0, 0.0, 0.0]  # above; below; above but breaking the requirement
+    assert 0.45 < float(chance[3]) < 0.55
+    # With no trial to beat yet, any draw meeting the requirements would be the take-home merge.
+    assert chance_of_taking_home(points, var, target, float("-inf"), seed=0)[:3].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_the_incumbent_is_the_best_qualifying_trial() -> None:
+    target = Target((1.0, 0.0), minimums=((1, 0.45),))
+    done = History(
+        X_done=torch.tensor([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3], [0.4, 0.4]], dtype=D),
+        Y_done=torch.tensor([[0.5, 0.5], [0.6, 0.4], [0.4, 0.6], [0.7, 0.7]], dtype=D),
+        X_seen=torch.zeros(4, 2, dtype=D),
+        in_full=torch.tensor([True, True, True, False]),  # the last one was stopped after part of its documents
+    )
+    stake = take_home_stake(done, target)
+    assert stake.y.tolist() == [[0.5, 0.5], [0.4, 0.6]]  # [0.6, 0.4] breaks the requirement; [0.7, 0.7] is partial
+    assert incumbent_value(stake, None) == 0.5
+    assert incumbent_value(TakeHomeStake(target, stake.x[:0], stake.y[:0]), None) == float("-inf")
+
+
 def full_trial(i: int, y: list[float]) -> Trial:
     return Trial(
         id=i, batch=0, x=[0.2 * i + 0.05, 0.9 - 0.2 * i], step="sobol", status="done",
@@ -73,20 +106,17 @@ def full_trial(i: int, y: list[float]) -> Trial:
     )
 
 
-def test_the_loop_stops_a_hopeless_candidate_and_finishes_a_promising_one() -> None:
-    history = [full_trial(i, y) for i, y in enumerate([[0.5, 0.5], [0.6, 0.4], [0.4, 0.6], [0.3, 0.3]])]
-    history += [
-        Trial(id=4, batch=1, x=[0.33, 0.33], step="acquisition"),  # will score far below the front
-        Trial(id=5, batch=1, x=[0.66, 0.66], step="acquisition"),  # will score beyond it
-    ]
-    partial_scores = {4: (0.05, 0.05), 5: (0.9, 0.9)}
-    calls: list[tuple[int, int]] = []
+def two_stage_scores(
+    scores: dict[int, tuple[float, float]], calls: list[tuple[int, int]]
+) -> Callable[[list[Trial]], list[Trial]]:
+    """An evaluator of two stages (25 then 100 documents) that scores trial `id` as `scores[id]` on both, noting
+    each (id, stages scored before) it is asked for in `calls`."""
 
     def evaluate(trials: list[Trial]) -> list[Trial]:
         out = []
         for t in trials:
             calls.append((t.id, t.stages_scored))
-            a, b = partial_scores[t.id]
+            a, b = scores[t.id]
             last = t.stages_scored == 1
             out.append(replace(
                 t, status="done" if last else "partial", stages_scored=t.stages_scored + 1,
@@ -94,6 +124,18 @@ def test_the_loop_stops_a_hopeless_candidate_and_finishes_a_promising_one() -> N
                 n_examples={"a": 100 if last else 25, "b": 100 if last else 25},
             ))
         return out
+
+    return evaluate
+
+
+def test_the_loop_stops_a_hopeless_candidate_and_finishes_a_promising_one() -> None:
+    history = [full_trial(i, y) for i, y in enumerate([[0.5, 0.5], [0.6, 0.4], [0.4, 0.6], [0.3, 0.3]])]
+    history += [
+        Trial(id=4, batch=1, x=[0.33, 0.33], step="acquisition"),  # will score far below the front
+        Trial(id=5, batch=1, x=[0.66, 0.66], step="acquisition"),  # will score beyond it
+    ]
+    calls: list[tuple[int, int]] = []
+    evaluate = two_stage_scores({4: (0.05, 0.05), 5: (0.9, 0.9)}, calls)
 
     heard: list[tuple[str, int]] = []
 
@@ -117,3 +159,27 @@ def test_the_loop_stops_a_hopeless_candidate_and_finishes_a_promising_one() -> N
     assert (t4.status, t4.stopped, t4.stages_scored, t4.n_examples["a"]) == ("done", True, 1, 25)
     assert (t5.status, t5.stopped, t5.stages_scored, t5.n_examples["a"]) == ("done", False, 2, 100)
     assert 5 in result.pareto_ids and 4 not in result.pareto_ids
+
+
+def test_a_candidate_that_could_become_the_take_home_merge_goes_on() -> None:
+    """Asked for a fifth of the hypervolume, the front's criterion stops both candidates: each adds ~5% of it. The
+    take-home target is objective a alone, so the one far above the best a (0.6) goes on with `stage_take_home`."""
+    history = [full_trial(i, y) for i, y in enumerate([[0.5, 0.5], [0.6, 0.4], [0.4, 0.6], [0.3, 0.3]])]
+    evaluate = two_stage_scores({4: (0.9, 0.05), 5: (0.05, 0.9)}, [])
+
+    def stopped(take_home: bool) -> list[bool]:
+        fresh = [
+            Trial(id=4, batch=1, x=[0.9, 0.1], step="acquisition"),
+            Trial(id=5, batch=1, x=[0.1, 0.9], step="acquisition"),
+        ]
+        options = LoopOptions(
+            opt=OptimizerSpec(initial=4, batches=1, batch_size=2, candidates=2, standard_recipes=False),
+            dim=2, objective_names=["a", "b"], task_objective_names=["a", "b"], ref_point=[0.0, 0.0],
+            stages=(0.25, 1.0), stage_min_chance=0.1, stage_min_gain=0.2, stage_take_home=take_home,
+            target=Target((1.0, 0.0)),
+        )
+        result = run_loop([*history, *fresh], options, evaluate)
+        return [t.stopped for t in result.trials[4:]]
+
+    assert stopped(take_home=False) == [True, True]
+    assert stopped(take_home=True) == [False, True]

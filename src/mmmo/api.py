@@ -233,6 +233,7 @@ def _run(
         stages=spec.evaluation.stages,
         stage_min_chance=spec.evaluation.stage_min_chance,
         stage_min_gain=spec.evaluation.stage_min_gain,
+        stage_take_home=spec.evaluation.stage_take_home,
         parallel=spec.evaluation.workers,
         target=resolve_target(  # after _score_sources: a relative requirement reads its source's score
             spec.take_home, [o.name for o in spec.objectives], [o.name for o in spec.task_objectives], state.sources

@@ -16,8 +16,9 @@ import torch
 from mmmo.optimizer.history import History, done_arrays, done_variances
 from mmmo.optimizer.options import LoopOptions
 from mmmo.optimizer.pareto import hypervolume, infer_ref_point, pareto_mask
-from mmmo.optimizer.stages import PartialScores, continue_chances
+from mmmo.optimizer.stages import PartialScores, TakeHomeStake, continue_chances
 from mmmo.optimizer.strategies import Proposal, propose_batch, propose_next
+from mmmo.optimizer.target import Target
 from mmmo.run.records import ScheduleStats, Trial
 from mmmo.runtime.errors import MmmoError
 
@@ -335,5 +336,13 @@ def stage_decisions(
         min_gain=options.stage_min_gain,
         cat_dims=[options.space.method_dim] if options.space is not None and options.space.method_dim is not None else (),
         batches=None if done.done_batches is None else [*done.done_batches, *(t.batch for t in partial)],
+        stake=take_home_stake(done, options.resolved_target) if options.stage_take_home else None,
     )
     return [bool(c >= options.stage_min_chance) for c in chances.tolist()]
+
+
+def take_home_stake(done: History, target: Target) -> TakeHomeStake:
+    """The trials scored in full that the take-home choice may take (observed scores meet `target`'s constraints)."""
+    full = torch.ones(done.X_done.shape[0], dtype=torch.bool) if done.in_full is None else done.in_full
+    ok = full & target.feasible(done.Y_done)
+    return TakeHomeStake(target, done.X_done[ok], done.Y_done[ok])

@@ -29,7 +29,8 @@ class LoopOptions:
     `stages` (cumulative fractions of each task's documents; None: one stage) makes `evaluate` return "partial"
     trials short of the last stage; each goes on while its chance of improving the front (optimizer.stages) is at
     least `stage_min_chance` (with `stage_min_gain` > 0: its chance of adding that fraction of the hypervolume),
-    else it is done as it is, `stopped`. With stages, a batch is scored `parallel` trials at a time (the
+    else it is done as it is, `stopped`; with `stage_take_home`, also while its chance of becoming the take-home
+    merge under `target` is. With stages, a batch is scored `parallel` trials at a time (the
     evaluators' count), each group through all its stages before the next starts, so that later trials of a batch
     are judged against the earlier ones' full scores. `space`, when the method is one of its coordinates (a mixed
     search), projects every proposal onto its configurations and names each new trial's `method`; a single
@@ -50,6 +51,7 @@ class LoopOptions:
     stages: Sequence[float] | None = None
     stage_min_chance: float = EvaluationSpec.model_fields["stage_min_chance"].default
     stage_min_gain: float = EvaluationSpec.model_fields["stage_min_gain"].default
+    stage_take_home: bool = EvaluationSpec.model_fields["stage_take_home"].default
     parallel: int = 1
     space: SearchSpace | None = None
     target: Target | None = None

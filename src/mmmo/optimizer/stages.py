@@ -12,6 +12,11 @@ partial scores themselves, each with its own noise under optimizer.known_noise) 
 variance `yvar` is `sigma_doc^2 / (f * N)`). Hence mean `f * partial + r * mu` and variance `r^2 s^2 + r f yvar`.
 Exact objectives (sparsity) are known already. The chance is estimated from seeded draws; objectives are drawn
 independently, as the GPs are independent. Without enough trials for a GP the partial score is its own posterior.
+
+With a take-home stake (`TakeHomeStake`), a candidate also goes on while it could become the take-home merge: the
+chance that the same draws meet the target's constraints and beat the target value of the best trial scored in
+full that meets them (by the GP's posterior mean there, as the take-home choice ranks trials; by its observed
+value without a GP). A draw is an observed full score, noisier than a posterior mean, so this errs towards going on.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from botorch.models.model import Model
 from gpytorch.utils.warnings import NumericalWarning
 from torch import Tensor
 
 from mmmo.optimizer.gp import JITTER_WARNING, fit_models_with_prior
 from mmmo.optimizer.pareto import hypervolume
+from mmmo.optimizer.target import Target
 from mmmo.runtime.quiet import expected_warnings
 from mmmo.spec.schema import PriorMean
 
@@ -47,6 +54,17 @@ class PartialScores:
     y: Tensor
     yvar: Tensor
     scored: Tensor
+
+
+@dataclass(frozen=True)
+class TakeHomeStake:
+    """What a partly scored candidate must beat to become the take-home merge: the `target`, and the trials scored in
+    full whose OBSERVED scores meet its constraints (the only ones the take-home choice may take), `x [p, d]` (unit
+    cube) and `y [p, m]` (maximised)."""
+
+    target: Target
+    x: Tensor
+    y: Tensor
 
 
 def full_score_distribution(partial: PartialScores, mu: Tensor | None, s2: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -80,8 +98,7 @@ def chance_of_improving(
     hypervolume (estimated with BOX_POINTS uniform points in the box between `ref_point` and the draw).
     """
     generator = torch.Generator().manual_seed(seed)
-    eps = torch.randn((draws, *mean.shape), generator=generator, dtype=mean.dtype)
-    samples = mean + var.sqrt() * eps  # [draws, k, m]
+    samples = score_draws(mean, var, generator, draws)
     ok = torch.ones(samples.shape[:2], dtype=torch.bool)
     if ref_point is not None:
         ok &= (samples > ref_point.to(samples)).all(-1)
@@ -92,6 +109,36 @@ def chance_of_improving(
         needed = min_gain * hypervolume(front, ref_point)
         ok &= hypervolume_gain(samples, front, ref_point, generator) >= needed
     return ok.to(mean.dtype).mean(0)
+
+
+def score_draws(mean: Tensor, var: Tensor, generator: torch.Generator, draws: int = DRAWS) -> Tensor:
+    """`[draws, k, m]` draws from N(mean, var) `[k, m]`, each objective independently."""
+    eps = torch.randn((draws, *mean.shape), generator=generator, dtype=mean.dtype)
+    return mean + var.sqrt() * eps
+
+
+def chance_of_taking_home(
+    mean: Tensor, var: Tensor, target: Target, incumbent: float, *, seed: int, draws: int = DRAWS
+) -> Tensor:
+    """`[k]`: the chance that a draw from N(mean, var) `[k, m]` meets `target`'s constraints and its target value
+    beats `incumbent` (-inf: no trial qualifies yet, so any feasible draw would be the take-home merge).
+
+    The same `seed` draws the same scores as `chance_of_improving`'s.
+    """
+    samples = score_draws(mean, var, torch.Generator().manual_seed(seed), draws)
+    wins = target.feasible(samples) & (target.value(samples) > incumbent)
+    return wins.to(mean.dtype).mean(0)
+
+
+def incumbent_value(stake: TakeHomeStake, model: Model | None) -> float:
+    """The target value to beat: the highest among `stake`'s trials, by `model`'s posterior mean (None: observed)."""
+    if stake.x.shape[0] == 0:
+        return float("-inf")
+    if model is None:
+        return float(stake.target.value(stake.y).max())
+    with torch.no_grad(), expected_warnings(JITTER_WARNING, NEGATIVE_VARIANCE_WARNING):
+        mean = model.posterior(stake.x.to(torch.float64)).mean
+    return float(stake.target.value(mean).max())
 
 
 def hypervolume_gain(points: Tensor, front: Tensor, ref_point: Tensor, generator: torch.Generator) -> Tensor:
@@ -118,8 +165,10 @@ def continue_chances(
     min_gain: float = 0.0,
     cat_dims: Sequence[int] = (),
     batches: Sequence[int] | None = None,
+    stake: TakeHomeStake | None = None,
 ) -> Tensor:
-    """`[k]` chances that each partially scored candidate improves the front once scored in full.
+    """`[k]` chances that each partially scored candidate improves the front once scored in full; with a `stake`,
+    the larger of that and its chance of becoming the take-home merge (`chance_of_taking_home`).
 
     `X_done [n, d]`, `Y_done [n, m]`, `Yvar_done [n, m]` (None: noise inferred) are every finished trial, those
     stopped early included; `front [p, m]` is the front of the trials scored in full. `cat_dims`: a mixed space's
@@ -128,7 +177,7 @@ def continue_chances(
     """
     X = torch.cat([X_done, partial.x]).to(torch.float64)
     Y = torch.cat([Y_done, partial.y]).to(torch.float64)
-    mu = s2 = None
+    mu = s2 = model = None
     if X.shape[0] >= MIN_TRIALS_FOR_GP:
         Yvar = None if Yvar_done is None else torch.cat([Yvar_done, partial.yvar]).to(torch.float64)
         ref = None if ref_point is None else ref_point.tolist()
@@ -137,4 +186,8 @@ def continue_chances(
             posterior = model.posterior(partial.x.to(torch.float64))
             mu, s2 = posterior.mean, posterior.variance
     mean, var = full_score_distribution(partial, mu, s2)
-    return chance_of_improving(mean, var, front, ref_point, seed=seed, min_gain=min_gain)
+    chance = chance_of_improving(mean, var, front, ref_point, seed=seed, min_gain=min_gain)
+    if stake is None:
+        return chance
+    taking_home = chance_of_taking_home(mean, var, stake.target, incumbent_value(stake, model), seed=seed)
+    return torch.maximum(chance, taking_home)

@@ -225,14 +225,15 @@ class EvaluationSpec(_Strict):
     # as lm-eval's --limit does (biased wherever a dataset is ordered).
     subset: SubsetKind = "random"
     subset_seed: int = 0
-    # Multi-fidelity scoring, as cumulative fractions of each task's documents (e.g. [0.25, 1.0]): a candidate goes
-    # on to the next stage only while it keeps a real chance of improving the front (see optimizer.stages).
-    # Off by default: see benchmarks/RESULTS.md (issue 17) for what it saved and cost.
+    # Multi-fidelity scoring, as cumulative fractions of each task's documents (e.g. [0.25, 1.0]), off by default
+    # (see optimizer.stages, and benchmarks/RESULTS.md for what it saved and cost):
     stages: list[float] | None = None
     # A candidate goes on while the chance that its full score improves the Pareto front is at least
-    # stage_min_chance; with stage_min_gain > 0, the chance that it adds that fraction of the hypervolume.
+    # stage_min_chance (with stage_min_gain > 0: adds that fraction of the hypervolume) or, with stage_take_home,
+    # the chance that it becomes the take-home merge (take_home:, its requirements met) is.
     stage_min_chance: float = Field(0.1, gt=0.0, lt=1.0)
     stage_min_gain: float = Field(0.01, ge=0.0, lt=1.0)
+    stage_take_home: bool = False
     # lm-eval tasks marked unsafe_code (mbpp, humaneval) execute the code the model writes on this machine:
     # refused unless the spec says so, as lm-eval's own --confirm_run_unsafe_code does.
     confirm_run_unsafe_code: bool = False
