@@ -183,7 +183,7 @@ def make_table(runs: list[StageRun], variants: Sequence[str]) -> str:
 
 def take_home_cell(runs: Sequence[StageRun]) -> str:
     """The take-home column: median [IQR] over the runs that recorded it, "–" where none did."""
-    values = [r.take_home for r in runs if r.take_home is not None]
+    values = [r.take_home for r in runs if r.take_home is not None and not math.isnan(r.take_home)]
     return fmt(values, 3) if values else "–"
 
 

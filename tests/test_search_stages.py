@@ -9,19 +9,18 @@ import pytest
 import torch
 
 from mmmo.optimizer.history import History
-from mmmo.optimizer.loop import NullObserver, run_loop, take_home_stake
+from mmmo.optimizer.loop import NullObserver, run_loop
 from mmmo.optimizer.options import LoopOptions
 from mmmo.optimizer.pareto import hypervolume
 from mmmo.optimizer.stages import (
     PartialScores,
-    TakeHomeStake,
     chance_of_improving,
     chance_of_taking_home,
     full_score_distribution,
     hypervolume_gain,
-    incumbent_value,
+    take_home_stake,
 )
-from mmmo.optimizer.target import Target
+from mmmo.optimizer.target import Target, choose_take_home
 from mmmo.run.records import Trial
 from mmmo.spec.schema import OptimizerSpec
 
@@ -84,18 +83,20 @@ def test_chance_of_taking_home_by_hand() -> None:
     assert chance_of_taking_home(points, var, target, float("-inf"), seed=0)[:3].tolist() == [1.0, 1.0, 0.0]
 
 
-def test_the_incumbent_is_the_best_qualifying_trial() -> None:
+def test_the_stake_is_what_the_take_home_choice_would_take_now() -> None:
     target = Target((1.0, 0.0), minimums=((1, 0.45),))
-    done = History(
-        X_done=torch.tensor([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3], [0.4, 0.4]], dtype=D),
-        Y_done=torch.tensor([[0.5, 0.5], [0.6, 0.4], [0.4, 0.6], [0.7, 0.7]], dtype=D),
-        X_seen=torch.zeros(4, 2, dtype=D),
-        in_full=torch.tensor([True, True, True, False]),  # the last one was stopped after part of its documents
-    )
+    X = torch.tensor([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3], [0.4, 0.4], [0.8, 0.8]], dtype=D)
+    Y = torch.tensor([[0.5, 0.5], [0.6, 0.4], [0.4, 0.6], [0.45, 0.5], [0.7, 0.7]], dtype=D)
+    Yvar = torch.full_like(Y, 1e-4)
+    # The last trial was stopped after part of its documents: not one the choice may take, nor in its GP.
+    done = History(X_done=X, Y_done=Y, X_seen=X, Yvar_done=Yvar, in_full=torch.tensor([True] * 4 + [False]))
     stake = take_home_stake(done, target)
-    assert stake.y.tolist() == [[0.5, 0.5], [0.4, 0.6]]  # [0.6, 0.4] breaks the requirement; [0.7, 0.7] is partial
-    assert incumbent_value(stake, None) == 0.5
-    assert incumbent_value(TakeHomeStake(target, stake.x[:0], stake.y[:0]), None) == float("-inf")
+    chosen = choose_take_home(X[:4], Y[:4], target, Yvar[:4])
+    assert chosen is not None and (chosen.row, chosen.by) == (0, "posterior")  # [0.6, 0.4] breaks the requirement
+    assert stake.incumbent == chosen.value
+    assert 0.45 < stake.incumbent < 0.55  # the posterior mean at [0.5, 0.5], shrunk little (variance 1e-4)
+    # No trial meets the requirements yet: any draw that does would be the take-home merge.
+    assert take_home_stake(replace(done, in_full=torch.tensor([False, True, False, False, False])), target).incumbent == float("-inf")
 
 
 def full_trial(i: int, y: list[float]) -> Trial:
@@ -167,7 +168,7 @@ def test_a_candidate_that_could_become_the_take_home_merge_goes_on() -> None:
     history = [full_trial(i, y) for i, y in enumerate([[0.5, 0.5], [0.6, 0.4], [0.4, 0.6], [0.3, 0.3]])]
     evaluate = two_stage_scores({4: (0.9, 0.05), 5: (0.05, 0.9)}, [])
 
-    def stopped(take_home: bool) -> list[bool]:
+    def stopped(take_home: bool, minimums: tuple[tuple[int, float], ...] = ()) -> list[bool]:
         fresh = [
             Trial(id=4, batch=1, x=[0.9, 0.1], step="acquisition"),
             Trial(id=5, batch=1, x=[0.1, 0.9], step="acquisition"),
@@ -176,10 +177,12 @@ def test_a_candidate_that_could_become_the_take_home_merge_goes_on() -> None:
             opt=OptimizerSpec(initial=4, batches=1, batch_size=2, candidates=2, standard_recipes=False),
             dim=2, objective_names=["a", "b"], task_objective_names=["a", "b"], ref_point=[0.0, 0.0],
             stages=(0.25, 1.0), stage_min_chance=0.1, stage_min_gain=0.2, stage_take_home=take_home,
-            target=Target((1.0, 0.0)),
+            target=Target((1.0, 0.0), minimums),
         )
         result = run_loop([*history, *fresh], options, evaluate)
         return [t.stopped for t in result.trials[4:]]
 
     assert stopped(take_home=False) == [True, True]
     assert stopped(take_home=True) == [False, True]
+    # Required to score at least 0.3 on b, the high-a candidate (b ~0.05) could not be taken home either.
+    assert stopped(take_home=True, minimums=((1, 0.3),)) == [True, True]

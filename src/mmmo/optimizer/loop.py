@@ -16,9 +16,8 @@ import torch
 from mmmo.optimizer.history import History, done_arrays, done_variances
 from mmmo.optimizer.options import LoopOptions
 from mmmo.optimizer.pareto import hypervolume, infer_ref_point, pareto_mask
-from mmmo.optimizer.stages import PartialScores, TakeHomeStake, continue_chances
+from mmmo.optimizer.stages import PartialScores, continue_chances, take_home_stake
 from mmmo.optimizer.strategies import Proposal, propose_batch, propose_next
-from mmmo.optimizer.target import Target
 from mmmo.run.records import ScheduleStats, Trial
 from mmmo.runtime.errors import MmmoError
 
@@ -322,6 +321,7 @@ def stage_decisions(
     yvar = done_variances(partial, names)
     # No stderr (a one-document stage): the largest variance a 0/1 mean on those documents can have, not zero.
     yvar = torch.where(yvar.isnan(), 0.25 / n_scored.clamp_min(1.0), yvar)
+    cat_dims = [options.space.method_dim] if options.space is not None and options.space.method_dim is not None else []
     evidence = PartialScores(
         x=torch.tensor([t.x for t in partial], dtype=torch.float64),
         y=torch.tensor([[float(t.objectives[n]) for n in names] for t in partial], dtype=torch.float64),  # type: ignore[index]
@@ -334,15 +334,8 @@ def stage_decisions(
         evidence, torch.tensor(ref, dtype=torch.float64) if ref is not None else None,
         prior_mean=options.opt.prior_mean, seed=options.opt.seed * 100003 + partial[0].id,
         min_gain=options.stage_min_gain,
-        cat_dims=[options.space.method_dim] if options.space is not None and options.space.method_dim is not None else (),
+        cat_dims=cat_dims,
         batches=None if done.done_batches is None else [*done.done_batches, *(t.batch for t in partial)],
-        stake=take_home_stake(done, options.resolved_target) if options.stage_take_home else None,
+        stake=take_home_stake(done, options.resolved_target, cat_dims) if options.stage_take_home else None,
     )
     return [bool(c >= options.stage_min_chance) for c in chances.tolist()]
-
-
-def take_home_stake(done: History, target: Target) -> TakeHomeStake:
-    """The trials scored in full that the take-home choice may take (observed scores meet `target`'s constraints)."""
-    full = torch.ones(done.X_done.shape[0], dtype=torch.bool) if done.in_full is None else done.in_full
-    ok = full & target.feasible(done.Y_done)
-    return TakeHomeStake(target, done.X_done[ok], done.Y_done[ok])

@@ -14,9 +14,9 @@ Exact objectives (sparsity) are known already. The chance is estimated from seed
 independently, as the GPs are independent. Without enough trials for a GP the partial score is its own posterior.
 
 With a take-home stake (`TakeHomeStake`), a candidate also goes on while it could become the take-home merge: the
-chance that the same draws meet the target's constraints and beat the target value of the best trial scored in
-full that meets them (by the GP's posterior mean there, as the take-home choice ranks trials; by its observed
-value without a GP). A draw is an observed full score, noisier than a posterior mean, so this errs towards going on.
+chance that the same draws meet the target's constraints and beat the value of the trial the take-home choice
+would take now (`target.choose_take_home` by the posterior, among the trials scored in full). A draw is an
+observed full score, noisier than a posterior mean, so this errs towards going on.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from botorch.models.model import Model
 from gpytorch.utils.warnings import NumericalWarning
 from torch import Tensor
 
 from mmmo.optimizer.gp import JITTER_WARNING, fit_models_with_prior
+from mmmo.optimizer.history import History
 from mmmo.optimizer.pareto import hypervolume
-from mmmo.optimizer.target import Target
+from mmmo.optimizer.target import Target, choose_take_home
 from mmmo.runtime.quiet import expected_warnings
 from mmmo.spec.schema import PriorMean
 
@@ -58,13 +58,20 @@ class PartialScores:
 
 @dataclass(frozen=True)
 class TakeHomeStake:
-    """What a partly scored candidate must beat to become the take-home merge: the `target`, and the trials scored in
-    full whose OBSERVED scores meet its constraints (the only ones the take-home choice may take), `x [p, d]` (unit
-    cube) and `y [p, m]` (maximised)."""
+    """What a partly scored candidate must beat to become the take-home merge: the `target`, and the value (raw
+    units) of the trial it would take now, by the rule that chose it; -inf when no trial qualifies yet."""
 
     target: Target
-    x: Tensor
-    y: Tensor
+    incumbent: float
+
+
+def take_home_stake(done: History, target: Target, cat_dims: Sequence[int] = ()) -> TakeHomeStake:
+    """The stake under `target` of the done trials scored in full, chosen as report.md and `export: best` choose
+    by default (`choose_take_home` by the posterior, the trials' known variances)."""
+    full = torch.ones(done.X_done.shape[0], dtype=torch.bool) if done.in_full is None else done.in_full
+    Yvar = None if done.Yvar_done is None else done.Yvar_done[full]
+    chosen = choose_take_home(done.X_done[full], done.Y_done[full], target, Yvar, cat_dims=cat_dims)
+    return TakeHomeStake(target, chosen.value if chosen is not None else float("-inf"))
 
 
 def full_score_distribution(partial: PartialScores, mu: Tensor | None, s2: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -130,17 +137,6 @@ def chance_of_taking_home(
     return wins.to(mean.dtype).mean(0)
 
 
-def incumbent_value(stake: TakeHomeStake, model: Model | None) -> float:
-    """The target value to beat: the highest among `stake`'s trials, by `model`'s posterior mean (None: observed)."""
-    if stake.x.shape[0] == 0:
-        return float("-inf")
-    if model is None:
-        return float(stake.target.value(stake.y).max())
-    with torch.no_grad(), expected_warnings(JITTER_WARNING, NEGATIVE_VARIANCE_WARNING):
-        mean = model.posterior(stake.x.to(torch.float64)).mean
-    return float(stake.target.value(mean).max())
-
-
 def hypervolume_gain(points: Tensor, front: Tensor, ref_point: Tensor, generator: torch.Generator) -> Tensor:
     """`[...]`: the hypervolume each of `points [..., m]` adds to `front [p, m]` above `ref_point [m]`, estimated
     from BOX_POINTS uniform points in its box (the box's volume times the share no front row dominates)."""
@@ -177,7 +173,7 @@ def continue_chances(
     """
     X = torch.cat([X_done, partial.x]).to(torch.float64)
     Y = torch.cat([Y_done, partial.y]).to(torch.float64)
-    mu = s2 = model = None
+    mu = s2 = None
     if X.shape[0] >= MIN_TRIALS_FOR_GP:
         Yvar = None if Yvar_done is None else torch.cat([Yvar_done, partial.yvar]).to(torch.float64)
         ref = None if ref_point is None else ref_point.tolist()
@@ -189,5 +185,5 @@ def continue_chances(
     chance = chance_of_improving(mean, var, front, ref_point, seed=seed, min_gain=min_gain)
     if stake is None:
         return chance
-    taking_home = chance_of_taking_home(mean, var, stake.target, incumbent_value(stake, model), seed=seed)
+    taking_home = chance_of_taking_home(mean, var, stake.target, stake.incumbent, seed=seed)
     return torch.maximum(chance, taking_home)

@@ -20,11 +20,13 @@ MIN_POINTS_FOR_POSTERIOR = 3
 
 @dataclass(frozen=True)
 class ChosenRow:
-    """The row `choose_take_home` chose and the rule that chose it: "posterior", or "observed" when asked for, when
-    too few rows qualify for a GP, or when the GP's posterior was not finite."""
+    """The row `choose_take_home` chose, the rule that chose it ("posterior", or "observed" when asked for, when
+    too few rows qualify for a GP, or when the GP's posterior was not finite) and the row's target value by that
+    rule (its posterior mean or its observed value, raw units)."""
 
     row: int
     by: str
+    value: float
 
 
 @dataclass(frozen=True)
@@ -114,14 +116,14 @@ def choose_take_home(
     if not rows:
         return None
     observed = target.value(Y)
-    if by == "observed" or len(rows) < MIN_POINTS_FOR_POSTERIOR:
-        return ChosenRow(_highest(rows, observed, Y), "observed")
-    if by != "posterior":
+    if by not in ("observed", "posterior"):
         raise ValueError(f"unknown take-home rule {by!r} (posterior or observed)")
-    posterior = posterior_value(X, Y, target, Yvar, prior_mean, cat_dims)
-    if posterior is None:
-        return ChosenRow(_highest(rows, observed, Y), "observed")
-    return ChosenRow(_highest(rows, posterior, Y), "posterior")
+    posterior = None
+    if by == "posterior" and len(rows) >= MIN_POINTS_FOR_POSTERIOR:
+        posterior = posterior_value(X, Y, target, Yvar, prior_mean, cat_dims)
+    rule, score = ("observed", observed) if posterior is None else ("posterior", posterior)
+    row = _highest(rows, score, Y)
+    return ChosenRow(row, rule, float(score[row]))
 
 
 def _highest(rows: list[int], score: Tensor, Y: Tensor) -> int:
