@@ -192,7 +192,7 @@ def check_demo(demo_dir: Path) -> None:
 def take_home_choice(full: Sequence[Trial], names: Sequence[str], task_cols: Sequence[int]) -> Trial | None:
     """The trial of `full` (done, scored in full) the library takes home under the default preference (the mean
     task score, chosen by the posterior with the trials' known variances), as report.md and `export: best` do."""
-    # Imported here, as in this module's other functions: importing a benchmark module loads no torch or mmmo.
+    # Imported here, as run_bernoulli imports the optimizer: its modules load only when a run needs them.
 
     from mmmo.optimizer.history import done_arrays, done_variances
     from mmmo.optimizer.target import Target, choose_take_home
