@@ -42,9 +42,14 @@ class History:
         )
 
     @property
+    def full_mask(self) -> Tensor:
+        """`[n]` bool: which done trials were scored in full (all of them when `in_full` is None)."""
+        return torch.ones(self.X_done.shape[0], dtype=torch.bool) if self.in_full is None else self.in_full
+
+    @property
     def Y_in_full(self) -> Tensor:
         """`[k, m]`: the done trials scored in full, the ones a front is made of."""
-        return self.Y_done if self.in_full is None else self.Y_done[self.in_full]
+        return self.Y_done[self.full_mask]
 
 
 def is_usable(trial: Trial, objective_names: Sequence[str]) -> bool:

@@ -68,7 +68,7 @@ class TakeHomeStake:
 def take_home_stake(done: History, target: Target, cat_dims: Sequence[int] = ()) -> TakeHomeStake:
     """The stake under `target` of the done trials scored in full, chosen as report.md and `export: best` choose
     by default (`choose_take_home` by the posterior, the trials' known variances)."""
-    full = torch.ones(done.X_done.shape[0], dtype=torch.bool) if done.in_full is None else done.in_full
+    full = done.full_mask
     Yvar = None if done.Yvar_done is None else done.Yvar_done[full]
     chosen = choose_take_home(done.X_done[full], done.Y_done[full], target, Yvar, cat_dims=cat_dims)
     return TakeHomeStake(target, chosen.value if chosen is not None else float("-inf"))
