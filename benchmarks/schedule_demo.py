@@ -1,14 +1,18 @@
 """The batch and the asynchronous schedule on the real demo, Ray workers with a delay per candidate (run by hand).
 
-    .venv/bin/python -m benchmarks.schedule_demo [--seeds 3] [--workers 2] [--delay 10] [--sigma 0.5]
+    .venv/bin/python -m benchmarks.schedule_demo [--seeds 3] [--workers 2] [--delay 10] [--sigma 0.5] [--out F]
 
 Each candidate is merged and scored for real, then its worker waits a drawn delay (lognormal, median --delay
-seconds, sigma --sigma; the same for a trial id and seed under both schedules: `mmmo.testing.worker_delayed`), so
-that the ratio shows what a GPU box would see, where evaluations outlast the optimiser's step. Both schedules run
+seconds, sigma --sigma; the same for a trial id and seed under both schedules: `mmmo.testing.candidate_delay`), so
+that the ratio shows what a GPU box would see, where evaluations outlast the optimiser's step. With one worker the
+batch schedule scores in the search's own process (taking turns with the optimiser) and the asynchronous one in a
+Ray actor (the optimiser proposes while it scores), as a user's run would; --delay 0 shows what the overlap costs
+or saves where both share a CPU's cores. Both schedules run
 the demo's default search (10 initial + 4 batches of 5) with the same seeds. Prints per schedule the median [IQR]
 of: the wall time from the first proposal to the last result, the workers' idle share over it (1 - their merging
 and scoring time / (workers x wall time)), the final hypervolume (every run against one reference point: the
-worst value of every run) and the best mean task score. Runs are kept in benchmarks/data/schedule_demo.json.
+worst value of every run) and the best mean task score. Runs are kept in --out (by default
+benchmarks/data/schedule_demo.json, the 2-worker runs), one setup per file.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def run_search(demo: Any, folder: Path, schedule: str, seed: int, args: argparse
     import mmmo
     from mmmo.evaluation.ray_pool import RayPool
     from mmmo.run.store import fold_events, read_events
-    from mmmo.testing import search_spec_for, worker_delayed
+    from mmmo.testing import evaluator_delayed, search_spec_for, worker_delayed
 
     data = search_spec_for(
         demo, limit=args.limit,
@@ -60,7 +64,8 @@ def run_search(demo: Any, folder: Path, schedule: str, seed: int, args: argparse
     folder.mkdir(parents=True)
     (folder / "spec.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     RayPool.worker_class = worker_delayed(args.delay, args.sigma, seed)
-    result = mmmo.search(folder / "spec.yaml", show_progress=False)
+    with evaluator_delayed(args.delay, args.sigma, seed):  # where the one evaluator is in this process
+        result = mmmo.search(folder / "spec.yaml", show_progress=False)
     events = read_events(folder / "run" / "trials.jsonl")
     trial_times = [e["time"] for e in events if e["event"] in ("proposed", "done", "failed")]
     trials = fold_events(events).trials
@@ -108,12 +113,13 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.5, help="the delay's lognormal sigma")
     parser.add_argument("--limit", type=int, default=50, help="examples per task")
     parser.add_argument("--demo-dir", type=Path, default=REPO / ".cache" / "demo-test")
+    parser.add_argument("--out", type=Path, default=DATA / "schedule_demo.json", help="results JSON (resumable)")
     args = parser.parse_args()
 
     from mmmo.demo import build_demo
 
     demo = build_demo(args.demo_dir)
-    path = DATA / "schedule_demo.json"
+    path = args.out
     setup = {"workers": args.workers, "delay": args.delay, "sigma": args.sigma, "limit": args.limit}
     stored: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     if stored.get("setup", setup) != setup:

@@ -356,14 +356,23 @@ def test_hub_sources_are_planned_at_load_time() -> None:
     assert check_memory(spec) == line
 
 
-def test_a_ray_run_is_not_refused_for_a_device_only_its_workers_have(spec_7b: Path, no_weights_read: None) -> None:
+@pytest.mark.parametrize(
+    ("workers", "schedule", "plans"),
+    [(2, "auto", "each of the 2 workers plans its own"), (1, "async", "the Ray worker plans its own")],
+)
+def test_a_ray_run_is_not_refused_for_a_device_only_its_workers_have(
+    spec_7b: Path, no_weights_read: None, workers: int, schedule: str, plans: str
+) -> None:
     spec = load_spec(spec_7b)  # device: cuda
-    spec.evaluation.workers = 2  # the GPUs are the Ray workers', not this driver's
+    # the GPUs are the Ray workers' (one alone under async: its own process), not this driver's
+    spec.evaluation.workers, spec.optimizer.schedule = workers, schedule
+    assert spec.evaluators_in_ray
     if not torch.cuda.is_available():
         single = load_spec(spec_7b)
+        assert not single.evaluators_in_ray
         with pytest.raises(MmmoError):
             check_memory(single)  # one process on this machine: the device it lacks is refused
     line = check_memory(spec)
     assert line.startswith("memory: ")
-    expected = "each of the 2 workers plans its own" if torch.cuda.is_available() else "cuda is not available on this machine"
+    expected = plans if torch.cuda.is_available() else "cuda is not available on this machine"
     assert expected in line

@@ -79,6 +79,24 @@ def test_two_workers_async_score_every_trial_once_and_journal_their_use(demo_pat
     assert f"- evaluators (optimizer.schedule auto: async): 2, busy {share}% of the search's wall time" in report
 
 
+def test_one_worker_async_scores_in_a_ray_actor_while_the_next_candidate_is_proposed(
+    demo_paths, tmp_path: Path
+) -> None:
+    from demo_specs import write_demo_spec
+
+    spec = write_demo_spec(demo_paths, tmp_path, optimizer={**OPT, "batches": 2, "schedule": "async"})
+    assert load_spec(spec).evaluators_in_ray  # one evaluator, in its own process
+    result = mmmo.search(spec, show_progress=False)
+    assert {t.worker for t in result.trials} == {"worker-0"}
+    order = [(e["event"], e["trial"]["id"]) for e in read_events(result.run_dir / "trials.jsonl")
+             if e["event"] in ("proposed", "done")]
+    assert sorted(i for e, i in order if e == "done") == list(range(8))
+    # each trial after the initial design is proposed while the one before it is being scored (in process, the
+    # evaluator and the optimiser take turns: trial k is back before trial k + 1 is proposed)
+    for k in range(4, 7):
+        assert order.index(("proposed", k + 1)) < order.index(("done", k))
+
+
 def test_a_killed_worker_fails_only_its_candidate_which_is_retried(
     demo_paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

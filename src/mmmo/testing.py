@@ -1,5 +1,6 @@
 """Support for tests and benchmarks, kept out of the product modules: a search spec over a built demo, a Ray
-worker that dies on cue, and one that takes longer, as a bigger model's generation would.
+worker that dies on cue, and evaluators (a Ray worker's, this process's) that take longer, as a bigger model's
+generation would.
 
 Nothing in mmmo imports this module.
 """
@@ -10,13 +11,18 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mmmo.demo import DemoPaths
+from mmmo.evaluation.evaluator import CandidateEvaluator
 from mmmo.evaluation.ray_pool import RayWorker
+from mmmo.run.records import Trial
 
 # The exit status of a process the kernel's OOM killer ended (128 + SIGKILL).
 OOM_KILLED = 137
@@ -62,9 +68,16 @@ def worker_killed_on_trial(trial_id: int, marker: Path) -> type[RayWorker]:
     return KilledOnTrial
 
 
+def candidate_delay(median_seconds: float, sigma: float, seed: int, trial_id: int, stages_scored: int) -> float:
+    """Seconds added to one evaluation: lognormal with `median_seconds` and `sigma`, the same draw for a trial (and
+    its stage) and `seed` in any process."""
+    draw = random.Random(f"{seed}/{trial_id}/{stages_scored}")
+    return median_seconds * math.exp(sigma * draw.gauss(0.0, 1.0))
+
+
 def worker_delayed(median_seconds: float, sigma: float, seed: int) -> type[RayWorker]:
-    """A Ray worker class that scores as `RayWorker` does, then waits a drawn delay, counted in the trial's
-    `eval_seconds`: lognormal with `median_seconds` and `sigma`, the same for a trial id and `seed` on any worker.
+    """A Ray worker class that scores as `RayWorker` does, then waits `candidate_delay`, counted in the trial's
+    `eval_seconds`.
 
     Stands in for a GPU box, where generation lengths spread candidates' times (a broken merge rambles to
     `max_gen_toks`). Install it as `worker_killed_on_trial`'s class is.
@@ -73,10 +86,30 @@ def worker_delayed(median_seconds: float, sigma: float, seed: int) -> type[RayWo
     class Delayed(RayWorker):
         def evaluate(self, trial_data: dict[str, Any]) -> dict[str, Any]:
             result = super().evaluate(trial_data)
-            draw = random.Random(f"{seed}/{trial_data['id']}/{trial_data.get('stages_scored', 0)}")
-            delay = median_seconds * math.exp(sigma * draw.gauss(0.0, 1.0))
+            delay = candidate_delay(
+                median_seconds, sigma, seed, trial_data["id"], trial_data.get("stages_scored", 0)
+            )
             time.sleep(delay)
             result["eval_seconds"] = (result.get("eval_seconds") or 0.0) + delay
             return result
 
     return Delayed
+
+
+@contextmanager
+def evaluator_delayed(median_seconds: float, sigma: float, seed: int) -> Iterator[None]:
+    """Within the block, an evaluator in this process (one worker, in process) waits what `worker_delayed`'s would
+    for the same trial after scoring it, counted in its `eval_seconds`."""
+    original = CandidateEvaluator.evaluate
+
+    def evaluate(self: CandidateEvaluator, trial: Trial) -> Trial:
+        result = original(self, trial)
+        delay = candidate_delay(median_seconds, sigma, seed, trial.id, trial.stages_scored)
+        time.sleep(delay)
+        return replace(result, eval_seconds=(result.eval_seconds or 0.0) + delay)
+
+    CandidateEvaluator.evaluate = evaluate  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        CandidateEvaluator.evaluate = original  # type: ignore[method-assign]

@@ -94,10 +94,11 @@ class LocalPool:
 
 
 def make_pool(spec: SearchSpec, on_attempt_failed: Callable[[Trial], None] | None = None) -> EvaluatorPool:
-    """One evaluator in this process, or a Ray pool when `evaluation.workers` > 1.
+    """One evaluator in this process, or a Ray pool where `spec.evaluators_in_ray` (several evaluators, or one
+    under the asynchronous schedule: in process, the optimiser and the evaluator could only take turns).
 
     `on_attempt_failed` hears of each trial whose Ray worker died under it, before the trial is retried elsewhere.
     """
-    if spec.evaluation.workers > 1:
+    if spec.evaluators_in_ray:
         return RayPool(spec, on_attempt_failed=on_attempt_failed)
     return LocalPool(CandidateEvaluator.from_spec(spec))

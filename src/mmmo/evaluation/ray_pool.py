@@ -34,7 +34,8 @@ def import_ray() -> Any:
         import ray
     except ImportError:
         raise MmmoError(
-            "evaluation.workers > 1 needs Ray: pip install 'mmmo[ray]' (or set workers: 1)"
+            "evaluators in their own processes (evaluation.workers > 1, or optimizer.schedule: async) need Ray: "
+            "pip install 'mmmo[ray]' (or set workers: 1 and schedule: batch)"
         ) from None
     return ray
 

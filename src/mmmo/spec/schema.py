@@ -193,7 +193,8 @@ class OptimizerSpec(_Strict):
     # How proposals meet the evaluators: "batch" proposes batch_size candidates together and waits for all of them;
     # "async" gives a freed evaluator the next candidate at once, proposed with the running ones pending
     # (optimizer.async_loop; batches stay as groups of batch_size proposals, for the journal and the report);
-    # "auto" is async with several evaluators (evaluation.workers > 1), batch with one (SearchSpec.schedule).
+    # "auto" is async with several evaluators (evaluation.workers > 1), batch with one (SearchSpec.schedule); async
+    # with one scores in a Ray actor, so the next proposal is made meanwhile (SearchSpec.evaluators_in_ray).
     schedule: Literal["auto", "batch", "async"] = "auto"
 
     @model_validator(mode="after")
@@ -201,10 +202,8 @@ class OptimizerSpec(_Strict):
         w2s = self.weak_to_strong
         crossover = self.strategy == "mm-mo" and w2s.enabled and w2s.mode == "crossover"
         if crossover and self.batch_size > self.candidates:
-            raise ValueError(
-                f"batch_size ({self.batch_size}) cannot exceed candidates ({self.candidates}) with "
-                "weak_to_strong.mode crossover: screening keeps batch_size of the candidates"
-            )
+            raise ValueError(f"batch_size ({self.batch_size}) cannot exceed candidates ({self.candidates}) with "
+                             "weak_to_strong.mode crossover: screening keeps batch_size of the candidates")
         return self
 
     @property
@@ -322,16 +321,12 @@ class SearchSpec(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> SearchSpec:
         if self.search_space.density is not None and not self.merge.has_density:
-            raise ValueError(
-                f"search_space.density: method {', '.join(map(repr, self.merge.methods))} has no density "
-                f"(only {', '.join(sorted(DENSITY_METHODS))} do)"
-            )
+            raise ValueError(f"search_space.density: method {', '.join(map(repr, self.merge.methods))} has no "
+                             f"density (only {', '.join(sorted(DENSITY_METHODS))} do)")
         opt, methods = self.optimizer, self.merge.methods
         if self.merge.is_mixed and opt.standard_recipes and opt.initial < len(methods):
-            raise ValueError(
-                f"optimizer.initial ({opt.initial}) is smaller than the {len(methods)} methods of merge.method: the "
-                "initial design opens with one standard recipe per method"
-            )
+            raise ValueError(f"optimizer.initial ({opt.initial}) is smaller than the {len(methods)} methods of "
+                             "merge.method: the initial design opens with one standard recipe per method")
         names = [m.name or default_model_name(m.path) for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -350,11 +345,16 @@ class SearchSpec(_Strict):
 
     @property
     def schedule(self) -> Literal["batch", "async"]:
-        """The schedule the search runs: `optimizer.schedule`, with "auto" resolved by the evaluators' count (one
-        evaluator in process takes turns with the optimiser whatever the schedule, so batches cost it less)."""
+        """`optimizer.schedule`, "auto" resolved by the evaluators' count (measured: benchmarks/RESULTS.md)."""
         if self.optimizer.schedule != "auto":
             return self.optimizer.schedule
         return "async" if self.evaluation.workers > 1 else "batch"
+
+    @property
+    def evaluators_in_ray(self) -> bool:
+        """Whether candidates are scored in Ray actors: several evaluators, or one under the asynchronous schedule
+        (in its own process, so that the optimiser proposes the next candidate while it scores this one)."""
+        return self.evaluation.workers > 1 or self.schedule == "async"
 
     @property
     def model_names(self) -> list[str]:

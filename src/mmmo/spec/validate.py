@@ -74,13 +74,15 @@ def probe_device(spec: SearchSpec, *, strict: bool) -> DeviceProbe:
         device = resolve_device(spec.evaluation.device)
         dtype = default_dtype(device, spec.merge.dtype)
     except MmmoError:
-        if strict and spec.evaluation.workers <= 1:  # Ray workers may have the device this driver lacks
+        if strict and not spec.evaluators_in_ray:  # Ray workers may have the device this driver lacks
             raise
         device = torch.device(spec.evaluation.device)
         dtype = DTYPES[spec.merge.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
         return DeviceProbe(device, dtype, None, host, f"{device} is not available on this machine")
-    if spec.evaluation.workers > 1:
-        return DeviceProbe(device, dtype, None, host, f"each of the {spec.evaluation.workers} workers plans its own")
+    if spec.evaluators_in_ray:
+        n = spec.evaluation.workers
+        return DeviceProbe(device, dtype, None, host, f"each of the {n} workers plans its own" if n > 1 else
+                           "the Ray worker plans its own")
     return DeviceProbe(device, dtype, free_device_bytes(device), host)
 
 
