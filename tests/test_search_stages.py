@@ -97,6 +97,8 @@ def test_the_stake_is_what_the_take_home_choice_would_take_now() -> None:
     assert 0.45 < stake.incumbent < 0.55  # the posterior mean at [0.5, 0.5], shrunk little (variance 1e-4)
     # No trial meets the requirements yet: any draw that does would be the take-home merge.
     assert take_home_stake(replace(done, in_full=torch.tensor([False, True, False, False, False])), target).incumbent == float("-inf")
+    # take_home.choose: observed: the best observed value among the qualifying full trials (0.5, not the stopped 0.7)
+    assert take_home_stake(done, target, by="observed").incumbent == 0.5
 
 
 def full_trial(i: int, y: list[float]) -> Trial:

@@ -238,6 +238,7 @@ def _run(
         target=resolve_target(  # after _score_sources: a relative requirement reads its source's score
             spec.take_home, [o.name for o in spec.objectives], [o.name for o in spec.task_objectives], state.sources
         )[0],
+        take_home_rule=spec.take_home.choose,
     )
 
     recorder.progress.resume_from(state.trials)

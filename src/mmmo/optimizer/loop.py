@@ -336,6 +336,7 @@ def stage_decisions(
         min_gain=options.stage_min_gain,
         cat_dims=cat_dims,
         batches=None if done.done_batches is None else [*done.done_batches, *(t.batch for t in partial)],
-        stake=take_home_stake(done, options.resolved_target, cat_dims) if options.stage_take_home else None,
+        stake=take_home_stake(done, options.resolved_target, cat_dims, options.take_home_rule)
+        if options.stage_take_home else None,
     )
     return [bool(c >= options.stage_min_chance) for c in chances.tolist()]

@@ -13,6 +13,7 @@ from mmmo.optimizer.space import SearchSpace
 from mmmo.optimizer.target import Target
 from mmmo.runtime.errors import MmmoError
 from mmmo.spec.schema import EvaluationSpec, OptimizerSpec
+from mmmo.spec.take_home import ChooseRule
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,6 +56,7 @@ class LoopOptions:
     parallel: int = 1
     space: SearchSpace | None = None
     target: Target | None = None
+    take_home_rule: ChooseRule = "posterior"  # take_home.choose: how report.md chooses, so stage_take_home's stake too
 
     def __post_init__(self) -> None:
         # Kept as tuples and a frozenset: the caller's lists cannot change the options afterwards.

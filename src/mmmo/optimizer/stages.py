@@ -65,12 +65,14 @@ class TakeHomeStake:
     incumbent: float
 
 
-def take_home_stake(done: History, target: Target, cat_dims: Sequence[int] = ()) -> TakeHomeStake:
+def take_home_stake(
+    done: History, target: Target, cat_dims: Sequence[int] = (), by: str = "posterior"
+) -> TakeHomeStake:
     """The stake under `target` of the done trials scored in full, chosen as report.md and `export: best` choose
-    by default (`choose_take_home` by the posterior, the trials' known variances)."""
+    (`choose_take_home` by the rule `by` of `take_home.choose`, with the trials' known variances)."""
     full = done.full_mask
     Yvar = None if done.Yvar_done is None else done.Yvar_done[full]
-    chosen = choose_take_home(done.X_done[full], done.Y_done[full], target, Yvar, cat_dims=cat_dims)
+    chosen = choose_take_home(done.X_done[full], done.Y_done[full], target, Yvar, by=by, cat_dims=cat_dims)
     return TakeHomeStake(target, chosen.value if chosen is not None else float("-inf"))
 
 
