@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections import Counter
@@ -44,12 +46,20 @@ def _wait_for_done(journal: Path, n: int, proc: subprocess.Popen, timeout: float
 
 @pytest.mark.parametrize("schedule", ["batch", "async"])
 def test_sigkill_then_resume_reaches_the_same_result_as_an_uninterrupted_run(
-    demo_paths, demo_spec, tmp_path: Path, schedule: str
+    demo_paths, demo_spec, tmp_path: Path, schedule: str, request: pytest.FixtureRequest
 ) -> None:
     from demo_specs import write_demo_spec
 
     opt = {**OPT, "schedule": schedule}
-    spec_path = demo_spec(optimizer=opt)
+    evaluation = {}
+    if schedule == "async":  # one evaluator in a Ray actor: the driver is killed while the actor scores
+        pytest.importorskip("ray")
+        # Ray's folder must outlive the killed driver without landing in the system temp (a path short enough for
+        # its sockets, removed by the test)
+        short = Path(tempfile.mkdtemp(prefix="t"))
+        request.addfinalizer(lambda: shutil.rmtree(short, ignore_errors=True))
+        evaluation = {"ray_tmp_dir": str(short)}
+    spec_path = demo_spec(optimizer=opt, evaluation=evaluation)
     run_dir = tmp_path / "run"
     journal = run_dir / "trials.jsonl"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -173,8 +173,11 @@ def _search_locked(spec: SearchSpec, store: RunStore, show_progress: bool) -> Se
         # None: nothing scored in full, or no merge meets every take_home requirement (report.md says so).
         if spec.output.export != "none" and summary.best() is not None:
             chosen = select_trials(summary, pareto=spec.output.export == "pareto", limit=spec.output.export_limit)
+            merger = pool.local_merger()
+            if merger is None:  # Ray actors hold the sources (with one GPU, on it): free them before the export
+                pool.close()  # loads its own
             try:
-                exported = export_trials(spec, chosen, store.dir / "models", pool.local_merger())
+                exported = export_trials(spec, chosen, store.dir / "models", merger)
             except DiskFull as err:
                 raise DiskFull(
                     f"{err} (the search itself is complete and saved; export later with: mmmo export {store.dir} "

@@ -77,7 +77,7 @@ def _guard(fn: Callable[[], T], run_dir_hint: str | None = None) -> T:
 
 ConfigArg = Annotated[Path, typer.Argument(help="Search spec (YAML).", show_default=False)]
 RunDirArg = Annotated[Path, typer.Argument(help="Run folder (output.dir of a search).", show_default=False)]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Parallel evaluators (Ray when > 1).")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Parallel evaluators (Ray when > 1, or one under optimizer.schedule async).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the final Pareto front as JSON on stdout.")]
