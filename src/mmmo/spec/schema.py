@@ -185,7 +185,7 @@ class OptimizerSpec(_Strict):
     # The initial design opens with the recipe a user would try by hand (equal weights, the usual density).
     standard_recipes: bool = True
     # Points of each BO batch (at most batch_size) spent on the take-home merge's score, the rest on the front
-    # (a front search alone barely improves the one merge a user keeps: 1 took 80-82% of the available gain where 0
+    # (a front search alone barely improves the one merge a user keeps: 1 took 76-82% of the available gain where 0
     # took 54-70%, at 98-100% of its hypervolume; benchmarks/RESULTS.md); 0: the front only.
     take_home_points: int = Field(1, ge=0)
     ref_point: list[float] | None = None
