@@ -161,7 +161,8 @@ def test_attempt_failed_keeps_the_trial_pending_with_its_attempt_count(tmp_path:
 
 def test_changed_spec_is_refused_naming_fields(tmp_path: Path) -> None:
     RunStore(tmp_path / "run").open(_spec(tmp_path))
-    with pytest.raises(MmmoError, match=r"changed: optimizer\.candidates, optimizer\.seed"):
+    with pytest.raises(MmmoError, match=r"changed: optimizer\.candidates, optimizer\.seed.*`mmmo resume .*run` "
+                       r"continues it as it started$"):
         RunStore(tmp_path / "run").open(_spec(tmp_path, seed=7, candidates=3))
 
 

@@ -9,7 +9,7 @@ import torch
 
 from mmmo.optimizer.gp import fit_models, fit_models_with_prior, resolve_prior_mean
 from mmmo.optimizer.pareto import pareto_mask
-from mmmo.optimizer.prior import initial_design_errors, leave_one_out
+from mmmo.optimizer.prior import initial_design_errors, initial_design_point_errors, leave_one_out
 from mmmo.spec.schema import OptimizerSpec
 
 
@@ -102,6 +102,11 @@ def test_forecast_scores_each_initial_trial_forecast_from_the_other_initial_ones
     assert gps.prior.evidence == pytest.approx(errors)  # the far batch (batch 1) is never held out
     assert gps.prior.kind == min(errors, key=errors.get) and gps.model is gps.by_prior[gps.prior.kind]
     assert gps.prior.describe().startswith(f"{gps.prior.kind} (forecast error ")
+    # point by point: one error per initial trial, each a CRPS (>= 0), summing to what the rule compared
+    per_point = initial_design_point_errors(models, Y, torch.arange(8), ref)
+    assert {k: len(v) for k, v in per_point.items()} == {"fitted": 8, "worst": 8}
+    assert all(e >= 0 for v in per_point.values() for e in v)
+    assert {k: sum(v) for k, v in per_point.items()} == errors
     # without batch indices every trial is taken as initial
     every = fit_models_with_prior(X, Y, prior_mean="forecast", ref_point=ref.tolist())
     assert every.prior.evidence == pytest.approx(initial_design_errors(models, Y, torch.arange(12), ref))

@@ -96,7 +96,7 @@ def test_random_continues_the_sobol_sequence_and_never_repeats_a_seen_point() ->
 
 
 def test_too_few_done_trials_fall_back_gracefully() -> None:
-    opt = OptimizerSpec(strategy="mm-mo", initial=2, candidates=4, batch_size=2, seed=0)
+    opt = OptimizerSpec(strategy="mm-mo", initial=2, candidates=4, batch_size=2, seed=0, take_home_points=1)
     X, Y = history(1)
     assert [p.step for p in propose(opt, X, Y)] == ["sobol", "sobol"]
     X, Y = history(2)  # enough for a GP, not for weak-to-strong (needs 3): one point on the take-home target

@@ -50,6 +50,28 @@ def test_the_take_home_part_proposes_its_share_of_the_batch() -> None:
     assert torch.pdist(P, p=float("inf")).min() > 1e-6  # the two parts never propose the same point
 
 
+def slots(dim: int, size: int, points: int | str = "auto", batches: int = 10) -> list[int]:
+    """The take-home points of batches 1..`batches` of a `dim`-D search with batches of `size`."""
+    opt = OptimizerSpec(initial=8, batch_size=size, candidates=max(size, 10), take_home_points=points)
+    options = search_options(opt, dim, 3, 2)
+    return [options.take_home_slots(b) for b in range(1, batches + 1)]
+
+
+def test_auto_spends_a_share_of_the_batch_that_grows_with_the_dimensions() -> None:
+    assert OptimizerSpec().take_home_points == "auto"
+    assert slots(6, 5) == [1] * 10 and slots(11, 5) == [1] * 10  # a fifth of each batch of 5
+    assert slots(12, 5) == [2] * 10 and slots(36, 5) == [2] * 10  # two fifths from 12 dimensions on
+    assert slots(6, 10) == [2] * 10 and slots(18, 10) == [4] * 10
+    # a share under one point per batch still comes round, and a batch of one is never all on the target
+    assert slots(6, 1) == [0, 0, 1, 0, 0, 0, 0, 1, 0, 0] and sum(slots(6, 1, batches=100)) == 20
+    assert sum(slots(18, 1, batches=100)) == 40 and sum(slots(6, 3, batches=100)) == 60
+    # a number is the count per batch, at most the batch
+    assert slots(36, 5, 0) == [0] * 10 and slots(6, 3, 9) == [3] * 10
+    for wrong in (-1, "most"):
+        with pytest.raises(ValueError, match="take_home_points"):
+            OptimizerSpec(take_home_points=wrong)
+
+
 def test_a_batch_is_a_pure_function_of_the_history() -> None:
     X, Y = history()
     torch.manual_seed(1)

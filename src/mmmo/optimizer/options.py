@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
@@ -14,6 +15,13 @@ from mmmo.optimizer.target import Target
 from mmmo.runtime.errors import MmmoError
 from mmmo.spec.schema import EvaluationSpec, OptimizerSpec
 from mmmo.spec.take_home import ChooseRule
+
+# `optimizer.take_home_points: auto`: the share of the BO proposals spent on the take-home preference, larger from
+# TAKE_HOME_MANY_DIMS dimensions on, where one point per batch of 5 left it short (measured on the demo's
+# surrogates: benchmarks/RESULTS.md, "The merge you take home"; 12-D itself was not measured).
+TAKE_HOME_SHARE = 0.2
+TAKE_HOME_SHARE_MANY_DIMS = 0.4
+TAKE_HOME_MANY_DIMS = 12
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,7 +44,7 @@ class LoopOptions:
     are judged against the earlier ones' full scores. `space`, when the method is one of its coordinates (a mixed
     search), projects every proposal onto its configurations and names each new trial's `method`; a single
     method's space changes nothing (None: the same). `target` is the take-home preference the BO strategies spend
-    `opt.take_home_points` of each batch on (None: the plain mean of the task objectives, unconstrained).
+    `take_home_slots` of each batch on (None: the plain mean of the task objectives, unconstrained).
     """
 
     opt: OptimizerSpec
@@ -91,6 +99,20 @@ class LoopOptions:
                 f"initial points have {self.initial_points.shape[-1]} coordinates, the search space has {self.dim}"
             )
 
+
+    def take_home_slots(self, batch_index: int) -> int:
+        """How many of BO batch `batch_index`'s (>= 1) points go to the take-home target: `opt.take_home_points`
+        (at most `batch_size`), or under "auto" the batch's part of a running total, round(share x points proposed
+        by its end), so a share below one point per batch still comes round (batch_size 1: every fifth batch)."""
+        opt = self.opt
+        if opt.take_home_points != "auto":
+            return min(opt.take_home_points, opt.batch_size)
+        share = TAKE_HOME_SHARE_MANY_DIMS if self.dim >= TAKE_HOME_MANY_DIMS else TAKE_HOME_SHARE
+
+        def by_end_of(batch: int) -> int:  # half-up rounding, the same at every batch boundary
+            return math.floor(share * opt.batch_size * batch + 0.5)
+
+        return min(by_end_of(batch_index) - by_end_of(batch_index - 1), opt.batch_size)
 
     @property
     def task_columns(self) -> list[int]:

@@ -95,15 +95,23 @@ def initial_design_errors(
     models: dict[ResolvedPrior, Sequence[SingleTaskGP]], Y: Tensor, initial: Tensor, ref: Tensor
 ) -> dict[ResolvedPrior, float]:
     """Per prior: the CRPS of its GPs' forecast of each initial-design trial's hypervolume gain over the front of
-    the other initial trials, from them alone, against the gain its observation brought (hypervolume units above
-    `ref [m]`; `initial [k]`: the initial design's rows of `Y [n, m]`; hyperparameters as fitted on all n).
+    the other initial trials, from them alone, against the gain its observation brought, summed over the trials
+    (hypervolume units above `ref [m]`; `initial [k]`: the initial design's rows of `Y [n, m]`; hyperparameters as
+    fitted on all n).
 
     Why the initial design only: its points were placed without looking at any model, so how well a prior
     forecasts them is how well it knows the unexplored. The search's own proposals are where the prior in use
     chose to go, and scoring forecasts there favours whichever prior was not in use (measured:
     benchmarks/RESULTS.md, "The GPs' prior mean, decided by the data").
     """
-    total = dict.fromkeys(models, 0.0)
+    return {kind: sum(errors) for kind, errors in initial_design_point_errors(models, Y, initial, ref).items()}
+
+
+def initial_design_point_errors(
+    models: dict[ResolvedPrior, Sequence[SingleTaskGP]], Y: Tensor, initial: Tensor, ref: Tensor
+) -> dict[ResolvedPrior, list[float]]:
+    """`initial_design_errors` before the sum: per prior, one CRPS per initial-design trial, in `initial`'s order."""
+    errors: dict[ResolvedPrior, list[float]] = {kind: [] for kind in models}
     for i, (k, o) in enumerate(leave_one_out(initial.numel())):
         known, out = initial[k], initial[o]
         cells = nondominated_cells(Y[known][pareto_mask(Y[known])], ref)
@@ -112,5 +120,5 @@ def initial_design_errors(
             moments = [predictive(gp, known, out) for gp in gps]
             mean = torch.stack([m for m, _ in moments], -1)
             var = torch.stack([v for _, v in moments], -1)
-            total[kind] += crps(gain_draws(mean, var, cells, i), seen)
-    return total
+            errors[kind].append(crps(gain_draws(mean, var, cells, i), seen))
+    return errors

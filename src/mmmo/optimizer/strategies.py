@@ -121,7 +121,7 @@ def propose_batch(
     The initial points (unit cube, e.g. the standard recipes) open the initial design, tagged "standard". A
     mixed space (the method a coordinate) has every point projected onto its configurations
     (`SearchSpace.project`), the GPs model its method coordinate as categorical and the acquisition is optimised
-    per searched method; any other space changes nothing. The BO strategies spend `opt.take_home_points` of
+    per searched method; any other space changes nothing. The BO strategies spend `options.take_home_slots` of
     each batch on the take-home target, whose constraints the front's acquisition treats as feasibility.
     """
     opt, dim, space, initial_points = options.opt, options.dim, options.space, options.initial_points
@@ -149,7 +149,8 @@ def propose_batch(
         got = []
     else:  # qnehvi or mm-mo (`_checked_ref` refused any other strategy)
         gps = _fitted_gps(options, history, X_done, Y_done, ref)
-        got = _bo_batch(BatchInputs(options, gps.model, X_done, Y_done, X_seen, ref, seed))
+        inp = BatchInputs(options, gps.model, X_done, Y_done, X_seen, ref, seed)
+        got = _bo_batch(inp, options.take_home_slots(batch_index))
         got = [replace(p, prior=gps.prior.describe()) for p in got]
     return _top_up(got, n, dim, X_seen, seed, space)
 
@@ -199,7 +200,7 @@ def propose_next(
     """One point, slot `slot` of batch `batch_index` (>= 1), for a worker that just freed (the asynchronous
     schedule): as `propose_batch`, but alone, with `X_pending [r, d]` (the trials being scored) as the acquisition's
     pending points, so nothing being scored is proposed again nor its outcome counted twice. The first
-    `opt.take_home_points` slots of a batch go to the take-home target, the rest to the front. Seeded from
+    `options.take_home_slots(batch_index)` slots of a batch go to the take-home target, the rest to the front. Seeded from
     `(opt.seed, batch_index, slot)`."""
     if batch_index < 1:
         raise MmmoError("the initial design is proposed whole, by propose_batch")
@@ -217,7 +218,7 @@ def propose_next(
     elif X_done.shape[0] >= MIN_DONE_FOR_GP:
         gps = _fitted_gps(options, history, X_done, Y_done, ref)
         inp = BatchInputs(options, gps.model, X_done, Y_done, X_seen, ref, seed, X_pending=X_pending.to(X_done))
-        home = slot < min(opt.take_home_points, opt.batch_size)
+        home = slot < options.take_home_slots(batch_index)
         got = _take_home(inp, inp.target, 1) if home else _qnehvi(inp, 1) if opt.strategy == "qnehvi" else _mm_mo(inp, 1)
         got = [replace(p, prior=gps.prior.describe()) for p in got]
     return _top_up(got, 1, dim, X_seen, seed, space)[0]
@@ -295,11 +296,10 @@ def acquire(inp: BatchInputs, n: int, pool: Tensor | None = None) -> tuple[Tenso
     )
 
 
-def _bo_batch(inp: BatchInputs) -> list[Proposal]:
-    """A BO batch: `opt.take_home_points` points (at most `batch_size`) on the take-home target, then the rest
-    by the strategy's front search, with the first part pending (never proposed twice, its outcome anticipated)."""
+def _bo_batch(inp: BatchInputs, k: int) -> list[Proposal]:
+    """A BO batch: `k` points (at most `batch_size`) on the take-home target, then the rest by the strategy's
+    front search, with the first part pending (never proposed twice, its outcome anticipated)."""
     opt, target = inp.opt, inp.target
-    k = min(opt.take_home_points, opt.batch_size)
     home = _take_home(inp, target, k) if target is not None and k else []
     if home:
         X_home = torch.tensor([p.x for p in home], dtype=torch.float64)

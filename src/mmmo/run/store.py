@@ -304,16 +304,14 @@ class RunStore:
                 if not f.startswith(RESUMABLE_CHANGES) or f.startswith(NOT_RESUMABLE)
             ]
             if changed:
+                # A changed default reads as a changed spec too (a run started under an older mmmo): say how to
+                # go on as it started.
                 newer = [f for f in changed if f in filled]
-                hint = (
-                    f"; it was started before {', '.join(newer)} existed: `mmmo resume {self.dir}` continues it "
-                    "as it started"
-                    if newer
-                    else ""
-                )
+                why = f"it was started before {', '.join(newer)} existed: " if newer else ""
                 raise MmmoError(
                     f"{self.dir} holds a run with a different spec (changed: {', '.join(changed)}); "
-                    f"use --fresh to start over or another output.dir{hint}"
+                    f"use --fresh to start over or another output.dir; {why}`mmmo resume {self.dir}` continues it "
+                    "as it started"
                 )
         atomic_write_text(self.spec_path, yaml.safe_dump(new, sort_keys=False))
         return Journal(self.journal_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import pydantic
 import yaml
@@ -184,10 +184,10 @@ class OptimizerSpec(_Strict):
     prior_mean: PriorMean = "auto"
     # The initial design opens with the recipe a user would try by hand (equal weights, the usual density).
     standard_recipes: bool = True
-    # Points of each BO batch (at most batch_size) spent on the take-home merge's score, the rest on the front
-    # (a front search alone barely improves the one merge a user keeps: 1 took 76-82% of the available gain where 0
-    # took 54-70%, at 98-100% of its hypervolume; benchmarks/RESULTS.md); 0: the front only.
-    take_home_points: int = Field(1, ge=0)
+    # Points of each BO batch (at most batch_size) spent on the take-home merge's score, the rest on the front (a
+    # front search alone barely improves the one merge a user keeps); 0: the front only; "auto": a share of each
+    # batch growing with the search's dimensions (LoopOptions.take_home_slots; measured in benchmarks/RESULTS.md).
+    take_home_points: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     ref_point: list[float] | None = None
     seed: int = 0
     # How proposals meet the evaluators: "batch" proposes batch_size candidates together and waits for all of them;
