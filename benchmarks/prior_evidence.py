@@ -18,7 +18,7 @@ from pathlib import Path
 from benchmarks.environment import DATA, benchmark_environment, quiet_benchmark
 
 SEEDS = 5
-DEMO_DIR = Path(".cache/demo-test")  # only demo-constrained reads it (the base model's scores)
+DEMO_DIR = Path(".cache/demo-test")  # read only by the problems built from the real demo (demo-constrained, demo-real)
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ def first_batch_evidence(name: str, seed: int) -> Evidence:
         problem = make_problem(name, budget, DEMO_DIR, 50)
     X = initial_points(problem, budget, seed)
     Y, stderr = Recorder(problem, seed)(X)
+    # The told stderrs squared, without the loop's floor on a 0 or 1 score's variance (optimizer.gp): the errors can
+    # differ slightly from what a search journals.
     surrogates = fit_models_with_prior(X, Y, None if stderr is None else stderr**2, "forecast",
                                        ref_point=problem.ref_point)
     models = {kind: list(m.models) for kind, m in surrogates.by_prior.items()}

@@ -137,8 +137,10 @@ def simulate(problem: Problem, schedule: str, workers: int, batches: int, seed: 
     from mmmo.optimizer.loop import run_loop
     from mmmo.spec.schema import OptimizerSpec
 
+    # One take-home point per batch, as when the stored results ran: `auto`'s share grows with the batch, which
+    # here is the worker count, and would change the runs.
     opt = OptimizerSpec(initial=2 * workers, batches=batches, batch_size=workers, seed=seed, schedule=schedule,
-                        standard_recipes=problem.recipes() is not None)
+                        standard_recipes=problem.recipes() is not None, take_home_points=1)
     options = loop_options(opt, problem.objectives, problem)
     run = SimulatedRun(schedule=schedule, seed=seed, workers=workers)
     evaluators = SimulatedEvaluators(workers, Recorder(problem, seed), problem.objectives, seed, run)

@@ -179,7 +179,7 @@ def stored_runs(name: str, key: dict[str, Any]) -> list[StrategyRun]:
 
 
 def problem_runs(problem: Problem, new: Sequence[Path]) -> list[StrategyRun]:
-    """Every stored run of `problem` of a strategy in ORDER, the stored "mm-mo" labelled today's default, and every
+    """Every stored run of `problem` of a strategy in ORDER, the stored "mm-mo" labelled the former default, and every
     run in `new` (files of the same key, another process's), its "mm-mo" labelled the new default."""
     key = results_key(problem, problem.budget)
     runs = stored_runs(problem.name, key)
@@ -190,8 +190,9 @@ def problem_runs(problem: Problem, new: Sequence[Path]) -> list[StrategyRun]:
             raise SystemExit(f"{problem.name} and {source} no longer share a surrogate")
         have = {(r.strategy, r.seed) for r in runs}
         runs += [r for r in stored_runs(source, results_key(src, src.budget)) if (r.strategy, r.seed) not in have]
-    # the strategies of the table (not search_quality's ablations); "mm-mo" as stored is today's default
-    runs = [r if r.strategy != "mm-mo" else replace(r, strategy="mm-mo (today's default)")
+    # the strategies of the table (not search_quality's ablations); "mm-mo" as stored ran on 2026-11-27, with the
+    # default of that day (no take-home points)
+    runs = [r if r.strategy != "mm-mo" else replace(r, strategy="mm-mo (former default, k = 0)")
             for r in runs if r.strategy in ORDER]
     for path in new:
         other_key, others = read_results(path, StrategyRun.from_json)

@@ -27,7 +27,7 @@ def test_share_of_gain_is_the_fraction_of_the_way_from_the_recipe_to_the_best() 
 
 
 def test_library_strategies_choose_by_posterior_and_baselines_by_their_best_observed() -> None:
-    for s in ["mm-mo", "mm-mo (today's default)", "mm-mo (new default)", "qnehvi", "mm-mo take-home 2"]:
+    for s in ["mm-mo", "mm-mo (former default, k = 0)", "mm-mo (new default)", "qnehvi", "mm-mo take-home 2"]:
         assert th.take_home_rule(s) == "posterior", s
     for s in ["random", "nsga2", "cma-es", "standard recipe", th.SINGLE_OBJECTIVE]:
         assert th.take_home_rule(s) == "observed", s

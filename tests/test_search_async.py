@@ -102,7 +102,7 @@ def test_async_run_fills_every_batch_once_and_never_overfills_the_workers(async_
     assert set(workers.started.values()) == {1} and set(journal.finished.values()) == {1}
     assert workers.most_running == 2
     # take_home_points auto in 2-D: a fifth of the points, rounded on the running total, so with batches of 2 the
-    # take-home point is slot 0 of batch 2 (0.4 and 1.2 points by the ends of batches 1 and 3 round to 0 and 1).
+    # take-home point is slot 0 of batch 2 (0.4, 0.8 and 1.2 points by the ends of batches 1-3 round to 0, 1, 1).
     steps = [t.step for t in result.trials if t.batch > 0]
     assert steps[2] == "take_home" and steps.count("take_home") == 1
     assert all(t.prior == "fitted" for t in result.trials[4:])

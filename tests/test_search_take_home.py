@@ -67,6 +67,8 @@ def test_auto_spends_a_share_of_the_batch_that_grows_with_the_dimensions() -> No
     assert sum(slots(18, 1, batches=100)) == 40 and sum(slots(6, 3, batches=100)) == 60
     # a number is the count per batch, at most the batch
     assert slots(36, 5, 0) == [0] * 10 and slots(6, 3, 9) == [3] * 10
+    with pytest.raises(MmmoError, match="initial design"):
+        search_options(OptimizerSpec(), 6, 3, 2).take_home_slots(0)
     for wrong in (-1, "most"):
         with pytest.raises(ValueError, match="take_home_points"):
             OptimizerSpec(take_home_points=wrong)

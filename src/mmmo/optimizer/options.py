@@ -99,11 +99,13 @@ class LoopOptions:
                 f"initial points have {self.initial_points.shape[-1]} coordinates, the search space has {self.dim}"
             )
 
-
     def take_home_slots(self, batch_index: int) -> int:
         """How many of BO batch `batch_index`'s (>= 1) points go to the take-home target: `opt.take_home_points`
         (at most `batch_size`), or under "auto" the batch's part of a running total, round(share x points proposed
-        by its end), so a share below one point per batch still comes round (batch_size 1: every fifth batch)."""
+        by its end), so a share below one point per batch still comes round (batch_size 1: every fifth batch below
+        TAKE_HOME_MANY_DIMS, two in five from it). `dim` counts every coordinate of the space (a method list's too)."""
+        if batch_index < 1:
+            raise MmmoError(f"batch {batch_index} is not a BO batch (the initial design is batch 0)")
         opt = self.opt
         if opt.take_home_points != "auto":
             return min(opt.take_home_points, opt.batch_size)

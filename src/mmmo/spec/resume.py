@@ -39,7 +39,7 @@ FIELDS_ADDED_LATER: dict[str, Any] = {
     "evaluation.subset": "first",
     "evaluation.subset_seed": 0,
     # Before `take_home` a run took home the highest observed mean task score (weights and requirements: none).
-    # Before the take-home points became 1 by default, a batch spent none on the take-home merge.
+    # Before `take_home_points` existed, a batch spent none on the take-home merge.
     "optimizer.take_home_points": 0,
     "take_home.weights": None,
     "take_home.require": [],
