@@ -1,6 +1,6 @@
-"""The wide suite's summary: per family, the final hypervolume of the prior decided by the data
-(`optimizer.prior_mean: forecast`) against plain qNEHVI (BoTorch's fitted prior), the prior pinned everywhere
-(what the default `auto` does from 3 objectives), random and NSGA-II, and verdicts against each.
+"""The wide suite's summary: per family, the final hypervolume of the default search against plain qNEHVI
+(BoTorch's fitted prior), the prior pinned everywhere, the prior decided by the data (`optimizer.prior_mean:
+forecast`), random and NSGA-II, and verdicts of the default and of the forecast prior.
 
     # run one family's problems (each stores benchmarks/data/search_quality_suite-<family>[-noisy].json)
     .venv/bin/python -m benchmarks.search_quality --problem suite-zdt2 \
@@ -8,8 +8,10 @@
     .venv/bin/python -m benchmarks.wide_suite            # the summary of every stored suite problem
     .venv/bin/python -m benchmarks.wide_suite --noisy    # the noisy variants
 
-The families and why each is there: benchmarks/suite_problems.py. Families kept out of the design loop are
-summarised apart from the others.
+The default is not run on its own: `optimizer.prior_mean: auto` pins the prior from 3 objectives, where the
+default search is the pinned column's run, and keeps it fitted below, where it is the forecast column's (which
+keeps it fitted there too). The families and why each is there: benchmarks/suite_problems.py. Families kept out
+of the design loop are summarised apart from the others.
 """
 
 from __future__ import annotations
@@ -23,9 +25,18 @@ from benchmarks.metrics import hv_curve, quartiles
 from benchmarks.report import key_minimums
 from benchmarks.results import StrategyRun, merge_runs, parts, read_results, results_path
 from benchmarks.suite_problems import FAMILIES, PREFIX, Family
+from mmmo.optimizer.gp import resolve_prior_mean
 
 CANDIDATE = "mm-mo forecast prior"
-COLUMNS = [CANDIDATE, "qnehvi", "mm-mo worst prior", "random", "nsga2"]
+PINNED = "mm-mo worst prior"
+DEFAULT = "default"  # a column of the table, not a strategy: the runs of whichever strategy the default equals
+COLUMNS = [DEFAULT, "qnehvi", PINNED, CANDIDATE, "random", "nsga2"]
+
+
+def default_strategy(n_objectives: int) -> str:
+    """The stored strategy whose runs are the default search's with `n_objectives` objectives (see the module
+    docstring)."""
+    return PINNED if resolve_prior_mean(n_objectives, "auto") == "worst" else CANDIDATE
 
 
 @dataclass(frozen=True)
@@ -36,14 +47,19 @@ class FamilyResult:
     problem: str
     hv: dict[str, list[float]]
     pinned_share: float | None  # of the candidate's GP-proposed points, the share proposed under the "worst" prior
+    n_objectives: int = 2
 
-    def verdict(self, other: str = "qnehvi") -> str:
-        """"win", "tie" or "loss" of the candidate against `other`: a loss is a median below `other`'s first
-        quartile, a win a median above its third; anything between is a tie (within its IQR)."""
-        mine, theirs = self.hv.get(CANDIDATE), self.hv.get(other)
-        if not mine or not theirs:
+    def runs(self, column: str) -> list[float]:
+        """The final hypervolumes of a table column: a strategy's, or the default's (`default_strategy`)."""
+        return self.hv.get(default_strategy(self.n_objectives) if column == DEFAULT else column, [])
+
+    def verdict(self, other: str = "qnehvi", mine: str = CANDIDATE) -> str:
+        """"win", "tie" or "loss" of column `mine` against column `other`: a loss is a median below `other`'s
+        first quartile, a win a median above its third; anything between is a tie (within its IQR)."""
+        ours, theirs = self.runs(mine), self.runs(other)
+        if not ours or not theirs:
             return "–"
-        med = statistics.median(mine)
+        med = statistics.median(ours)
         _, q1, q3 = quartiles(theirs)
         return "loss" if med < q1 else "win" if med > q3 else "tie"
 
@@ -59,7 +75,7 @@ def load(problem: str) -> FamilyResult | None:
     hv: dict[str, list[float]] = {}
     for r in runs:
         hv.setdefault(r.strategy, []).append(hv_curve(r.y, key["ref_point"], key_minimums(key))[-1])
-    return FamilyResult(FAMILIES[key["family"]], problem, hv, pinned_share(runs))
+    return FamilyResult(FAMILIES[key["family"]], problem, hv, pinned_share(runs), len(key["objectives"]))
 
 
 def pinned_share(runs: Sequence[StrategyRun]) -> float | None:
@@ -77,20 +93,26 @@ def cell(v: Sequence[float], best: float) -> str:
 
 
 def table(results: Sequence[FamilyResult], title: str) -> str:
-    """A markdown table: per problem, each strategy's median [IQR] final hypervolume as % of the best run seen."""
+    """A markdown table: per problem, each column's median [IQR] final hypervolume as % of the best run seen, and
+    the verdicts of the default and of the forecast prior."""
+    names = {DEFAULT: "default", "qnehvi": "plain qNEHVI", PINNED: "pinned everywhere", CANDIDATE: "forecast prior",
+             "random": "random", "nsga2": "NSGA-II"}
     lines = [f"**{title}** (final hypervolume, % of the best run of the problem; median [IQR], 5 seeds; random "
-             "and NSGA-II 10; verdicts of the first column)", "",
-             "| family | front | " + " | ".join(COLUMNS) + " | pinned batches | vs qNEHVI | vs pinned | vs random | vs NSGA-II |",
+             "and NSGA-II 10)", "",
+             "| family | front | " + " | ".join(names[c] for c in COLUMNS) + " | forecast: pinned batches "
+             "| default vs qNEHVI | default vs random | default vs NSGA-II | forecast vs qNEHVI |",
              "|---" * (len(COLUMNS) + 7) + "|"]
     for r in results:
         best = max((max(v) for v in r.hv.values() if v), default=0.0) or 1.0
         share = "–" if r.pinned_share is None else f"{100 * r.pinned_share:.0f}%"
         lines.append(f"| {r.problem.removeprefix(PREFIX)} | {r.family.shape} | "
-                     + " | ".join(cell(r.hv.get(s, []), best) for s in COLUMNS)
-                     + f" | {share} | {r.verdict()} | {r.verdict('mm-mo worst prior')} | {r.verdict('random')} | {r.verdict('nsga2')} |")
-    verdicts = [r.verdict() for r in results]
-    lines += ["", f"against qNEHVI: {verdicts.count('win')} wins, {verdicts.count('tie')} ties, "
-                  f"{verdicts.count('loss')} losses of {len(results)}"]
+                     + " | ".join(cell(r.runs(c), best) for c in COLUMNS)
+                     + f" | {share} | {r.verdict(mine=DEFAULT)} | {r.verdict('random', DEFAULT)}"
+                     f" | {r.verdict('nsga2', DEFAULT)} | {r.verdict()} |")
+    for label, mine in (("the default", DEFAULT), ("the forecast prior", CANDIDATE)):
+        verdicts = [r.verdict(mine=mine) for r in results]
+        lines += ["", f"{label} against plain qNEHVI: {verdicts.count('win')} wins, {verdicts.count('tie')} ties, "
+                      f"{verdicts.count('loss')} losses, {verdicts.count('–')} not run, of {len(results)}"]
     return "\n".join(lines)
 
 
@@ -102,9 +124,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     found = [r for r in (load(f"{PREFIX}{name}{suffix}") for name in FAMILIES) if r is not None]
     design = [r for r in found if not r.family.held_out]
     held_out = [r for r in found if r.family.held_out]
-    print(table(design, "Families in the design loop"))
-    print()
-    print(table(held_out, "Families kept out of the design loop"))
+    tables = [table(rs, title) for rs, title in ((design, "Families in the design loop"),
+                                                 (held_out, "Families kept out of the design loop")) if rs]
+    print("\n\n".join(tables) if tables else f"no stored suite problem{suffix and ' (noisy)'}")
 
 
 if __name__ == "__main__":

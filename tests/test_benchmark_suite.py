@@ -11,7 +11,7 @@ from benchmarks.metrics import hv_curve
 from benchmarks.report import key_minimums
 from benchmarks.results import StrategyRun
 from benchmarks.suite_problems import FAMILIES, NOISE_SHARE, SUITE_BUDGET, SUITE_PROBLEMS, suite_problem
-from benchmarks.wide_suite import FamilyResult, pinned_share
+from benchmarks.wide_suite import DEFAULT, FamilyResult, pinned_share
 
 
 def test_the_suite_is_wide_and_keeps_a_third_out_of_the_design_loop() -> None:
@@ -58,6 +58,15 @@ def test_the_verdict_against_a_baseline_uses_its_quartiles() -> None:
     base = [1.0, 2.0, 3.0, 4.0, 5.0]  # quartiles 2 and 4
     verdict = lambda mine: FamilyResult(family, "suite-zdt1", {"mm-mo forecast prior": mine, "qnehvi": base}, None).verdict()  # noqa: E731
     assert [verdict([v] * 5) for v in (1.5, 2.0, 4.0, 4.5)] == ["loss", "tie", "tie", "win"]
+
+
+def test_the_default_column_is_the_pinned_prior_from_3_objectives_and_the_fitted_one_below() -> None:
+    hv = {"mm-mo forecast prior": [1.0] * 5, "mm-mo worst prior": [3.0] * 5, "qnehvi": [1.0, 2.0, 2.0, 2.0, 3.0]}
+    two = FamilyResult(FAMILIES["zdt1"], "suite-zdt1", hv, None, n_objectives=2)
+    four = FamilyResult(FAMILIES["carsideimpact"], "suite-carsideimpact", hv, None, n_objectives=4)
+    assert two.runs(DEFAULT) == hv["mm-mo forecast prior"] and four.runs(DEFAULT) == hv["mm-mo worst prior"]
+    assert (two.verdict(mine=DEFAULT), four.verdict(mine=DEFAULT)) == ("loss", "win")
+    assert FamilyResult(FAMILIES["gmm"], "suite-gmm", {"qnehvi": [1.0]}, None, 3).verdict(mine=DEFAULT) == "–"
 
 
 def test_the_pinned_share_counts_the_candidate_s_gp_proposals() -> None:
