@@ -33,10 +33,13 @@ DEFAULT = "default"  # a column of the table, not a strategy: the runs of whiche
 COLUMNS = [DEFAULT, "qnehvi", PINNED, CANDIDATE, "random", "nsga2"]
 
 
-def default_strategy(n_objectives: int) -> str:
+def default_strategy(n_objectives: int) -> str | None:
     """The stored strategy whose runs are the default search's with `n_objectives` objectives (see the module
-    docstring)."""
-    return PINNED if resolve_prior_mean(n_objectives, "auto") == "worst" else CANDIDATE
+    docstring); None if neither is (the forecast prior no longer doing what `auto` does there)."""
+    prior = resolve_prior_mean(n_objectives, "auto")
+    if prior == "worst":
+        return PINNED
+    return CANDIDATE if resolve_prior_mean(n_objectives, "forecast") == prior else None
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,12 @@ class FamilyResult:
     problem: str
     hv: dict[str, list[float]]
     pinned_share: float | None  # of the candidate's GP-proposed points, the share proposed under the "worst" prior
-    n_objectives: int = 2
+    n_objectives: int
 
     def runs(self, column: str) -> list[float]:
         """The final hypervolumes of a table column: a strategy's, or the default's (`default_strategy`)."""
-        return self.hv.get(default_strategy(self.n_objectives) if column == DEFAULT else column, [])
+        strategy = default_strategy(self.n_objectives) if column == DEFAULT else column
+        return self.hv.get(strategy, []) if strategy is not None else []
 
     def verdict(self, other: str = "qnehvi", mine: str = CANDIDATE) -> str:
         """"win", "tie" or "loss" of column `mine` against column `other`: a loss is a median below `other`'s
@@ -85,11 +89,18 @@ def pinned_share(runs: Sequence[StrategyRun]) -> float | None:
     return sum(k == "worst" for k in kinds) / len(kinds) if kinds else None
 
 
-def cell(v: Sequence[float], best: float) -> str:
+# Seeds per strategy in the table's header; a cell with another count says its own.
+SEEDS = {"random": 10, "nsga2": 10}
+BO_SEEDS = 5
+
+
+def cell(v: Sequence[float], best: float, seeds: int = BO_SEEDS) -> str:
+    """Median [IQR] of `v` as % of `best`, with the number of runs when it is not `seeds`."""
     if not v:
         return "–"
     med, q1, q3 = quartiles(v)
-    return f"{100 * med / best:.1f} [{100 * q1 / best:.1f}–{100 * q3 / best:.1f}]"
+    count = "" if len(v) == seeds else f" ({len(v)} seed{'s' if len(v) > 1 else ''})"
+    return f"{100 * med / best:.1f} [{100 * q1 / best:.1f}–{100 * q3 / best:.1f}]{count}"
 
 
 def table(results: Sequence[FamilyResult], title: str) -> str:
@@ -97,8 +108,8 @@ def table(results: Sequence[FamilyResult], title: str) -> str:
     the verdicts of the default and of the forecast prior."""
     names = {DEFAULT: "default", "qnehvi": "plain qNEHVI", PINNED: "pinned everywhere", CANDIDATE: "forecast prior",
              "random": "random", "nsga2": "NSGA-II"}
-    lines = [f"**{title}** (final hypervolume, % of the best run of the problem; median [IQR], 5 seeds; random "
-             "and NSGA-II 10)", "",
+    lines = [f"**{title}** (final hypervolume, % of the best run of the problem; median [IQR], {BO_SEEDS} seeds; "
+             f"random and NSGA-II {SEEDS['random']}; any other count in its cell)", "",
              "| family | front | " + " | ".join(names[c] for c in COLUMNS) + " | forecast: pinned batches "
              "| default vs qNEHVI | default vs random | default vs NSGA-II | forecast vs qNEHVI |",
              "|---" * (len(COLUMNS) + 7) + "|"]
@@ -106,7 +117,7 @@ def table(results: Sequence[FamilyResult], title: str) -> str:
         best = max((max(v) for v in r.hv.values() if v), default=0.0) or 1.0
         share = "–" if r.pinned_share is None else f"{100 * r.pinned_share:.0f}%"
         lines.append(f"| {r.problem.removeprefix(PREFIX)} | {r.family.shape} | "
-                     + " | ".join(cell(r.runs(c), best) for c in COLUMNS)
+                     + " | ".join(cell(r.runs(c), best, SEEDS.get(c, BO_SEEDS)) for c in COLUMNS)
                      + f" | {share} | {r.verdict(mine=DEFAULT)} | {r.verdict('random', DEFAULT)}"
                      f" | {r.verdict('nsga2', DEFAULT)} | {r.verdict()} |")
     for label, mine in (("the default", DEFAULT), ("the forecast prior", CANDIDATE)):

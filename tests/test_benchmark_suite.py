@@ -11,7 +11,7 @@ from benchmarks.metrics import hv_curve
 from benchmarks.report import key_minimums
 from benchmarks.results import StrategyRun
 from benchmarks.suite_problems import FAMILIES, NOISE_SHARE, SUITE_BUDGET, SUITE_PROBLEMS, suite_problem
-from benchmarks.wide_suite import DEFAULT, FamilyResult, pinned_share
+from benchmarks.wide_suite import DEFAULT, FamilyResult, cell, pinned_share
 
 
 def test_the_suite_is_wide_and_keeps_a_third_out_of_the_design_loop() -> None:
@@ -56,7 +56,7 @@ def test_an_infeasible_point_adds_no_hypervolume() -> None:
 def test_the_verdict_against_a_baseline_uses_its_quartiles() -> None:
     family = FAMILIES["zdt1"]
     base = [1.0, 2.0, 3.0, 4.0, 5.0]  # quartiles 2 and 4
-    verdict = lambda mine: FamilyResult(family, "suite-zdt1", {"mm-mo forecast prior": mine, "qnehvi": base}, None).verdict()  # noqa: E731
+    verdict = lambda mine: FamilyResult(family, "suite-zdt1", {"mm-mo forecast prior": mine, "qnehvi": base}, None, 2).verdict()  # noqa: E731
     assert [verdict([v] * 5) for v in (1.5, 2.0, 4.0, 4.5)] == ["loss", "tie", "tie", "win"]
 
 
@@ -67,6 +67,12 @@ def test_the_default_column_is_the_pinned_prior_from_3_objectives_and_the_fitted
     assert two.runs(DEFAULT) == hv["mm-mo forecast prior"] and four.runs(DEFAULT) == hv["mm-mo worst prior"]
     assert (two.verdict(mine=DEFAULT), four.verdict(mine=DEFAULT)) == ("loss", "win")
     assert FamilyResult(FAMILIES["gmm"], "suite-gmm", {"qnehvi": [1.0]}, None, 3).verdict(mine=DEFAULT) == "–"
+
+
+def test_a_cell_says_its_seed_count_when_it_is_not_the_header_s() -> None:
+    assert cell([1.0, 2.0, 3.0, 4.0, 5.0], 5.0) == "60.0 [40.0–80.0]"
+    assert cell([2.0], 4.0) == "50.0 [50.0–50.0] (1 seed)"
+    assert cell([1.0] * 10, 1.0, seeds=10) == "100.0 [100.0–100.0]" and cell([1.0] * 3, 1.0, 10).endswith("(3 seeds)")
 
 
 def test_the_pinned_share_counts_the_candidate_s_gp_proposals() -> None:
