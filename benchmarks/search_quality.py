@@ -62,8 +62,10 @@ from benchmarks.results import (
 )
 from benchmarks.strategies import (
     ALL_STRATEGIES,
+    BO_SEEDS,
     DEFAULT_STRATEGIES,
     DEMO_ONLY,
+    SEEDS,
     is_bo,
     run_one,
     spec_id,
@@ -83,8 +85,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--problem", choices=[*ALL_PROBLEMS, "all"], default="demo",
                    help="'all' only with --report-only: every stored problem's table")
     p.add_argument("--seeds", type=int, default=None,
-                   help="seeds 0..S-1 for random, nsga2, cma-es, standard recipe, authors' code (default 10)")
-    p.add_argument("--bo-seeds", type=int, default=None, help="seeds for qnehvi and every mm-mo variant (default 5)")
+                   help=f"seeds 0..S-1 for random, nsga2, cma-es, standard recipe, authors' code (default {SEEDS})")
+    p.add_argument("--bo-seeds", type=int, default=None, help=f"seeds for qnehvi and every mm-mo variant (default {BO_SEEDS})")
     p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
                    help=f"comma-separated subset of: {', '.join(ALL_STRATEGIES)}")
     p.add_argument("--initial", type=int, default=None, help="budget override (default: the problem's own)")
@@ -178,8 +180,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = [s for s in strategies if s not in ALL_STRATEGIES]
     if unknown:
         sys.exit(f"unknown strategies: {unknown}; choose from {ALL_STRATEGIES}")
-    seeds = a.seeds if a.seeds is not None else (1 if a.smoke else 10)
-    bo_seeds = a.bo_seeds if a.bo_seeds is not None else (1 if a.smoke else 5)
+    seeds = a.seeds if a.seeds is not None else (1 if a.smoke else SEEDS)
+    bo_seeds = a.bo_seeds if a.bo_seeds is not None else (1 if a.smoke else BO_SEEDS)
     n_seeds = lambda s: bo_seeds if is_bo(s) else seeds  # noqa: E731
 
     if a.build_table:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from benchmarks.metrics import hv_curve, quartiles
 from benchmarks.report import key_minimums
 from benchmarks.results import StrategyRun, merge_runs, parts, read_results, results_path
+from benchmarks.strategies import BO_SEEDS, SEEDS, is_bo
 from benchmarks.suite_problems import FAMILIES, PREFIX, Family
 from mmmo.optimizer.gp import resolve_prior_mean
 
@@ -89,13 +90,8 @@ def pinned_share(runs: Sequence[StrategyRun]) -> float | None:
     return sum(k == "worst" for k in kinds) / len(kinds) if kinds else None
 
 
-# Seeds per strategy in the table's header; a cell with another count says its own.
-SEEDS = {"random": 10, "nsga2": 10}
-BO_SEEDS = 5
-
-
 def cell(v: Sequence[float], best: float, seeds: int = BO_SEEDS) -> str:
-    """Median [IQR] of `v` as % of `best`, with the number of runs when it is not `seeds`."""
+    """Median [IQR] of `v` as % of `best`, with the number of runs when it is not `seeds` (the header's)."""
     if not v:
         return "–"
     med, q1, q3 = quartiles(v)
@@ -109,7 +105,7 @@ def table(results: Sequence[FamilyResult], title: str) -> str:
     names = {DEFAULT: "default", "qnehvi": "plain qNEHVI", PINNED: "pinned everywhere", CANDIDATE: "forecast prior",
              "random": "random", "nsga2": "NSGA-II"}
     lines = [f"**{title}** (final hypervolume, % of the best run of the problem; median [IQR], {BO_SEEDS} seeds; "
-             f"random and NSGA-II {SEEDS['random']}; any other count in its cell)", "",
+             f"random and NSGA-II {SEEDS}; any other count in its cell)", "",
              "| family | front | " + " | ".join(names[c] for c in COLUMNS) + " | forecast: pinned batches "
              "| default vs qNEHVI | default vs random | default vs NSGA-II | forecast vs qNEHVI |",
              "|---" * (len(COLUMNS) + 7) + "|"]
@@ -117,7 +113,7 @@ def table(results: Sequence[FamilyResult], title: str) -> str:
         best = max((max(v) for v in r.hv.values() if v), default=0.0) or 1.0
         share = "–" if r.pinned_share is None else f"{100 * r.pinned_share:.0f}%"
         lines.append(f"| {r.problem.removeprefix(PREFIX)} | {r.family.shape} | "
-                     + " | ".join(cell(r.runs(c), best, SEEDS.get(c, BO_SEEDS)) for c in COLUMNS)
+                     + " | ".join(cell(r.runs(c), best, BO_SEEDS if c == DEFAULT or is_bo(c) else SEEDS) for c in COLUMNS)
                      + f" | {share} | {r.verdict(mine=DEFAULT)} | {r.verdict('random', DEFAULT)}"
                      f" | {r.verdict('nsga2', DEFAULT)} | {r.verdict()} |")
     for label, mine in (("the default", DEFAULT), ("the forecast prior", CANDIDATE)):
