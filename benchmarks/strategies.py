@@ -64,7 +64,7 @@ LOOP_STRATEGIES: dict[str, dict[str, Any]] = {
     "mm-mo -w2s -fisher -prior": {"weak_to_strong": {"enabled": False}, "fisher_screening": False,
                                   "prior_mean": "fitted"},  # = qnehvi
     "mm-mo worst prior": {"prior_mean": "worst"},  # the prior pinned in every batch, not only where it matters
-    # The prior decided per batch by the initial design's forecasts (from 3 objectives; under evaluation).
+    # The prior decided per batch by the initial design's forecasts (from 3 objectives; measured, not the default).
     "mm-mo forecast prior": {"prior_mean": "forecast"},
     "mm-mo -sparsity": {"_objectives": DEMO_TASKS},  # demo problems only; not in the default set
     # Points of each batch on the take-home target (the rest on the front); 0 is the front-only search.

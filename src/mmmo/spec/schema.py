@@ -178,9 +178,9 @@ class OptimizerSpec(_Strict):
     known_noise: bool = True
     # Each GP's prior mean, what it predicts far from the data: "worst" pins it at the worst observation of its
     # objective, "fitted" is BoTorch's fitted constant, "auto" pins it with 3 or more objectives (where a fitted
-    # mean makes unexplored corners look like progress: see optimizer.gp.resolve_prior_mean); "forecast" (under
-    # evaluation) keeps "fitted" with 2 and from 3 decides per batch: the one whose GPs forecast the initial
-    # design better.
+    # mean makes unexplored corners look like progress: see optimizer.gp.resolve_prior_mean); "forecast" (measured,
+    # not the default: docs/search-quality.md) keeps "fitted" with 2 and from 3 decides per batch: the one whose GPs
+    # forecast the initial design better.
     prior_mean: PriorMean = "auto"
     # The initial design opens with the recipe a user would try by hand (equal weights, the usual density).
     standard_recipes: bool = True
